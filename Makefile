@@ -1,0 +1,36 @@
+# Airlock: `make demo` runs it, `make test` checks it. See README.md.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.airlock-installed
+
+.PHONY: setup test lint format demo bench artifacts clean
+
+setup: $(STAMP)
+
+# Reinstalls only when the pins change; a no-op otherwise.
+$(STAMP): requirements.txt constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	PYTHONPATH=plugins $(BIN)/python -m airlock.demo
+
+bench: $(STAMP)
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf .demo .cache .pytest_cache .ruff_cache

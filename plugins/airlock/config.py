@@ -1,0 +1,488 @@
+"""The environment model: ``include/environments/<env>.yaml`` read into validated objects.
+
+One YAML file describes one environment (``demo``, ``staging``, ``production``...): its hosts,
+how to reach them, how a release rolls out, who approves it, and the settings of the scheduled
+backup, health and maintenance DAGs. DAG files read it at parse time, so loading touches only
+local files: no network, no database, no Airflow Variables. Secrets never live here; the file
+names Airflow connection ids and the connections hold the credentials.
+
+Strings may refer to environment variables as ``${NAME}`` or ``${NAME:-default}``. Relative
+local paths (such as ``ssh.known_hosts``) are relative to the project root.
+
+Every error names the file and the field, e.g.
+``include/environments/demo.yaml: rollout.waves: the last wave reaches 2 of 3 hosts``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ENVIRONMENTS_DIR_VARIABLE = "AIRLOCK_ENVIRONMENTS_DIR"
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,30}$"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class EnvironmentConfigError(ValueError):
+    """An environment file is missing, unreadable or invalid; the message names file and field."""
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Read ``"30s"``, ``"5m"``, ``"4h"``, ``"7d"``, ``"2w"`` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}: use e.g. 30s, 5m, 4h, 7d")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError(f"invalid duration {value!r}: must be positive")
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        amount, unit = int(match.group(1)), match.group(2)
+        if amount <= 0:
+            raise ValueError(f"invalid duration {value!r}: must be positive")
+        return timedelta(seconds=amount * _DURATION_UNITS[unit])
+    raise ValueError(f"invalid duration {value!r}: use e.g. 30s, 5m, 4h, 7d")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+def _absolute_posix_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if not path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"{value!r} must be an absolute path without '..'")
+    return str(path)
+
+
+RemotePath = Annotated[str, BeforeValidator(_absolute_posix_path)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Host(_Model):
+    """One machine the application runs on, reached over SSH."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    address: str = Field(min_length=1)
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    app_url: str = Field(description="Base URL of the application on this host, e.g. http://10.0.0.5:8080")
+    root: RemotePath | None = Field(default=None, description="Overrides deploy.root for this host")
+
+    @field_validator("app_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @property
+    def ssh_target(self) -> str:
+        return f"{self.address}:{self.ssh_port}"
+
+
+class SSHSettings(_Model):
+    conn_id: str = "airlock_ssh"
+    known_hosts: Path = Field(description="known_hosts file listing every host's key; relative to the project")
+    connect_timeout: Duration = timedelta(seconds=10)
+    command_timeout: Duration = timedelta(minutes=5)
+
+    @field_validator("known_hosts")
+    @classmethod
+    def _relative_to_project(cls, value: Path) -> Path:
+        return value if value.is_absolute() else PROJECT_ROOT / value
+
+
+class DeploySettings(_Model):
+    root: RemotePath = Field(description="Directory holding releases/, current and shared/ on each host")
+    keep_releases: int = Field(default=5, ge=2, le=100)
+    artifact_url: str = Field(description="Where the artifact of a version lives; must contain {version}")
+    checksum_url: str | None = Field(
+        default=None, description="SHA-256 file of the artifact; defaults to artifact_url + '.sha256'"
+    )
+    activate_command: list[str] = Field(
+        min_length=1,
+        description="argv run on the host after switching; {root}, {release_dir} and {version} are filled in",
+    )
+    health_path: str = "/health"
+    version_path: str = "/version"
+    health_timeout: Duration = timedelta(seconds=60)
+    min_free_disk_mb: int = Field(default=500, ge=0)
+
+    @field_validator("artifact_url", "checksum_url")
+    @classmethod
+    def _has_version(cls, value: str | None) -> str | None:
+        if value is not None and "{version}" not in value:
+            raise ValueError(f"{value!r} must contain {{version}}")
+        return value
+
+    @field_validator("health_path", "version_path")
+    @classmethod
+    def _url_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r} must start with '/'")
+        return value
+
+    @field_validator("activate_command")
+    @classmethod
+    def _known_placeholders(cls, value: list[str]) -> list[str]:
+        for argument in value:
+            try:
+                argument.format(root="", release_dir="", version="")
+            except (KeyError, IndexError, ValueError) as error:
+                raise ValueError(
+                    f"{argument!r}: unknown placeholder {error}; use {{root}}, {{release_dir}}, {{version}}"
+                ) from None
+        return value
+
+    def artifact_url_for(self, version: str) -> str:
+        return self.artifact_url.format(version=version)
+
+    def checksum_url_for(self, version: str) -> str:
+        return (self.checksum_url or self.artifact_url + ".sha256").format(version=version)
+
+
+WaveSize = int | Annotated[str, Field(pattern=r"^\d{1,3}%$")]
+
+
+@dataclass(frozen=True)
+class Wave:
+    """The hosts one rollout step switches; waves run one after another."""
+
+    number: int
+    hosts: tuple[Host, ...]
+
+    @property
+    def group_id(self) -> str:
+        return f"wave_{self.number}"
+
+
+class RolloutSettings(_Model):
+    waves: list[WaveSize] = Field(
+        default_factory=lambda: ["100%"],
+        min_length=1,
+        description="Cumulative reach of each wave: a host count or a percentage of all hosts",
+    )
+    max_parallel_per_wave: int = Field(default=16, ge=1)
+
+
+class ApprovalSettings(_Model):
+    required: bool = True
+    approvers: list[str] = Field(default_factory=list)
+    timeout: Duration = timedelta(hours=4)
+    allow_self_approval: bool = False
+
+    @model_validator(mode="after")
+    def _someone_can_approve(self) -> ApprovalSettings:
+        if self.required and not self.approvers:
+            raise ValueError("approvers: list at least one user when approval is required")
+        return self
+
+
+class DatabaseSettings(_Model):
+    conn_id: str = Field(description="Airflow connection of the application's PostgreSQL database")
+    ops_conn_id: str | None = Field(
+        default=None, description="Database for Airlock's own tables (audit, health); defaults to conn_id"
+    )
+    ops_schema: str = Field(default="airlock", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+
+    @property
+    def ops_connection(self) -> str:
+        return self.ops_conn_id or self.conn_id
+
+
+class MigrationSettings(_Model):
+    history_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    history_table: str = Field(default="airlock_schema_history", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    lock_timeout: Duration = timedelta(seconds=5)
+    statement_timeout: Duration = timedelta(minutes=15)
+
+
+class BackupRetention(_Model):
+    hourly: int = Field(default=0, ge=0)
+    daily: int = Field(default=7, ge=0)
+    weekly: int = Field(default=4, ge=0)
+    monthly: int = Field(default=6, ge=0)
+
+
+class BackupSettings(_Model):
+    schedule: str | None = "0 2 * * *"
+    destination: str = Field(description="ObjectStoragePath URL, e.g. file:///var/backups/airlock or s3://...")
+    conn_id: str | None = Field(default=None, description="Connection for a remote object store")
+    compression: int = Field(default=6, ge=0, le=9)
+    jobs: int = Field(default=2, ge=1, le=32)
+    retention: BackupRetention = Field(default_factory=BackupRetention)
+    max_age: Duration = timedelta(hours=26)
+    required_for_release: bool = True
+
+
+class Thresholds(_Model):
+    warn: float
+    critical: float
+
+
+class HealthSettings(_Model):
+    schedule: str | None = "*/5 * * * *"
+    mounts: list[RemotePath] = Field(default_factory=lambda: ["/"])
+    disk_used_percent: Thresholds = Thresholds(warn=80, critical=90)
+    inodes_used_percent: Thresholds = Thresholds(warn=80, critical=90)
+    load_per_core: Thresholds = Thresholds(warn=1.5, critical=3.0)
+    memory_available_percent: Thresholds = Thresholds(warn=15, critical=5)
+    http_latency_ms: Thresholds = Thresholds(warn=500, critical=2000)
+    db_connections_percent: Thresholds = Thresholds(warn=70, critical=90)
+    redis_memory_percent: Thresholds = Thresholds(warn=75, critical=90)
+    long_query: Duration = timedelta(minutes=5)
+    replication_lag: Duration = timedelta(seconds=30)
+    replica_conn_id: str | None = None
+    reminder_interval: Duration = timedelta(hours=4)
+    airflow_api_url: str | None = None
+
+
+def _host_directory(value: str) -> str:
+    try:
+        _absolute_posix_path(value.format(root="/root"))
+    except (KeyError, IndexError) as error:
+        raise ValueError(f"{value!r}: unknown placeholder {error}; only {{root}} is known") from None
+    return value
+
+
+class LogSettings(_Model):
+    schedule: str | None = "30 3 * * *"
+    directories: list[Annotated[str, BeforeValidator(_host_directory)]] = Field(
+        default_factory=list, description="Absolute directories on each host; {root} is the host's deploy root"
+    )
+    patterns: list[str] = Field(default_factory=lambda: ["*.log"])
+    compress_after_days: int = Field(default=7, ge=0)
+    delete_after_days: int = Field(default=30, ge=1)
+
+    @model_validator(mode="after")
+    def _delete_after_compress(self) -> LogSettings:
+        if self.delete_after_days <= self.compress_after_days:
+            raise ValueError("delete_after_days must be greater than compress_after_days")
+        return self
+
+
+class DatabaseMaintenanceSettings(_Model):
+    schedule: str | None = "0 4 * * 0"
+    dead_tuple_threshold: int = Field(default=10_000, ge=0)
+    dead_tuple_ratio: float = Field(default=0.1, ge=0, le=1)
+    reindex_bloat_percent: Percent | None = None
+    lock_timeout: Duration = timedelta(seconds=5)
+    statement_timeout: Duration = timedelta(hours=1)
+
+
+class HttpSmokeTest(_Model):
+    kind: Literal["http"] = "http"
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,40}$")
+    path: str = Field(pattern=r"^/")
+    expect_status: int = Field(default=200, ge=100, le=599)
+    body_contains: str | None = None
+    max_latency: Duration = timedelta(seconds=2)
+
+
+class SqlSmokeTest(_Model):
+    kind: Literal["sql"]
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,40}$")
+    query: str
+    expect: str | int | float | bool | None = None
+
+
+def _smoke_test_kind(value: Any) -> str:
+    return value.get("kind", "http") if isinstance(value, dict) else getattr(value, "kind", "http")
+
+
+SmokeTest = Annotated[
+    Annotated[HttpSmokeTest, Tag("http")] | Annotated[SqlSmokeTest, Tag("sql")],
+    Discriminator(_smoke_test_kind),
+]
+
+
+class Environment(_Model):
+    """A validated environment file. ``name`` is the file's stem and part of every DAG id."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    owner: str = "airlock"
+    hosts: list[Host] = Field(min_length=1)
+    ssh: SSHSettings
+    deploy: DeploySettings
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    database: DatabaseSettings
+    migrations: MigrationSettings = Field(default_factory=MigrationSettings)
+    backup: BackupSettings | None = None
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
+    db_maintenance: DatabaseMaintenanceSettings = Field(default_factory=DatabaseMaintenanceSettings)
+    slack_conn_id: str | None = "airlock_slack"
+    redis_conn_id: str = "airlock_redis"
+    lock_ttl: Duration = timedelta(hours=6)
+    smoke_tests: list[SmokeTest] = Field(default_factory=list)
+
+    @field_validator("hosts")
+    @classmethod
+    def _unique_hosts(cls, hosts: list[Host]) -> list[Host]:
+        for attribute, label in (("name", "name"), ("ssh_target", "address:ssh_port"), ("app_url", "app_url")):
+            seen: set[str] = set()
+            for host in hosts:
+                value = getattr(host, attribute)
+                if value in seen:
+                    raise ValueError(f"duplicate host {label} {value!r}")
+                seen.add(value)
+        return hosts
+
+    @model_validator(mode="after")
+    def _waves_cover_all_hosts(self) -> Environment:
+        self.waves  # noqa: B018 - computing the waves validates them
+        return self
+
+    @cached_property
+    def waves(self) -> tuple[Wave, ...]:
+        """Hosts per wave, in order; every host is in exactly one wave and no wave is empty."""
+        total = len(self.hosts)
+        reached = 0
+        waves = []
+        for number, size in enumerate(self.rollout.waves, start=1):
+            if isinstance(size, str):
+                target = math.ceil(total * int(size[:-1]) / 100)
+            else:
+                target = size
+            if target > total:
+                raise ValueError(f"rollout.waves: wave {number} asks for {size} but there are {total} hosts")
+            if target <= reached:
+                raise ValueError(
+                    f"rollout.waves: wave {number} ({size}) adds no host: waves are cumulative "
+                    f"and the previous ones already reach {reached} of {total}"
+                )
+            waves.append(Wave(number=number, hosts=tuple(self.hosts[reached:target])))
+            reached = target
+        if reached != total:
+            raise ValueError(f"rollout.waves: the last wave reaches {reached} of {total} hosts; it must reach all")
+        return tuple(waves)
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.name == name:
+                return host
+        raise KeyError(f"environment {self.name} has no host {name!r}")
+
+    def root_of(self, host: Host) -> str:
+        return host.root or self.deploy.root
+
+
+def _expand_references(value: Any, where: str) -> Any:
+    """Replace ``${NAME}``/``${NAME:-default}`` in every string of the parsed YAML."""
+    if isinstance(value, dict):
+        return {key: _expand_references(item, f"{where}.{key}" if where else str(key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand_references(item, f"{where}.{index}") for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise EnvironmentConfigError(f"{where}: environment variable {name} is not set and has no default")
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling against the reference in README.md)"
+        lines.append(f"{field or '(top level)'}: {message}")
+    return "; ".join(lines)
+
+
+def display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def load_environment(path: Path) -> Environment:
+    """Read and validate one environment file; the file's stem is the environment's name."""
+    shown = display_path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise EnvironmentConfigError(f"{shown}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise EnvironmentConfigError(f"{shown}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise EnvironmentConfigError(f"{shown}: must be a mapping of settings, got {type(raw).__name__}")
+    if raw.get("name", path.stem) != path.stem:
+        raise EnvironmentConfigError(f"{shown}: name: {raw['name']!r} must match the file name {path.stem!r}")
+    try:
+        expanded = _expand_references(raw, "")
+        return Environment.model_validate({**expanded, "name": path.stem})
+    except EnvironmentConfigError as error:
+        raise EnvironmentConfigError(f"{shown}: {error}") from None
+    except ValidationError as error:
+        raise EnvironmentConfigError(f"{shown}: {_describe(error)}") from None
+
+
+def environments_dir() -> Path:
+    return Path(os.environ.get(ENVIRONMENTS_DIR_VARIABLE) or PROJECT_ROOT / "include" / "environments")
+
+
+@dataclass(frozen=True)
+class EnvironmentCatalog:
+    """Every environment file in a directory: the valid ones and, separately, the broken ones."""
+
+    environments: dict[str, Environment]
+    errors: dict[Path, EnvironmentConfigError]
+
+    def __iter__(self) -> Iterator[Environment]:
+        return iter(self.environments.values())
+
+
+def load_environments(directory: Path | None = None) -> EnvironmentCatalog:
+    """Load ``*.yaml`` in ``directory`` (not subdirectories); a broken file never hides the others."""
+    directory = directory or environments_dir()
+    environments: dict[str, Environment] = {}
+    errors: dict[Path, EnvironmentConfigError] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            environments[path.stem] = load_environment(path)
+        except EnvironmentConfigError as error:
+            errors[path] = error
+    return EnvironmentCatalog(environments=environments, errors=errors)
