@@ -113,7 +113,9 @@ class Host(_Model):
 
 class SSHSettings(_Model):
     conn_id: str = "airlock_ssh"
-    known_hosts: Path = Field(description="known_hosts file listing every host's key; relative to the project")
+    known_hosts: Path = Field(
+        description="known_hosts file listing every host's key; relative to the project"
+    )
     connect_timeout: Duration = timedelta(seconds=10)
     command_timeout: Duration = timedelta(minutes=5)
 
@@ -237,7 +239,9 @@ class BackupRetention(_Model):
 
 class BackupSettings(_Model):
     schedule: str | None = "0 2 * * *"
-    destination: str = Field(description="ObjectStoragePath URL, e.g. file:///var/backups/airlock or s3://...")
+    destination: str = Field(
+        description="ObjectStoragePath URL, e.g. file:///var/backups/airlock or s3://..."
+    )
     conn_id: str | None = Field(default=None, description="Connection for a remote object store")
     compression: int = Field(default=6, ge=0, le=9)
     jobs: int = Field(default=2, ge=1, le=32)
@@ -279,7 +283,8 @@ def _host_directory(value: str) -> str:
 class LogSettings(_Model):
     schedule: str | None = "30 3 * * *"
     directories: list[Annotated[str, BeforeValidator(_host_directory)]] = Field(
-        default_factory=list, description="Absolute directories on each host; {root} is the host's deploy root"
+        default_factory=list,
+        description="Absolute directories on each host; {root} is the host's deploy root",
     )
     patterns: list[str] = Field(default_factory=lambda: ["*.log"])
     compress_after_days: int = Field(default=7, ge=0)
@@ -352,7 +357,11 @@ class Environment(_Model):
     @field_validator("hosts")
     @classmethod
     def _unique_hosts(cls, hosts: list[Host]) -> list[Host]:
-        for attribute, label in (("name", "name"), ("ssh_target", "address:ssh_port"), ("app_url", "app_url")):
+        for attribute, label in (
+            ("name", "name"),
+            ("ssh_target", "address:ssh_port"),
+            ("app_url", "app_url"),
+        ):
             seen: set[str] = set()
             for host in hosts:
                 value = getattr(host, attribute)
@@ -373,10 +382,7 @@ class Environment(_Model):
         reached = 0
         waves = []
         for number, size in enumerate(self.rollout.waves, start=1):
-            if isinstance(size, str):
-                target = math.ceil(total * int(size[:-1]) / 100)
-            else:
-                target = size
+            target = math.ceil(total * int(size[:-1]) / 100) if isinstance(size, str) else size
             if target > total:
                 raise ValueError(f"rollout.waves: wave {number} asks for {size} but there are {total} hosts")
             if target <= reached:
@@ -387,7 +393,9 @@ class Environment(_Model):
             waves.append(Wave(number=number, hosts=tuple(self.hosts[reached:target])))
             reached = target
         if reached != total:
-            raise ValueError(f"rollout.waves: the last wave reaches {reached} of {total} hosts; it must reach all")
+            raise ValueError(
+                f"rollout.waves: the last wave reaches {reached} of {total} hosts; it must reach all"
+            )
         return tuple(waves)
 
     def host(self, name: str) -> Host:
@@ -403,7 +411,10 @@ class Environment(_Model):
 def _expand_references(value: Any, where: str) -> Any:
     """Replace ``${NAME}``/``${NAME:-default}`` in every string of the parsed YAML."""
     if isinstance(value, dict):
-        return {key: _expand_references(item, f"{where}.{key}" if where else str(key)) for key, item in value.items()}
+        return {
+            key: _expand_references(item, f"{where}.{key}" if where else str(key))
+            for key, item in value.items()
+        }
     if isinstance(value, list):
         return [_expand_references(item, f"{where}.{index}") for index, item in enumerate(value)]
     if not isinstance(value, str):
@@ -427,7 +438,8 @@ def _describe(error: ValidationError) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field (check the spelling against the reference in README.md)"
-        lines.append(f"{field or '(top level)'}: {message}")
+        # Whole-file checks (such as rollout.waves against hosts) name their field in the message.
+        lines.append(f"{field}: {message}" if field else message)
     return "; ".join(lines)
 
 

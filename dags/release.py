@@ -1,0 +1,185 @@
+"""``release_<env>``: ship a version to an environment's hosts in waves, or roll it back.
+
+One DAG per file in ``include/environments/``. The runbook (``docs/runbooks/deployment.md``) is
+the DAG's documentation; the steps below are its table of contents. The logic of every step
+lives in ``airlock.operators.release_steps``.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, get_current_context, setup, task, teardown
+
+from airlock.config import VERSION_PATTERN, Environment, load_environments
+from airlock.conventions import default_args, runbook
+from airlock.operators import release_steps as steps
+from airlock.operators.approval import ReleaseApprovalOperator
+
+PLAN = "{{ ti.xcom_pull(task_ids='plan')['markdown'] }}"
+
+
+def _context() -> tuple:
+    context = get_current_context()
+    dag_run = context["dag_run"]
+    return context, dag_run, dag_run.triggering_user_name or "unknown"
+
+
+def _task_states(context) -> dict[str, str]:
+    ti = context["ti"]
+    return ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+
+
+def release_dag(environment: Environment) -> DAG:
+    with DAG(
+        dag_id=f"release_{environment.name}",
+        description=f"Release a version to {environment.name} in waves, with approval and rollback",
+        doc_md=runbook("deployment", environment=environment.name),
+        schedule=None,
+        catchup=False,
+        tags=["airlock", "release", environment.name],
+        default_args=default_args(environment),
+        params={
+            "version": Param(type="string", pattern=VERSION_PATTERN, description="Version to release"),
+            "dry_run": Param(False, type="boolean", description="Plan only: check, plan and stop"),
+            "reason": Param("", type="string", maxLength=500, description="Why (kept in the audit trail)"),
+        },
+        render_template_as_native_obj=False,
+    ) as dag:
+
+        @task(retries=0)
+        def validate_request(params=None, dag_run=None):
+            """Refuse unknown keys, unsafe versions and bad types before anything is touched."""
+            return steps.validate(dag_run.conf, params)
+
+        @setup
+        @task(retries=3)
+        def lock(request: dict):
+            """Take the environment's lock; a second release fails here and names the holder."""
+            _, dag_run, who = _context()
+            return steps.lock(
+                environment, run_id=dag_run.run_id, purpose=f"release {request['version']}", triggered_by=who
+            )
+
+        @teardown
+        @task(retries=3)
+        def unlock():
+            """Free the lock, whatever happened (only if this run holds it)."""
+            steps.unlock(environment, run_id=get_current_context()["run_id"])
+
+        @task(retries=3)
+        def check_artifact(request: dict):
+            return steps.check_artifact(environment, request["version"])
+
+        @task(retries=3, map_index_template="{{ host_name }}")
+        def check_host(host_name: str):
+            get_current_context()["host_name"] = host_name
+            return steps.check_host(environment, host_name)
+
+        @task(retries=3)
+        def check_database():
+            return steps.check_database(environment)
+
+        @task(retries=0)
+        def plan(request: dict, artifact: dict, host_states: list, database: dict):
+            """Build the release plan: the approver's reading and a dry run's whole output."""
+            _, _, who = _context()
+            return steps.plan(
+                environment,
+                request=request,
+                artifact=artifact,
+                host_states=list(host_states),
+                database=database,
+                triggered_by=who,
+            )
+
+        @task.short_circuit(retries=1, ignore_downstream_trigger_rules=False)
+        def proceed(planned: dict):
+            """Announce the release in Slack; a dry run stops here."""
+            return steps.announce(environment, planned)
+
+        @task(
+            retries=2,
+            map_index_template="{{ host_name }}",
+            max_active_tis_per_dagrun=environment.rollout.max_parallel_per_wave,
+        )
+        def deploy(host_name: str, request: dict, wave_hosts: list):
+            """Install, switch `current`, activate and wait until the host serves the version."""
+            get_current_context()["host_name"] = host_name
+            return steps.deploy(
+                environment, version=request["version"], host_name=host_name, wave_hosts=wave_hosts
+            )
+
+        @task(retries=1)
+        def verify(wave_hosts: list):
+            """Smoke tests against this wave's hosts and the database."""
+            return steps.verify(environment, wave_hosts=wave_hosts)
+
+        @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
+        def rollback():
+            """If a wave failed: every host this run switched goes back to its previous release."""
+            context = get_current_context()
+            planned = context["ti"].xcom_pull(task_ids="plan")
+            return steps.roll_back(environment, planned=planned, task_states=_task_states(context))
+
+        @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
+        def conclude():
+            """Audit record, prune old releases, Slack; the run fails unless the release went out."""
+            context, dag_run, who = _context()
+            ti = context["ti"]
+            return steps.conclude(
+                environment,
+                dag_id=dag_run.dag_id,
+                run_id=dag_run.run_id,
+                params=context["params"],
+                planned=ti.xcom_pull(task_ids="plan"),
+                approval=ti.xcom_pull(task_ids="approve"),
+                rollback=ti.xcom_pull(task_ids="rollback"),
+                task_states=_task_states(context),
+                started_at=dag_run.start_date,
+                triggered_by=who,
+            )
+
+        request = validate_request()
+        taken = lock(request)
+        artifact = check_artifact(request)
+        database = check_database()
+        hosts = check_host.expand(host_name=[host.name for host in environment.hosts])
+        taken >> [artifact, database, hosts]
+        planned = plan(request, artifact, hosts, database)
+        gate = [proceed(planned)]
+        if environment.approval.required:
+            approve = ReleaseApprovalOperator(
+                task_id="approve",
+                subject=f"Release {{{{ params.version }}}} to {environment.name}?",
+                body=PLAN,
+                environment=environment.name,
+                version="{{ params.version }}",
+                approvers=environment.approval.approvers,
+                allow_self_approval=environment.approval.allow_self_approval,
+                slack_conn_id=environment.slack_conn_id,
+                response_timeout=environment.approval.timeout,
+            )
+            gate[-1] >> approve
+            gate.append(approve)
+
+        previous = gate[-1]
+        wave_tasks = []
+        for wave in environment.waves:
+            names = [host.name for host in wave.hosts]
+            with TaskGroup(group_id=wave.group_id, tooltip=f"Wave {wave.number}: {', '.join(names)}"):
+                deployed = deploy.partial(request=request, wave_hosts=names).expand(host_name=names)
+                verified = verify(names)
+                deployed >> verified
+            previous >> deployed
+            previous = verified
+            wave_tasks += [deployed, verified]
+
+        rolled_back = rollback()
+        wave_tasks >> rolled_back
+        released = unlock()
+        chain(rolled_back, conclude(), released)
+        taken >> released
+    return dag
+
+
+for _environment in load_environments():
+    globals()[f"release_{_environment.name}"] = release_dag(_environment)

@@ -1,0 +1,35 @@
+"""What every Airlock DAG shares: its runbook as ``doc_md``, owner, retries and Slack on failure."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airlock.config import PROJECT_ROOT, Environment
+from airlock.notifications.slack import TaskFailureNotifier
+
+RUNBOOKS = PROJECT_ROOT / "docs" / "runbooks"
+
+
+def runbook(name: str, **values: str) -> str:
+    """The Markdown runbook ``docs/runbooks/<name>.md``, read at parse time as a DAG's ``doc_md``.
+
+    ``{environment}``-style fields are filled from ``values`` where the runbook uses them.
+    """
+    text = (RUNBOOKS / f"{name}.md").read_text()
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def default_args(environment: Environment, *, retries: int = 2) -> dict[str, Any]:
+    """Retries with exponential backoff for safe-to-retry steps; unsafe ones set ``retries=0``."""
+    return {
+        "owner": environment.owner,
+        "retries": retries,
+        "retry_delay": timedelta(seconds=10),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=5),
+        "execution_timeout": timedelta(minutes=30),
+        "on_failure_callback": TaskFailureNotifier(slack_conn_id=environment.slack_conn_id),
+    }

@@ -1,0 +1,98 @@
+"""Fetch a release artifact and prove it is the one that was published.
+
+Artifacts are read through Airflow's ``ObjectStoragePath``, so ``file://``, ``s3://``, ``gs://``
+and the other stores of installed providers all work the same way. The SHA-256 published next
+to the artifact is read first; the download is hashed while it streams and only a matching file
+enters the local cache, which is keyed by that hash. Tasks may run on different workers, so each
+task calls :func:`fetch_artifact` itself and never relies on a file another task left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from airflow.sdk import ObjectStoragePath
+
+CACHE_VARIABLE = "AIRLOCK_ARTIFACT_CACHE"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1024 * 1024
+
+
+class ArtifactError(RuntimeError):
+    """The artifact or its checksum is missing, unreadable or does not match."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    url: str
+    sha256: str
+    size: int
+    path: Path
+
+
+def cache_dir() -> Path:
+    directory = Path(os.environ.get(CACHE_VARIABLE) or Path(tempfile.gettempdir()) / "airlock-artifacts")
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return directory
+
+
+def read_published_sha256(checksum_url: str, conn_id: str | None = None) -> str:
+    """The hex digest from a ``sha256sum``-style file (``<hex>  <name>``)."""
+    location = ObjectStoragePath(checksum_url, conn_id=conn_id)
+    try:
+        text = location.read_text()
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"checksum file {checksum_url} does not exist: was this version published?"
+        ) from None
+    except OSError as error:
+        raise ArtifactError(f"cannot read checksum file {checksum_url}: {error}") from None
+    digest = text.split()[0].lower() if text.split() else ""
+    if not _SHA256.match(digest):
+        raise ArtifactError(f"checksum file {checksum_url} does not start with a SHA-256 hex digest")
+    return digest
+
+
+def fetch_artifact(url: str, checksum_url: str, *, conn_id: str | None = None) -> Artifact:
+    """Return a verified local copy of the artifact at ``url`` (from the cache when present)."""
+    expected = read_published_sha256(checksum_url, conn_id)
+    cached = cache_dir() / f"{expected}.artifact"
+    if cached.exists() and sha256_of(cached) == expected:
+        return Artifact(url=url, sha256=expected, size=cached.stat().st_size, path=cached)
+
+    source = ObjectStoragePath(url, conn_id=conn_id)
+    digest = hashlib.sha256()
+    handle, partial_name = tempfile.mkstemp(dir=cached.parent, prefix=".partial-")
+    partial = Path(partial_name)
+    try:
+        with os.fdopen(handle, "wb") as target:
+            try:
+                with source.open("rb") as stream:
+                    while chunk := stream.read(_CHUNK):
+                        digest.update(chunk)
+                        target.write(chunk)
+            except FileNotFoundError:
+                raise ArtifactError(f"artifact {url} does not exist: was this version published?") from None
+        actual = digest.hexdigest()
+        if actual != expected:
+            raise ArtifactError(
+                f"artifact {url} has SHA-256 {actual} but {checksum_url} says {expected}: "
+                "refusing to deploy a file that is not the published one"
+            )
+        partial.replace(cached)
+    finally:
+        partial.unlink(missing_ok=True)
+    return Artifact(url=url, sha256=expected, size=cached.stat().st_size, path=cached)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

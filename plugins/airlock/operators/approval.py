@@ -1,0 +1,118 @@
+"""The approval gate: Airflow's human-in-the-loop ``ApprovalOperator`` with Airlock's rules.
+
+- Only the environment's approvers are assigned, so only they can answer (Airflow checks the
+  assignment when the response is submitted through the UI or the REST API).
+- Unless the environment allows it, the person who triggered the run is removed from the
+  assignees and, should they still answer, their answer is refused.
+- No answer within the environment's timeout counts as a rejection (the default option).
+- Approved: the run goes on. Rejected or timed out: the task fails, nothing downstream runs
+  except the teardown, and Slack says who rejected or that time ran out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from airlock.notifications.slack import post, render
+
+
+def _user_id(user: Any) -> str | None:
+    if isinstance(user, dict):
+        return user.get("id")
+    return getattr(user, "id", None)
+
+
+class ReleaseApprovalOperator(ApprovalOperator):
+    """
+    Ask the environment's approvers to approve a release plan.
+
+    :param environment: environment name (for messages).
+    :param version: the version being released (templated).
+    :param approvers: Airflow user ids allowed to approve.
+    :param allow_self_approval: whether the user who triggered the run may approve it.
+    :param slack_conn_id: Slack webhook connection for the request and the outcome.
+    """
+
+    template_fields = (*ApprovalOperator.template_fields, "version")
+
+    def __init__(
+        self,
+        *,
+        environment: str,
+        version: str,
+        approvers: list[str],
+        allow_self_approval: bool,
+        slack_conn_id: str | None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            assigned_users=[{"id": approver, "name": approver} for approver in approvers],
+            defaults=[ApprovalOperator.REJECT],
+            fail_on_reject=False,
+            retries=0,
+            **kwargs,
+        )
+        self.environment = environment
+        self.version = version
+        self.approvers = approvers
+        self.allow_self_approval = allow_self_approval
+        self.slack_conn_id = slack_conn_id
+
+    def _triggered_by(self, context: Any) -> str | None:
+        return getattr(context["dag_run"], "triggering_user_name", None)
+
+    def execute(self, context: Any) -> Any:
+        triggered_by = self._triggered_by(context)
+        if not self.allow_self_approval:
+            self.assigned_users = [user for user in self.assigned_users or [] if user["id"] != triggered_by]
+            if not self.assigned_users:
+                raise AirflowFailException(
+                    f"{triggered_by} triggered this release and may not approve it, and no other approver "
+                    f"is configured (approval.approvers: {', '.join(self.approvers)})"
+                )
+        try:
+            link = self.generate_link_to_ui_from_context(context=context)
+        except ValueError:
+            link = "(set [api] base_url to get a link)"
+        post(
+            self.slack_conn_id,
+            render(
+                "approval_requested",
+                environment=self.environment,
+                version=self.version,
+                approvers=", ".join(user["id"] for user in self.assigned_users or []),
+                link=link,
+            ),
+        )
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        if event.get("timedout") or event.get("error_type") == "timeout":
+            post(
+                self.slack_conn_id,
+                render(
+                    "approval_timed_out",
+                    environment=self.environment,
+                    version=self.version,
+                    timeout=self.response_timeout,
+                ),
+            )
+            raise AirflowFailException(
+                f"Nobody approved release {self.version} within {self.response_timeout}"
+            )
+        responder = _user_id(event.get("responded_by_user"))
+        if not self.allow_self_approval and responder and responder == self._triggered_by(context):
+            raise AirflowFailException(f"{responder} may not approve a release they triggered")
+        result = super().execute_complete(context=context, event=event)
+        if result["chosen_options"] != [self.APPROVE]:
+            post(
+                self.slack_conn_id,
+                render(
+                    "approval_rejected", environment=self.environment, version=self.version, who=responder
+                ),
+            )
+            raise AirflowFailException(f"Release {self.version} was rejected by {responder}")
+        return result

@@ -1,0 +1,283 @@
+"""What a release does to one host: install, switch, activate, wait until serving, roll back, prune.
+
+Host layout (the release contract)::
+
+    <root>/releases/<version>/   one unpacked artifact per version, with shared -> ../../shared
+    <root>/current               symlink to releases/<version>, replaced atomically (rename)
+    <root>/shared/               configuration, logs and state kept across releases
+
+Every step is idempotent: re-running it after a crash converges to the same state instead of
+failing or doing the work twice. Every command is assembled from ``shlex``-quoted parts.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+
+from airlock.config import Environment, Host
+from airlock.hooks.artifacts import Artifact
+from airlock.hooks.ssh import HostSSHHook
+
+RELEASE_MARKER = ".airlock-release"
+
+
+class HostNotServingError(RuntimeError):
+    """The host did not become healthy on the expected version in time."""
+
+
+@dataclass(frozen=True)
+class HostRelease:
+    """What a run did to one host: the release it had before and the one it has now."""
+
+    host: str
+    previous_version: str | None
+    version: str
+    changed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HostState:
+    """A host as preflight found it."""
+
+    host: str
+    current_version: str | None
+    free_disk_mb: int
+    installed_versions: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def host_hook(environment: Environment, host: Host) -> HostSSHHook:
+    return HostSSHHook(
+        host=host,
+        known_hosts=environment.ssh.known_hosts,
+        ssh_conn_id=environment.ssh.conn_id,
+        conn_timeout=int(environment.ssh.connect_timeout.total_seconds()),
+        cmd_timeout=environment.ssh.command_timeout.total_seconds(),
+    )
+
+
+class HostLayout:
+    """The release directories of one host, operated over an SSH hook."""
+
+    def __init__(self, hook: HostSSHHook, root: str) -> None:
+        self.hook = hook
+        self.root = root
+        self.releases = f"{root}/releases"
+        self.current = f"{root}/current"
+
+    def release_dir(self, version: str) -> str:
+        return f"{self.releases}/{version}"
+
+    def current_version(self) -> str | None:
+        result = self.hook.run(["readlink", self.current], check=False)
+        target = result.stdout.strip()
+        if result.exit_status != 0 or not target:
+            return None
+        return target.rstrip("/").rsplit("/", 1)[-1]
+
+    def installed_versions(self) -> list[str]:
+        """Installed releases, newest first."""
+        script = f"cd {shlex.quote(self.releases)} 2>/dev/null && ls -1t -- || true"
+        names = self.hook.run_script(script).stdout.split()
+        return [name for name in names if not name.startswith(".")]
+
+    def free_disk_mb(self) -> int:
+        script = f"mkdir -p {shlex.quote(self.releases)} && df -Pk {shlex.quote(self.releases)} | tail -1"
+        fields = self.hook.run_script(script).stdout.split()
+        return int(fields[3]) // 1024
+
+    def installed_sha256(self, version: str) -> str | None:
+        marker = f"{self.release_dir(version)}/{RELEASE_MARKER}"
+        result = self.hook.run(["cat", marker], check=False)
+        if result.exit_status != 0:
+            return None
+        return result.stdout.strip() or None
+
+    def install(self, version: str, artifact: Artifact) -> bool:
+        """Unpack the artifact into ``releases/<version>``; returns False when already there.
+
+        The upload is checked against the artifact's SHA-256 on the host, unpacked into a
+        temporary directory and renamed into place, so a release directory is either complete
+        or absent. A version already installed from a different artifact is refused: versions
+        are immutable.
+        """
+        installed = self.installed_sha256(version)
+        if installed == artifact.sha256:
+            return False
+        if installed is not None:
+            raise RuntimeError(
+                f"Host {self.hook.host.name} already has {version} from another artifact "
+                f"(SHA-256 {installed}, now {artifact.sha256}): versions are immutable, publish a new one"
+            )
+        q = shlex.quote
+        incoming = f"{self.releases}/.incoming-{version}.tar.gz"
+        staging = f"{self.releases}/.staging-{version}"
+        target = self.release_dir(version)
+        self.hook.run(["mkdir", "-p", self.releases, f"{self.root}/shared"])
+        self.hook.upload(artifact.path, incoming)
+        script = "\n".join(
+            [
+                "set -eu",
+                f"echo {q(artifact.sha256 + '  ' + incoming)} | sha256sum --check --status -",
+                f"rm -rf {q(staging)} {q(target)}",
+                f"mkdir -p {q(staging)}",
+                f"tar -xzf {q(incoming)} -C {q(staging)} --no-same-owner",
+                f"ln -sfn ../../shared {q(staging + '/shared')}",
+                f"printf '%s\\n' {q(artifact.sha256)} > {q(staging + '/' + RELEASE_MARKER)}",
+                f"mv -T {q(staging)} {q(target)}",
+                f"rm -f {q(incoming)}",
+            ]
+        )
+        self.hook.run_script(script, shown=f"install {version} into {target}")
+        return True
+
+    def switch_current(self, version: str) -> None:
+        """Point ``current`` at ``releases/<version>`` with one atomic rename."""
+        q = shlex.quote
+        pending = f"{self.root}/.current-{version}"
+        script = "\n".join(
+            [
+                "set -eu",
+                f"test -d {q(self.release_dir(version))}",
+                f"ln -sfn {q('releases/' + version)} {q(pending)}",
+                f"mv -Tf {q(pending)} {q(self.current)}",
+            ]
+        )
+        self.hook.run_script(script, shown=f"switch {self.current} to {version}")
+
+    def activate(self, command: list[str], version: str) -> None:
+        values = {"root": self.root, "release_dir": self.release_dir(version), "version": version}
+        self.hook.run([part.format(**values) for part in command])
+
+    def prune(self, keep: int, protect: set[str]) -> list[str]:
+        """Delete the oldest releases beyond ``keep``; never one in ``protect``."""
+        installed = self.installed_versions()
+        doomed = [v for v in installed[keep:] if v not in protect]
+        for version in doomed:
+            self.hook.run(["rm", "-rf", "--", self.release_dir(version)])
+        return doomed
+
+
+def fetch_json(url: str, timeout: float) -> tuple[int, dict | None, float]:
+    """GET ``url``: status, parsed JSON body (or None) and latency in seconds."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - URLs from the environment file
+            body = response.read()
+            status = response.status
+    except urllib.error.HTTPError as error:
+        body, status = error.read(), error.code
+    latency = time.monotonic() - started
+    try:
+        return status, json.loads(body), latency
+    except ValueError:
+        return status, None, latency
+
+
+def serving_version(environment: Environment, host: Host) -> tuple[bool, str | None, str]:
+    """Whether the host is healthy, which version it reports, and what was seen."""
+    try:
+        health_status, _, _ = fetch_json(host.app_url + environment.deploy.health_path, timeout=5)
+        version_status, body, _ = fetch_json(host.app_url + environment.deploy.version_path, timeout=5)
+    except (OSError, urllib.error.URLError) as error:
+        return False, None, f"not answering ({error})"
+    version = (body or {}).get("version") if version_status == 200 else None
+    return health_status == 200, version, f"health {health_status}, version {version!r}"
+
+
+def wait_until_serving(environment: Environment, host: Host, version: str, timeout: timedelta) -> None:
+    """Poll health and version until the host is healthy on ``version``, or raise."""
+    deadline = time.monotonic() + timeout.total_seconds()
+    seen = "no answer yet"
+    while time.monotonic() < deadline:
+        healthy, reported, seen = serving_version(environment, host)
+        if healthy and reported == version:
+            return
+        time.sleep(0.5)
+    raise HostNotServingError(
+        f"Host {host.name} ({host.app_url}) is not healthy on {version} after "
+        f"{int(timeout.total_seconds())}s: last seen {seen}"
+    )
+
+
+def deploy_to_host(environment: Environment, host: Host, version: str, artifact: Artifact) -> HostRelease:
+    """Install, switch, activate and wait; a no-op when the host already serves ``version``."""
+    hook = host_hook(environment, host)
+    try:
+        layout = HostLayout(hook, environment.root_of(host))
+        previous = layout.current_version()
+        if previous == version:
+            healthy, reported, _ = serving_version(environment, host)
+            if healthy and reported == version:
+                return HostRelease(host=host.name, previous_version=previous, version=version, changed=False)
+        layout.install(version, artifact)
+        layout.switch_current(version)
+        layout.activate(environment.deploy.activate_command, version)
+        wait_until_serving(environment, host, version, environment.deploy.health_timeout)
+        return HostRelease(
+            host=host.name, previous_version=previous, version=version, changed=previous != version
+        )
+    finally:
+        hook.close()
+
+
+def roll_back_host(environment: Environment, host: Host, to_version: str) -> bool:
+    """Put the host back on ``to_version`` (already installed); returns whether it changed anything."""
+    hook = host_hook(environment, host)
+    try:
+        layout = HostLayout(hook, environment.root_of(host))
+        current = layout.current_version()
+        if current == to_version:
+            healthy, reported, _ = serving_version(environment, host)
+            if healthy and reported == to_version:
+                return False
+        if layout.installed_sha256(to_version) is None:
+            raise RuntimeError(f"Host {host.name} has no release {to_version} to switch to")
+        layout.switch_current(to_version)
+        layout.activate(environment.deploy.activate_command, to_version)
+        wait_until_serving(environment, host, to_version, environment.deploy.health_timeout)
+        return True
+    finally:
+        hook.close()
+
+
+def inspect_host(environment: Environment, host: Host) -> HostState:
+    """Preflight: reach the host (host key checked), read its current release and free disk."""
+    hook = host_hook(environment, host)
+    try:
+        layout = HostLayout(hook, environment.root_of(host))
+        free = layout.free_disk_mb()
+        if free < environment.deploy.min_free_disk_mb:
+            raise RuntimeError(
+                f"Host {host.name} has {free} MB free under {layout.releases}, below the "
+                f"{environment.deploy.min_free_disk_mb} MB required (deploy.min_free_disk_mb)"
+            )
+        return HostState(
+            host=host.name,
+            current_version=layout.current_version(),
+            free_disk_mb=free,
+            installed_versions=layout.installed_versions(),
+        )
+    finally:
+        hook.close()
+
+
+def prune_host(environment: Environment, host: Host, protect: set[str]) -> list[str]:
+    hook = host_hook(environment, host)
+    try:
+        layout = HostLayout(hook, environment.root_of(host))
+        current = layout.current_version()
+        return layout.prune(environment.deploy.keep_releases, protect | ({current} if current else set()))
+    finally:
+        hook.close()

@@ -1,0 +1,174 @@
+"""The release request and the release plan: what will happen, shown before anything happens.
+
+A :class:`ReleasePlan` is built from preflight results and is the single description of a
+release: the approver reads it (Markdown in the approval request), a dry run outputs it, the
+waves deploy it, rollback reads each host's previous release from it and the audit record
+stores it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airlock.config import VERSION_PATTERN, Environment
+
+_VERSION = re.compile(VERSION_PATTERN)
+REQUEST_KEYS = frozenset({"version", "dry_run", "reason"})
+
+
+class InvalidReleaseRequest(ValueError):
+    """The trigger's parameters are not a valid release request; nothing was touched."""
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    version: str
+    dry_run: bool
+    reason: str
+
+
+def validate_version(version: Any) -> str:
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise InvalidReleaseRequest(
+            f"version {version!r} is not a valid version: use 1-64 letters, digits, '.', '_', '+' "
+            f"or '-', starting with a letter or digit (pattern {VERSION_PATTERN})"
+        )
+    return version
+
+
+def validate_request(conf: Mapping[str, Any], params: Mapping[str, Any]) -> ReleaseRequest:
+    """Check the run's request: known keys only, a safe version, a boolean dry_run.
+
+    ``conf`` is what the trigger sent (unknown keys are refused: Airflow would accept them
+    as extra params), ``params`` the resolved values with defaults.
+    """
+    unknown = sorted(set(conf or {}) - REQUEST_KEYS)
+    if unknown:
+        raise InvalidReleaseRequest(
+            f"unknown parameter(s) {', '.join(unknown)}: "
+            f"a release takes only {', '.join(sorted(REQUEST_KEYS))}"
+        )
+    version = validate_version(params.get("version"))
+    dry_run = params.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidReleaseRequest(f"dry_run must be true or false, not {dry_run!r}")
+    reason = params.get("reason") or ""
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise InvalidReleaseRequest("reason must be text of at most 500 characters")
+    return ReleaseRequest(version=version, dry_run=dry_run, reason=reason)
+
+
+@dataclass(frozen=True)
+class PlannedHost:
+    host: str
+    current_version: str | None
+    new_version: str
+
+    @property
+    def changes(self) -> bool:
+        return self.current_version != self.new_version
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    environment: str
+    version: str
+    artifact_url: str
+    artifact_sha256: str
+    waves: list[list[PlannedHost]]
+    triggered_by: str
+    reason: str
+    dry_run: bool
+    approval_required: bool
+    approvers: list[str]
+    checks: list[str] = field(default_factory=list)
+    migrations: list[dict[str, str]] = field(default_factory=list)
+    backup: str | None = None
+
+    def previous_versions(self) -> dict[str, str | None]:
+        """Each host's release before this run: the rollback target."""
+        return {planned.host: planned.current_version for wave in self.waves for planned in wave}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReleasePlan:
+        waves = [[PlannedHost(**planned) for planned in wave] for wave in data["waves"]]
+        return cls(**{**data, "waves": waves})
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"## Release {self.version} to {self.environment}",
+            "",
+            f"- Requested by **{self.triggered_by}**" + (f": {self.reason}" if self.reason else ""),
+            f"- Artifact `{self.artifact_url}` (SHA-256 `{self.artifact_sha256[:16]}…`, verified)",
+            "- Approval: "
+            + ("required from " + ", ".join(self.approvers) if self.approval_required else "not required"),
+            f"- Mode: {'**dry run**: nothing will change' if self.dry_run else 'apply'}",
+            "",
+            "| Wave | Host | Current | New |",
+            "| --- | --- | --- | --- |",
+        ]
+        for number, wave in enumerate(self.waves, start=1):
+            for planned in wave:
+                current = planned.current_version or "(none)"
+                marker = "" if planned.changes else " (already there)"
+                lines.append(f"| {number} | {planned.host} | {current} | {planned.new_version}{marker} |")
+        lines += ["", "### Migrations", ""]
+        if self.migrations:
+            for migration in self.migrations:
+                lines += [f"- `{migration['file']}`", "", "```sql", migration["sql"].strip(), "```", ""]
+        else:
+            lines.append("None pending.")
+        lines += [
+            "",
+            "### Backup",
+            "",
+            self.backup or "No pre-release backup configured for this environment.",
+        ]
+        lines += ["", "### Preflight", ""]
+        lines += [f"- {check}" for check in self.checks] or ["- (none)"]
+        rollback = ", ".join(f"{h} → {v or '(none)'}" for h, v in self.previous_versions().items())
+        lines += [
+            "",
+            "### If a wave fails",
+            "",
+            f"Every host switched by this run goes back to its previous release: {rollback}.",
+        ]
+        return "\n".join(lines)
+
+
+def build_plan(
+    *,
+    environment: Environment,
+    request: ReleaseRequest,
+    artifact: Mapping[str, Any],
+    host_states: list[Mapping[str, Any]],
+    triggered_by: str,
+    checks: list[str],
+) -> ReleasePlan:
+    current = {state["host"]: state["current_version"] for state in host_states}
+    missing = [host.name for host in environment.hosts if host.name not in current]
+    if missing:
+        raise RuntimeError(f"preflight has no result for host(s) {', '.join(missing)}")
+    waves = [
+        [PlannedHost(host.name, current[host.name], request.version) for host in wave.hosts]
+        for wave in environment.waves
+    ]
+    return ReleasePlan(
+        environment=environment.name,
+        version=request.version,
+        artifact_url=artifact["url"],
+        artifact_sha256=artifact["sha256"],
+        waves=waves,
+        triggered_by=triggered_by,
+        reason=request.reason,
+        dry_run=request.dry_run,
+        approval_required=environment.approval.required,
+        approvers=list(environment.approval.approvers),
+        checks=checks,
+    )

@@ -1,0 +1,322 @@
+"""The steps of ``release_<env>``, one function per task; ``dags/release.py`` wires them.
+
+Each step takes the environment and what it needs from earlier steps (XCom values, all plain
+JSON), does one thing, and returns plain JSON. Each is safe to run again after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from airlock.config import Environment
+from airlock.hooks.artifacts import fetch_artifact
+from airlock.hooks.lock import EnvironmentLock
+from airlock.notifications.slack import post, render, summarize_error
+from airlock.operators.audit import AuditRecord, write_audit_record
+from airlock.operators.hosts import deploy_to_host, inspect_host, prune_host, roll_back_host
+from airlock.operators.release import InvalidReleaseRequest, ReleasePlan, build_plan, validate_request
+from airlock.operators.smoke import run_smoke_tests
+
+log = logging.getLogger(__name__)
+
+#: Task states meaning a step was attempted (and may have changed something).
+ATTEMPTED = {"success", "failed", "up_for_retry", "running", "upstream_failed_after_run"}
+
+
+def environment_lock(environment: Environment) -> EnvironmentLock:
+    return EnvironmentLock(
+        environment=environment.name, redis_conn_id=environment.redis_conn_id, ttl=environment.lock_ttl
+    )
+
+
+def validate(conf: Mapping[str, Any] | None, params: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        request = validate_request(conf or {}, params)
+    except InvalidReleaseRequest as error:
+        raise AirflowFailException(f"Invalid release request: {error}") from None
+    return {"version": request.version, "dry_run": request.dry_run, "reason": request.reason}
+
+
+def lock(environment: Environment, *, run_id: str, purpose: str, triggered_by: str) -> dict[str, Any]:
+    holder = environment_lock(environment).acquire(run_id=run_id, purpose=purpose, triggered_by=triggered_by)
+    log.info("Locked environment %s for %s", environment.name, holder.describe())
+    return {"run_id": holder.run_id, "since": holder.since}
+
+
+def unlock(environment: Environment, *, run_id: str) -> None:
+    if environment_lock(environment).release_for_run(run_id):
+        log.info("Released the lock of %s", environment.name)
+    else:
+        log.info("Run %s did not hold the lock of %s; nothing to release", run_id, environment.name)
+
+
+def check_artifact(environment: Environment, version: str) -> dict[str, Any]:
+    artifact = fetch_artifact(
+        environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
+    )
+    log.info("Artifact %s verified: SHA-256 %s, %d bytes", artifact.url, artifact.sha256, artifact.size)
+    return {"url": artifact.url, "sha256": artifact.sha256, "size": artifact.size}
+
+
+def check_host(environment: Environment, host_name: str) -> dict[str, Any]:
+    state = inspect_host(environment, environment.host(host_name))
+    log.info("Host %s runs %s with %d MB free", host_name, state.current_version, state.free_disk_mb)
+    return state.to_dict()
+
+
+def check_database(environment: Environment) -> dict[str, Any]:
+    try:
+        row = PostgresHook(postgres_conn_id=environment.database.conn_id).get_first(
+            "SELECT current_database(), current_setting('server_version')"
+        )
+    except Exception as error:
+        reason = summarize_error(error)
+        raise RuntimeError(
+            f"Application database ({environment.database.conn_id}) is not reachable: {reason}"
+        ) from error
+    return {"database": row[0], "server_version": row[1]}
+
+
+def plan(
+    environment: Environment,
+    *,
+    request: Mapping[str, Any],
+    artifact: Mapping[str, Any],
+    host_states: list[Mapping[str, Any]],
+    database: Mapping[str, Any],
+    triggered_by: str,
+) -> dict[str, Any]:
+    checks = [
+        f"Artifact verified ({artifact['size']} bytes)",
+        *(f"{s['host']}: reachable, host key verified, {s['free_disk_mb']} MB free" for s in host_states),
+        f"Database {database['database']} reachable (PostgreSQL {database['server_version']})",
+    ]
+    release_plan = build_plan(
+        environment=environment,
+        request=validate_request({}, request),
+        artifact=artifact,
+        host_states=list(host_states),
+        triggered_by=triggered_by,
+        checks=checks,
+    )
+    markdown = release_plan.to_markdown()
+    log.info("Release plan:\n%s", markdown)
+    return {"plan": release_plan.to_dict(), "markdown": markdown}
+
+
+def announce(environment: Environment, planned: Mapping[str, Any]) -> bool:
+    """Post the start (or the dry-run plan) and tell the DAG whether to go on."""
+    release_plan = ReleasePlan.from_dict(planned["plan"])
+    if release_plan.dry_run:
+        post(
+            environment.slack_conn_id,
+            render(
+                "release_planned",
+                environment=environment.name,
+                version=release_plan.version,
+                link="see the plan task's XCom",
+            ),
+        )
+        return False
+    reason = f": {release_plan.reason}" if release_plan.reason else ""
+    post(
+        environment.slack_conn_id,
+        render(
+            "release_started",
+            environment=environment.name,
+            version=release_plan.version,
+            triggered_by=release_plan.triggered_by,
+            reason=reason,
+        ),
+    )
+    return True
+
+
+def deploy(
+    environment: Environment, *, version: str, host_name: str, wave_hosts: list[str]
+) -> dict[str, Any]:
+    if host_name not in wave_hosts:
+        raise AirflowFailException(f"host {host_name} is not part of this wave ({', '.join(wave_hosts)})")
+    artifact = fetch_artifact(
+        environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
+    )
+    release = deploy_to_host(environment, environment.host(host_name), version, artifact)
+    log.info(
+        "Host %s: %s -> %s (%s)",
+        host_name,
+        release.previous_version,
+        version,
+        "switched" if release.changed else "already there",
+    )
+    return release.to_dict()
+
+
+def verify(environment: Environment, *, wave_hosts: list[str]) -> list[dict[str, Any]]:
+    if not wave_hosts:
+        raise AirflowFailException("this wave has no host: a wave must never deploy to nobody")
+    results = run_smoke_tests(environment, [environment.host(name) for name in wave_hosts])
+    for result in results:
+        log.info("Smoke test %s on %s passed: %s", result.test, result.target, result.detail)
+    return [result.__dict__ for result in results]
+
+
+def failed_steps(task_states: Mapping[str, str]) -> list[str]:
+    return sorted(task for task, state in task_states.items() if state in ("failed", "up_for_retry"))
+
+
+def describe_failed(task_states: Mapping[str, str], environment: Environment) -> str:
+    """Name failed tasks readably: ``wave_1.deploy_2`` becomes ``wave_1.deploy (web-3)``."""
+    names = []
+    for task in failed_steps(task_states):
+        base, _, index = task.rpartition("_")
+        if base.endswith(".deploy") and index.isdigit():
+            wave_number = int(base.split(".")[0].removeprefix("wave_"))
+            hosts = environment.waves[wave_number - 1].hosts
+            names.append(f"{base} ({hosts[int(index)].name})" if int(index) < len(hosts) else task)
+        else:
+            names.append(task)
+    return ", ".join(names) or "an earlier step"
+
+
+def roll_back(
+    environment: Environment, *, planned: Mapping[str, Any] | None, task_states: Mapping[str, str]
+) -> dict[str, Any]:
+    """Put every host this run switched back on its previous release; skip when nothing failed."""
+    if planned is None:
+        raise AirflowSkipException("no plan: the run stopped before any host could change")
+    release_plan = ReleasePlan.from_dict(planned["plan"])
+    waves_verified = all(
+        task_states.get(f"wave_{n}.verify") == "success" for n in range(1, len(release_plan.waves) + 1)
+    )
+    if waves_verified:
+        raise AirflowSkipException("every wave succeeded: nothing to roll back")
+    attempted = {
+        environment.waves[wave_number - 1].hosts[index].name
+        for wave_number in range(1, len(release_plan.waves) + 1)
+        for index in range(len(environment.waves[wave_number - 1].hosts))
+        if task_states.get(f"wave_{wave_number}.deploy_{index}")
+        not in (None, "skipped", "upstream_failed", "removed")
+    }
+    if not attempted:
+        raise AirflowSkipException("no host was touched by this run: nothing to roll back")
+    previous = release_plan.previous_versions()
+
+    def restore(host_name: str) -> tuple[str, str]:
+        target = previous[host_name]
+        if target is None:
+            return host_name, "had no previous release; left as is"
+        changed = roll_back_host(environment, environment.host(host_name), target)
+        return host_name, f"back on {target}" if changed else f"was still on {target}"
+
+    with ThreadPoolExecutor(max_workers=min(8, len(attempted))) as pool:
+        outcomes = dict(pool.map(restore, sorted(attempted)))
+    failed = describe_failed(task_states, environment)
+    hosts = ", ".join(f"{host} ({outcome})" for host, outcome in sorted(outcomes.items()))
+    post(
+        environment.slack_conn_id,
+        render(
+            "release_rolled_back",
+            environment=environment.name,
+            version=release_plan.version,
+            failed=failed,
+            hosts=hosts,
+            detail="",
+        ),
+    )
+    return {"failed": failed, "hosts": outcomes}
+
+
+def conclude(
+    environment: Environment,
+    *,
+    dag_id: str,
+    run_id: str,
+    params: Mapping[str, Any],
+    planned: Mapping[str, Any] | None,
+    approval: Mapping[str, Any] | None,
+    rollback: Mapping[str, Any] | None,
+    task_states: Mapping[str, str],
+    started_at: datetime | None,
+    triggered_by: str,
+) -> dict[str, Any]:
+    """Prune and celebrate, or record why not; the run ends failed unless the release went out."""
+    release_plan = ReleasePlan.from_dict(planned["plan"]) if planned else None
+    version = release_plan.version if release_plan else str(params.get("version"))
+    responded = (approval or {}).get("responded_by_user") or {}
+    approved_by = responded.get("id") if isinstance(responded, dict) else None
+    waves = len(environment.waves)
+    succeeded = release_plan is not None and all(
+        task_states.get(f"wave_{n}.verify") == "success" for n in range(1, waves + 1)
+    )
+
+    if release_plan is not None and release_plan.dry_run:
+        result, detail = "planned", "dry run: nothing changed"
+    elif succeeded:
+        result, detail = "succeeded", None
+    elif task_states.get("approve") == "failed":
+        result, detail = "rejected", "rejected or timed out at approval; nothing changed"
+    elif rollback:
+        result, detail = "rolled_back", f"failed at {rollback['failed']}; {rollback['hosts']}"
+    else:
+        result, detail = (
+            "failed",
+            f"failed at {describe_failed(task_states, environment)}; no host was switched",
+        )
+
+    if release_plan is not None:
+        write_audit_record(
+            environment,
+            AuditRecord(
+                dag_id=dag_id,
+                run_id=run_id,
+                action="release",
+                version=version,
+                previous=release_plan.previous_versions(),
+                triggered_by=triggered_by,
+                approved_by=approved_by,
+                reason=release_plan.reason,
+                started_at=started_at,
+                result=result,
+                detail=detail,
+            ),
+        )
+
+    if result == "succeeded":
+        assert release_plan is not None
+        previous = {v for v in release_plan.previous_versions().values() if v}
+        for host in environment.hosts:
+            pruned = prune_host(environment, host, protect=previous | {version})
+            if pruned:
+                log.info("Pruned %s on %s", ", ".join(pruned), host.name)
+        duration = f"{(datetime.now(UTC) - started_at).total_seconds():.0f}s" if started_at else "done"
+        post(
+            environment.slack_conn_id,
+            render(
+                "release_succeeded",
+                environment=environment.name,
+                version=version,
+                hosts=", ".join(h.name for h in environment.hosts),
+                duration=duration,
+            ),
+        )
+    elif result == "failed" and release_plan is not None:
+        post(
+            environment.slack_conn_id,
+            render(
+                "release_failed",
+                environment=environment.name,
+                version=version,
+                failed=describe_failed(task_states, environment),
+                detail="",
+            ),
+        )
+    if result not in ("succeeded", "planned"):
+        raise AirflowFailException(f"Release {version} to {environment.name}: {result} ({detail})")
+    return {"result": result, "version": version}

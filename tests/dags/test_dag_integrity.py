@@ -1,0 +1,108 @@
+"""Every DAG file parses cleanly, offline, and every DAG and task follows the house rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import PROJECT, demo_document
+
+# Parses dags/ the way the dag-processor does, with every socket connection refused and no
+# connection secrets: parsing must need neither network nor database.
+PARSE = r"""
+import json, socket, sys
+
+def refuse(*args, **kwargs):
+    raise OSError("network access during DAG parsing")
+
+socket.socket.connect = refuse
+socket.create_connection = refuse
+
+from airflow.dag_processing.dagbag import DagBag
+
+bag = DagBag(dag_folder=sys.argv[1])
+dags = {}
+for dag_id, dag in bag.dags.items():
+    dags[dag_id] = {
+        "fileloc": dag.fileloc,
+        "doc_md": bool(dag.doc_md and dag.doc_md.strip()),
+        "owners": sorted({t.owner for t in dag.tasks}),
+        "tags": sorted(dag.tags),
+        "catchup": dag.catchup,
+        "tasks": {
+            t.task_id: {
+                "retries": t.retries,
+                "execution_timeout": t.execution_timeout is not None,
+                "is_hitl": type(t).__name__.endswith("ApprovalOperator"),
+            }
+            for t in dag.tasks
+        },
+    }
+print(json.dumps({"dags": dags, "errors": {k: v for k, v in bag.import_errors.items()}}))
+"""
+
+
+def parse(environments: Path) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW_CONN_")}
+    env["AIRLOCK_ENVIRONMENTS_DIR"] = str(environments)
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = "postgresql://nobody@127.0.0.1:9/nowhere"
+    result = subprocess.run(
+        [sys.executable, "-c", PARSE, str(PROJECT / "dags")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict:
+    return parse(PROJECT / "include" / "environments")
+
+
+def test_every_dag_file_imports_offline_without_errors(shipped):
+    assert shipped["errors"] == {}
+    assert shipped["dags"], "no DAG was found in dags/"
+
+
+def test_every_dag_has_a_runbook_an_owner_tags_and_no_catchup(shipped):
+    for dag_id, dag in shipped["dags"].items():
+        assert dag["doc_md"], f"{dag_id} has no doc_md"
+        assert dag["owners"], f"{dag_id} has no owner"
+        assert "airflow" not in dag["owners"], f"{dag_id} keeps Airflow's default owner"
+        assert dag["tags"], f"{dag_id} has no tags"
+        assert dag["catchup"] is False, f"{dag_id} catches up"
+
+
+def test_every_task_has_an_execution_timeout_and_deliberate_retries(shipped):
+    for dag_id, dag in shipped["dags"].items():
+        for task_id, task in dag["tasks"].items():
+            where = f"{dag_id}.{task_id}"
+            if task["is_hitl"]:
+                # A human's answer is bounded by the approval's response timeout instead.
+                assert task["retries"] == 0, f"{where}: an approval must not be asked twice"
+                continue
+            assert task["execution_timeout"], f"{where} has no execution_timeout"
+            assert task["retries"] is not None, f"{where} leaves retries unset"
+
+
+def test_a_broken_environment_is_an_import_error_naming_file_and_field_and_others_still_load(tmp_path):
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo_document()))
+    (tmp_path / "staging.yaml").write_text(yaml.safe_dump({**demo_document(), "rollout": {"waves": [1]}}))
+
+    parsed = parse(tmp_path)
+
+    [(file, message)] = parsed["errors"].items()
+    assert file.endswith("environments.py")
+    assert "staging.yaml: rollout.waves: the last wave reaches 1 of 3 hosts" in message
+    assert any(dag_id.endswith("_demo") for dag_id in parsed["dags"])
+    assert not any(dag_id.endswith("_staging") for dag_id in parsed["dags"])

@@ -1,0 +1,91 @@
+"""Real sshd sandbox hosts, reached the way every Airlock task reaches a host."""
+
+from __future__ import annotations
+
+import pytest
+
+from airlock.hooks.ssh import HostKeyError, HostSSHHook, RemoteCommandError
+
+
+def hook_for(environment, host, known_hosts=None) -> HostSSHHook:
+    return HostSSHHook(
+        host=host,
+        known_hosts=known_hosts or environment.ssh.known_hosts,
+        ssh_conn_id=environment.ssh.conn_id,
+        connect_attempts=1,
+    )
+
+
+def test_every_sandbox_host_answers_over_ssh_with_its_key_verified(sandbox, environment):
+    for host in environment.hosts:
+        hook = hook_for(environment, host)
+        try:
+            result = hook.run(["sh", "-c", 'echo "$SSH_CONNECTION"'])
+        finally:
+            hook.close()
+
+        server_port = int(result.stdout.split()[3])
+        assert server_port == host.ssh_port, f"{host.name} reached the sshd on {server_port}"
+
+
+def test_each_host_has_its_own_root_with_its_own_app_settings(sandbox, environment):
+    for host in environment.hosts:
+        hook = hook_for(environment, host)
+        try:
+            settings = hook.run(["cat", f"{environment.root_of(host)}/shared/app.env"]).stdout
+        finally:
+            hook.close()
+
+        assert f"PORT={host.app_url.rsplit(':', 1)[1]}" in settings
+
+
+def test_a_host_presenting_another_key_is_refused_before_any_command(sandbox, environment, tmp_path):
+    web_1, web_2 = environment.hosts[0], environment.hosts[1]
+    # known_hosts that claims web-2's key belongs to web-1's address: a man in the middle.
+    lines = environment.ssh.known_hosts.read_text().splitlines()
+    web_2_key = next(line for line in lines if line.startswith(f"[127.0.0.1]:{web_2.ssh_port} ")).split(
+        " ", 1
+    )[1]
+    forged = tmp_path / "known_hosts"
+    forged.write_text(f"[127.0.0.1]:{web_1.ssh_port} {web_2_key}\n")
+    marker = tmp_path / "touched"
+
+    hook = hook_for(environment, web_1, known_hosts=forged)
+    with pytest.raises(
+        HostKeyError, match=r"Host web-1 \(127\.0\.0\.1:\d+\) presented a ssh-ed25519 key .* does not match"
+    ):
+        hook.run(["touch", str(marker)])
+
+    assert not marker.exists()
+
+
+def test_a_host_missing_from_known_hosts_is_refused_with_how_to_add_it(sandbox, environment, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+
+    hook = hook_for(environment, environment.hosts[0], known_hosts=empty)
+    with pytest.raises(HostKeyError, match=r"is not listed in .*known_hosts: add its key"):
+        hook.get_conn()
+
+
+def test_arguments_are_quoted_so_input_is_never_code(sandbox, environment, tmp_path):
+    marker = tmp_path / "injected"
+    hook = hook_for(environment, environment.hosts[0])
+    try:
+        result = hook.run(["echo", f"1.0; touch {marker}", "$(id)"])
+    finally:
+        hook.close()
+
+    assert result.stdout.strip() == f"1.0; touch {marker} $(id)"
+    assert not marker.exists()
+
+
+def test_a_failing_command_names_host_command_and_status(sandbox, environment):
+    hook = hook_for(environment, environment.hosts[1])
+    try:
+        with pytest.raises(
+            RemoteCommandError, match=r"Host web-2 .*`ls /no/such/dir` exited 2: .*No such file"
+        ):
+            hook.run(["ls", "/no/such/dir"])
+    finally:
+        hook.close()
