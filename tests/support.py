@@ -42,5 +42,128 @@ def write_sandbox_environment(
     document["ssh"]["known_hosts"] = str(base / "known_hosts")
     document["deploy"]["artifact_url"] = f"file://{base}/artifacts/demo-app-{{version}}.tar.gz"
     document["backup"]["destination"] = f"file://{base}/backups"
+    document["deploy"]["health_timeout"] = "10s"
     document.update(overrides)
     return write_environment(path, document)
+
+
+def load_dag(dag_id: str):
+    """Parse ``dags/`` as the dag-processor would and return one DAG."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=PROJECT / "dags")
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags[dag_id]
+
+
+def task_states(dag_id: str, run_id: str) -> dict[str, str]:
+    """``task_id`` (``task_id[map_index]`` for mapped ones) -> state, from the metadata DB."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.state).where(
+                TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id
+            )
+        ).all()
+    return {(task if index < 0 else f"{task}[{index}]"): str(state) for task, index, state in rows}
+
+
+def pending_approval(dag_id: str):
+    """The task instance waiting for a human answer in ``dag_id``, if any."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.execute(
+            select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index).where(
+                TaskInstance.dag_id == dag_id, TaskInstance.state == TaskInstanceState.AWAITING_INPUT
+            )
+        ).first()
+
+
+def respond_to_approval(dag_id: str, run_id: str, task_id: str, option: str, user: str) -> None:
+    """Answer a human-in-the-loop request exactly as the REST API's PATCH .../hitlDetails does."""
+    from airflow.api_fastapi.app import create_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
+    from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+    from airflow.utils.session import create_session
+
+    create_auth_manager()
+    with create_session() as session:
+        update_hitl_detail(
+            dag_id=dag_id,
+            dag_run_id=run_id,
+            task_id=task_id,
+            update_hitl_detail_payload=UpdateHITLDetailPayload(chosen_options=[option], params_input={}),
+            user=SimpleAuthManagerUser(username=user, role="user"),
+            session=session,
+            map_index=-1,
+        )
+
+
+def run_dag(dag, conf: dict, *, answer: str | None = None, as_user: str = "admin", timeout: float = 300):
+    """``dag.test()`` with ``conf``; answer the approval request (``Approve``/``Reject``) if asked.
+
+    Returns the finished run's id and its task states.
+    """
+    import threading
+    import time
+
+    answered: dict[str, object] = {}
+
+    def approver() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not stop.is_set():
+            pending = pending_approval(dag.dag_id)
+            if pending is not None:
+                try:
+                    respond_to_approval(dag.dag_id, pending[0], pending[1], answer, as_user)
+                    answered["ok"] = True
+                except Exception as error:  # surfaced by the test through `answered`
+                    answered["error"] = error
+                    from airflow.models import TaskInstance
+                    from airflow.utils.session import create_session
+                    from airflow.utils.state import TaskInstanceState
+                    from sqlalchemy import update
+
+                    # Unblock dag.test(): a refused answer leaves the request pending forever.
+                    with create_session() as session:
+                        session.execute(
+                            update(TaskInstance)
+                            .where(
+                                TaskInstance.dag_id == dag.dag_id,
+                                TaskInstance.run_id == pending[0],
+                                TaskInstance.task_id == pending[1],
+                            )
+                            .values(state=TaskInstanceState.FAILED)
+                        )
+                return
+            time.sleep(0.3)
+
+    # Import in this thread what either thread will need: two threads importing Airflow's
+    # models at once deadlock on the import lock and SQLAlchemy's mapper configuration.
+    import airflow.api.common.trigger_dag
+    import airflow.api_fastapi.core_api.routes.public.hitl
+    import airflow.models.dagbag  # noqa: F401
+    from airflow.models import import_all_models
+
+    import_all_models()
+    pending_approval(dag.dag_id)
+
+    stop = threading.Event()
+    thread = threading.Thread(target=approver, daemon=True)
+    if answer is not None:
+        thread.start()
+    try:
+        dag_run = dag.test(run_conf=conf)
+    finally:
+        stop.set()
+    if answer is not None:
+        thread.join(timeout=5)
+    return dag_run.run_id, task_states(dag.dag_id, dag_run.run_id), answered

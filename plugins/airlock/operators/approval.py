@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.notifications.slack import post, render
@@ -106,7 +106,10 @@ class ReleaseApprovalOperator(ApprovalOperator):
         responder = _user_id(event.get("responded_by_user"))
         if not self.allow_self_approval and responder and responder == self._triggered_by(context):
             raise AirflowFailException(f"{responder} may not approve a release they triggered")
-        result = super().execute_complete(context=context, event=event)
+        # HITLOperator's validation only: ApprovalOperator would skip the downstream tasks on
+        # "Reject" and end the run as a success; a rejected release must end failed instead.
+        result = HITLOperator.execute_complete(self, context=context, event=event)
+        self.hitl_summary_extra["approved"] = result["chosen_options"] == [self.APPROVE]
         if result["chosen_options"] != [self.APPROVE]:
             post(
                 self.slack_conn_id,

@@ -17,10 +17,16 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airlock.config import Environment
 from airlock.hooks.artifacts import fetch_artifact
-from airlock.hooks.lock import EnvironmentLock
+from airlock.hooks.lock import EnvironmentLock, LockHeldError
 from airlock.notifications.slack import post, render, summarize_error
 from airlock.operators.audit import AuditRecord, write_audit_record
-from airlock.operators.hosts import deploy_to_host, inspect_host, prune_host, roll_back_host
+from airlock.operators.hosts import (
+    HostNotServingError,
+    deploy_to_host,
+    inspect_host,
+    prune_host,
+    roll_back_host,
+)
 from airlock.operators.release import InvalidReleaseRequest, ReleasePlan, build_plan, validate_request
 from airlock.operators.smoke import run_smoke_tests
 
@@ -45,7 +51,12 @@ def validate(conf: Mapping[str, Any] | None, params: Mapping[str, Any]) -> dict[
 
 
 def lock(environment: Environment, *, run_id: str, purpose: str, triggered_by: str) -> dict[str, Any]:
-    holder = environment_lock(environment).acquire(run_id=run_id, purpose=purpose, triggered_by=triggered_by)
+    try:
+        holder = environment_lock(environment).acquire(
+            run_id=run_id, purpose=purpose, triggered_by=triggered_by
+        )
+    except LockHeldError as error:
+        raise AirflowFailException(str(error)) from None  # waiting is the holder's business: fail fast
     log.info("Locked environment %s for %s", environment.name, holder.describe())
     return {"run_id": holder.run_id, "since": holder.since}
 
@@ -147,7 +158,12 @@ def deploy(
     artifact = fetch_artifact(
         environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
     )
-    release = deploy_to_host(environment, environment.host(host_name), version, artifact)
+    try:
+        release = deploy_to_host(environment, environment.host(host_name), version, artifact)
+    except HostNotServingError as error:
+        # The health wait already gave the host its whole health_timeout: retrying would only
+        # delay the rollback. Connection and upload errors are retried as usual.
+        raise AirflowFailException(str(error)) from None
     log.info(
         "Host %s: %s -> %s (%s)",
         host_name,

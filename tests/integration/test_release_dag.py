@@ -1,0 +1,276 @@
+"""``release_<env>`` end to end on real sshd hosts, the real demo app, PostgreSQL, Redis and Slack.
+
+Each test starts from every sandbox host serving 1.0.0, runs the DAG with ``dag.test()`` (the
+approval answered the way the REST API answers it) and checks what a user would check: which
+version each host serves, the audit trail, the lock, and what Slack received.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+from airflow.exceptions import ParamValidationError
+
+from airlock.hooks.artifacts import fetch_artifact
+from airlock.hooks.lock import EnvironmentLock
+from airlock.operators import release_steps
+from airlock.operators.hosts import HostLayout, deploy_to_host, host_hook, serving_version
+from include.demo_app.build import build_artifact
+from tests.support import load_dag, run_dag
+
+OLD, NEW, BROKEN = "1.0.0", "2.0.0", "2.1.0-broken"
+
+
+@pytest.fixture(scope="module")
+def artifacts(environment) -> Path:
+    directory = Path(urlsplit(environment.deploy.artifact_url).path).parent
+    for version in (OLD, NEW, BROKEN, "2.2.0"):
+        build_artifact(version, directory)
+    return directory
+
+
+def on_every_host(environment, version: str) -> None:
+    artifact = fetch_artifact(
+        environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
+    )
+    for host in environment.hosts:
+        deploy_to_host(environment, host, version, artifact)
+
+
+def served_versions(environment) -> dict[str, str | None]:
+    return {host.name: serving_version(environment, host)[1] for host in environment.hosts}
+
+
+@pytest.fixture
+def hosts_on_old(sandbox, environment, artifacts, redis_client, slack_messages, postgres_url):
+    """Every host serving 1.0.0 and the lock free, as before a normal release."""
+    on_every_host(environment, OLD)
+    redis_client.delete(f"airlock:lock:{environment.name}")
+    slack_messages.clear()
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+    return environment
+
+
+@pytest.fixture(scope="module")
+def release(environment, sandbox):
+    return load_dag(f"release_{environment.name}")
+
+
+def audit_rows(postgres_url: str, run_id: str) -> list[tuple]:
+    with psycopg.connect(postgres_url) as connection:
+        return connection.execute(
+            "SELECT version, result, previous, triggered_by, approved_by, reason FROM airlock.releases "
+            "WHERE run_id = %s",
+            (run_id,),
+        ).fetchall()
+
+
+def test_an_approved_release_switches_every_host_in_waves(
+    release, hosts_on_old, slack_messages, postgres_url
+):
+    environment = hosts_on_old
+
+    run_id, states, answered = run_dag(
+        release, {"version": NEW, "reason": "ship it"}, answer="Approve", as_user="admin"
+    )
+
+    assert answered == {"ok": True}
+    assert states["conclude"] == "success", states
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], NEW)
+    [(version, result, previous, _who, approver, reason)] = audit_rows(postgres_url, run_id)
+    assert (version, result, approver, reason) == (NEW, "succeeded", "admin", "ship it")
+    assert previous == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+    texts = slack_messages.texts()
+    assert any("needs approval from admin" in text and "required_actions" in text for text in texts)
+    assert any(f"release {NEW} started" in text for text in texts)
+    assert any(f"release {NEW} is live on web-1, web-2, web-3" in text for text in texts)
+    assert (
+        EnvironmentLock(environment=environment.name, redis_conn_id="airlock_redis", ttl=None).holder()
+        is None
+    )
+
+
+def test_the_waves_run_in_order_first_one_host_then_the_rest(release, hosts_on_old):
+    environment = hosts_on_old
+
+    _, states, _ = run_dag(release, {"version": NEW}, answer="Approve")
+
+    assert states["wave_1.deploy[0]"] == "success"
+    assert {states["wave_2.deploy[0]"], states["wave_2.deploy[1]"]} == {"success"}
+    assert [h.name for h in environment.waves[0].hosts] == ["web-1"]
+
+
+def test_a_broken_version_is_rolled_back_on_every_switched_host(
+    release, hosts_on_old, slack_messages, redis_client, postgres_url
+):
+    environment = hosts_on_old
+
+    run_id, states, _ = run_dag(release, {"version": BROKEN}, answer="Approve")
+
+    assert states["wave_1.deploy[0]"] == "failed"
+    assert states["rollback"] == "success"
+    assert states["conclude"] == "failed"
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+    hook = host_hook(environment, environment.hosts[0])
+    assert HostLayout(hook, environment.root_of(environment.hosts[0])).current_version() == OLD
+    hook.close()
+    assert redis_client.get(f"airlock:lock:{environment.name}") is None
+    [(version, result, *_)] = audit_rows(postgres_url, run_id)
+    assert (version, result) == (BROKEN, "rolled_back")
+    rolled_back = [t for t in slack_messages.texts() if "failed at wave_1.deploy (web-1)" in t]
+    assert rolled_back, slack_messages.texts()
+    assert "web-1 (back on 1.0.0)" in rolled_back[0]
+    assert any(
+        "wave_1.deploy [web-1] failed" in t and "not healthy on 2.1.0-broken" in t
+        for t in slack_messages.texts()
+    )
+
+
+def test_a_rejected_release_changes_nothing_and_says_who_rejected(
+    release, hosts_on_old, slack_messages, postgres_url
+):
+    environment = hosts_on_old
+
+    run_id, states, _ = run_dag(release, {"version": NEW}, answer="Reject", as_user="admin")
+
+    assert states["approve"] == "failed"
+    assert not [task for task, state in states.items() if task.startswith("wave_") and state == "success"]
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+    assert any(f"release {NEW} was rejected by admin" in t for t in slack_messages.texts())
+    [(version, result, *_)] = audit_rows(postgres_url, run_id)
+    assert (version, result) == (NEW, "rejected")
+
+
+def test_only_an_assigned_approver_can_answer(release, hosts_on_old):
+    environment = hosts_on_old
+
+    _, states, answered = run_dag(release, {"version": NEW}, answer="Approve", as_user="mallory")
+
+    assert "is not a respondent" in str(answered.get("error")), answered
+    assert states["approve"] != "success"
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+
+
+def test_a_dry_run_plans_and_changes_nothing(release, hosts_on_old, slack_messages):
+    environment = hosts_on_old
+
+    _run_id, states, _ = run_dag(release, {"version": NEW, "dry_run": True})
+
+    assert states["plan"] == "success"
+    assert states["proceed"] == "success"
+    assert states["conclude"] == "success"
+    assert states.get("approve") == "skipped"
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+    assert any("dry run of release 2.0.0 planned" in t for t in slack_messages.texts())
+
+
+def test_the_plan_shows_hosts_per_wave_current_and_new_version(environment, hosts_on_old, artifacts):
+    artifact = release_steps.check_artifact(environment, NEW)
+    host_states = [release_steps.check_host(environment, h.name) for h in environment.hosts]
+    database = release_steps.check_database(environment)
+
+    planned = release_steps.plan(
+        environment,
+        request={"version": NEW, "dry_run": False, "reason": "weekly"},
+        artifact=artifact,
+        host_states=host_states,
+        database=database,
+        triggered_by="alice",
+    )
+
+    markdown = planned["markdown"]
+    assert "| 1 | web-1 | 1.0.0 | 2.0.0 |" in markdown
+    assert "| 2 | web-3 | 1.0.0 | 2.0.0 |" in markdown
+    assert "Requested by **alice**: weekly" in markdown
+    assert "web-1 → 1.0.0" in markdown
+
+
+def test_a_second_release_fails_fast_naming_the_lock_holder(
+    release, hosts_on_old, slack_messages, redis_client
+):
+    environment = hosts_on_old
+    holder = EnvironmentLock(
+        environment=environment.name,
+        redis_conn_id="airlock_redis",
+        ttl=__import__("datetime").timedelta(minutes=5),
+    )
+    holder.acquire(run_id="manual__other-run", purpose="release 9.9.9", triggered_by="alice")
+
+    _, states, _ = run_dag(release, {"version": NEW})
+
+    assert states["lock"] == "failed"
+    assert states["unlock"] != "success"
+    lock_failures = [t for t in slack_messages.texts() if "task lock failed" in t]
+    assert lock_failures
+    assert "locked by release 9.9.9 (run manual__other-run, by alice" in lock_failures[-1]
+    assert json.loads(redis_client.get(f"airlock:lock:{environment.name}"))["run_id"] == "manual__other-run"
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+
+
+def test_a_host_with_an_unexpected_host_key_fails_preflight_and_no_host_is_touched(
+    release, hosts_on_old, tmp_path
+):
+    environment = hosts_on_old
+    known_hosts = environment.ssh.known_hosts
+    original = known_hosts.read_text()
+    lines = original.splitlines()
+    # web-3's line now carries web-1's key: whoever answers on web-3's port is an impostor.
+    web_1_key = lines[0].split(" ", 1)[1]
+    known_hosts.write_text(
+        "\n".join([lines[0], lines[1], lines[2].split(" ", 1)[0] + " " + web_1_key]) + "\n"
+    )
+    try:
+        _, states, _ = run_dag(release, {"version": NEW}, answer="Approve")
+    finally:
+        known_hosts.write_text(original)
+
+    assert states["check_host[2]"] == "failed"
+    assert states["plan"] == "upstream_failed"
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        pytest.param("1.0; touch /tmp/airlock-pwned", id="shell-metacharacters"),
+        pytest.param("../../etc", id="dot-dot"),
+        pytest.param("2.0 0", id="space"),
+        pytest.param("$(id)", id="command-substitution"),
+        pytest.param("1" * 65, id="too-long"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_a_malicious_version_is_refused_when_the_run_is_created(release, version):
+    with pytest.raises(ParamValidationError, match="version"):
+        release.test(run_conf={"version": version})
+
+    assert not Path("/tmp/airlock-pwned").exists()
+
+
+def test_unknown_parameters_stop_the_run_before_anything_is_touched(release, hosts_on_old):
+    environment = hosts_on_old
+
+    _, states, _ = run_dag(release, {"version": NEW, "hosts": "web-1"})
+
+    assert states["validate_request"] == "failed"
+    assert states["lock"] == "upstream_failed"
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+
+
+def test_re_running_a_deploy_for_a_host_already_switched_is_a_no_op(environment, hosts_on_old):
+    web_1 = environment.hosts[0]
+    first = release_steps.deploy(environment, version=NEW, host_name="web-1", wave_hosts=["web-1"])
+    hook = host_hook(environment, web_1)
+    stamp = ["stat", "-c", "%Y %i", f"{environment.root_of(web_1)}/releases/{NEW}"]
+    before = hook.run(stamp).stdout
+
+    again = release_steps.deploy(environment, version=NEW, host_name="web-1", wave_hosts=["web-1"])
+
+    assert first["changed"] is True
+    assert again == {"host": "web-1", "previous_version": NEW, "version": NEW, "changed": False}
+    assert hook.run(stamp).stdout == before
+    hook.close()
