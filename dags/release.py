@@ -152,7 +152,7 @@ def release_dag(environment: Environment) -> DAG:
                 subject=f"Release {{{{ params.version }}}} to {environment.name}?",
                 body=PLAN,
                 environment=environment.name,
-                version="{{ params.version }}",
+                change="release {{ params.version }}",
                 approvers=environment.approval.approvers,
                 allow_self_approval=environment.approval.allow_self_approval,
                 slack_conn_id=environment.slack_conn_id,

@@ -274,3 +274,36 @@ def test_re_running_a_deploy_for_a_host_already_switched_is_a_no_op(environment,
     assert again == {"host": "web-1", "previous_version": NEW, "version": NEW, "changed": False}
     assert hook.run(stamp).stdout == before
     hook.close()
+
+
+@pytest.fixture(scope="module")
+def rollback(environment, sandbox):
+    return load_dag(f"rollback_{environment.name}")
+
+
+def test_rollback_puts_every_host_back_on_its_previous_release(
+    rollback, hosts_on_old, slack_messages, postgres_url
+):
+    environment = hosts_on_old
+    on_every_host(environment, NEW)
+
+    run_id, states, _ = run_dag(rollback, {"reason": "errors up"}, answer="Approve")
+
+    assert states["conclude"] == "success", states
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+    [(version, result, previous, *_)] = audit_rows(postgres_url, run_id)
+    assert (version, result) == (OLD, "succeeded")
+    assert previous == dict.fromkeys(["web-1", "web-2", "web-3"], NEW)
+    assert any(
+        "rolled back to web-1 → 1.0.0, web-2 → 1.0.0, web-3 → 1.0.0" in t for t in slack_messages.texts()
+    )
+
+
+def test_rollback_to_a_release_missing_on_a_host_is_refused_before_any_switch(rollback, hosts_on_old):
+    environment = hosts_on_old
+    on_every_host(environment, NEW)
+
+    _, states, _ = run_dag(rollback, {"to_version": "0.9.0"})
+
+    assert states["plan"] == "failed"
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], NEW)

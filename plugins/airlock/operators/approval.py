@@ -30,19 +30,19 @@ class ReleaseApprovalOperator(ApprovalOperator):
     Ask the environment's approvers to approve a release plan.
 
     :param environment: environment name (for messages).
-    :param version: the version being released (templated).
+    :param change: what is to be approved, e.g. "release 2.0.0" (templated).
     :param approvers: Airflow user ids allowed to approve.
     :param allow_self_approval: whether the user who triggered the run may approve it.
     :param slack_conn_id: Slack webhook connection for the request and the outcome.
     """
 
-    template_fields = (*ApprovalOperator.template_fields, "version")
+    template_fields = (*ApprovalOperator.template_fields, "change")
 
     def __init__(
         self,
         *,
         environment: str,
-        version: str,
+        change: str,
         approvers: list[str],
         allow_self_approval: bool,
         slack_conn_id: str | None,
@@ -56,7 +56,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
             **kwargs,
         )
         self.environment = environment
-        self.version = version
+        self.change = change
         self.approvers = approvers
         self.allow_self_approval = allow_self_approval
         self.slack_conn_id = slack_conn_id
@@ -82,7 +82,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
             render(
                 "approval_requested",
                 environment=self.environment,
-                version=self.version,
+                change=self.change,
                 approvers=", ".join(user["id"] for user in self.assigned_users or []),
                 link=link,
             ),
@@ -96,16 +96,14 @@ class ReleaseApprovalOperator(ApprovalOperator):
                 render(
                     "approval_timed_out",
                     environment=self.environment,
-                    version=self.version,
+                    change=self.change,
                     timeout=self.response_timeout,
                 ),
             )
-            raise AirflowFailException(
-                f"Nobody approved release {self.version} within {self.response_timeout}"
-            )
+            raise AirflowFailException(f"Nobody approved {self.change} within {self.response_timeout}")
         responder = _user_id(event.get("responded_by_user"))
         if not self.allow_self_approval and responder and responder == self._triggered_by(context):
-            raise AirflowFailException(f"{responder} may not approve a release they triggered")
+            raise AirflowFailException(f"{responder} may not approve a change they triggered")
         # HITLOperator's validation only: ApprovalOperator would skip the downstream tasks on
         # "Reject" and end the run as a success; a rejected release must end failed instead.
         result = HITLOperator.execute_complete(self, context=context, event=event)
@@ -113,9 +111,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
         if result["chosen_options"] != [self.APPROVE]:
             post(
                 self.slack_conn_id,
-                render(
-                    "approval_rejected", environment=self.environment, version=self.version, who=responder
-                ),
+                render("approval_rejected", environment=self.environment, change=self.change, who=responder),
             )
-            raise AirflowFailException(f"Release {self.version} was rejected by {responder}")
+            raise AirflowFailException(f"{self.change} was rejected by {responder}")
         return result

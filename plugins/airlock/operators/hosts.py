@@ -25,6 +25,7 @@ from airlock.hooks.artifacts import Artifact
 from airlock.hooks.ssh import HostSSHHook
 
 RELEASE_MARKER = ".airlock-release"
+PREVIOUS_MARKER = ".airlock-previous"
 
 
 class HostNotServingError(RuntimeError):
@@ -52,6 +53,7 @@ class HostState:
     current_version: str | None
     free_disk_mb: int
     installed_versions: list[str]
+    previous_version: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,18 +144,31 @@ class HostLayout:
         self.hook.run_script(script, shown=f"install {version} into {target}")
         return True
 
+    def previous_version(self) -> str | None:
+        """The release ``current`` pointed at before the last switch (what a rollback goes back to)."""
+        result = self.hook.run(["cat", f"{self.root}/{PREVIOUS_MARKER}"], check=False)
+        return (result.stdout.strip() or None) if result.exit_status == 0 else None
+
     def switch_current(self, version: str) -> None:
-        """Point ``current`` at ``releases/<version>`` with one atomic rename."""
+        """Point ``current`` at ``releases/<version>`` with one atomic rename.
+
+        The release it pointed at before is remembered in ``<root>/.airlock-previous``.
+        """
         q = shlex.quote
         pending = f"{self.root}/.current-{version}"
-        script = "\n".join(
-            [
-                "set -eu",
-                f"test -d {q(self.release_dir(version))}",
-                f"ln -sfn {q('releases/' + version)} {q(pending)}",
-                f"mv -Tf {q(pending)} {q(self.current)}",
+        before = self.current_version()
+        lines = ["set -eu", f"test -d {q(self.release_dir(version))}"]
+        if before and before != version:
+            marker = f"{self.root}/{PREVIOUS_MARKER}"
+            lines += [
+                f"printf '%s\\n' {q(before)} > {q(marker + '.new')}",
+                f"mv -f {q(marker + '.new')} {q(marker)}",
             ]
-        )
+        lines += [
+            f"ln -sfn {q('releases/' + version)} {q(pending)}",
+            f"mv -Tf {q(pending)} {q(self.current)}",
+        ]
+        script = "\n".join(lines)
         self.hook.run_script(script, shown=f"switch {self.current} to {version}")
 
     def activate(self, command: list[str], version: str) -> None:
@@ -173,7 +188,7 @@ def fetch_json(url: str, timeout: float) -> tuple[int, dict | None, float]:
     """GET ``url``: status, parsed JSON body (or None) and latency in seconds."""
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - URLs from the environment file
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             body = response.read()
             status = response.status
     except urllib.error.HTTPError as error:
@@ -268,6 +283,7 @@ def inspect_host(environment: Environment, host: Host) -> HostState:
             current_version=layout.current_version(),
             free_disk_mb=free,
             installed_versions=layout.installed_versions(),
+            previous_version=layout.previous_version(),
         )
     finally:
         hook.close()

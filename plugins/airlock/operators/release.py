@@ -172,3 +172,62 @@ def build_plan(
         approvers=list(environment.approval.approvers),
         checks=checks,
     )
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    """Which release each host goes back to; every target is already installed on its host."""
+
+    environment: str
+    hosts: list[PlannedHost]
+    triggered_by: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RollbackPlan:
+        return cls(**{**data, "hosts": [PlannedHost(**planned) for planned in data["hosts"]]})
+
+    def targets(self) -> str:
+        return ", ".join(f"{p.host} → {p.new_version}" for p in self.hosts)
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"## Rollback of {self.environment}",
+            "",
+            f"- Requested by **{self.triggered_by}**" + (f": {self.reason}" if self.reason else ""),
+            "",
+            "| Host | Current | Back to |",
+            "| --- | --- | --- |",
+        ]
+        for planned in self.hosts:
+            note = "" if planned.changes else " (already there)"
+            lines.append(
+                f"| {planned.host} | {planned.current_version or '(none)'} | {planned.new_version}{note} |"
+            )
+        return "\n".join(lines)
+
+
+def build_rollback_plan(
+    *,
+    environment: Environment,
+    to_version: str | None,
+    host_states: list[Mapping[str, Any]],
+    triggered_by: str,
+    reason: str,
+) -> RollbackPlan:
+    """Target per host: ``to_version`` if given, else the release before the current one."""
+    planned, problems = [], []
+    for state in sorted(host_states, key=lambda s: [h.name for h in environment.hosts].index(s["host"])):
+        target = to_version or state.get("previous_version")
+        if target is None:
+            problems.append(f"{state['host']} has no previous release recorded")
+        elif target not in state["installed_versions"]:
+            problems.append(f"{state['host']} does not have release {target} installed")
+        else:
+            planned.append(PlannedHost(state["host"], state["current_version"], target))
+    if problems:
+        raise InvalidReleaseRequest("cannot roll back: " + "; ".join(problems))
+    return RollbackPlan(environment=environment.name, hosts=planned, triggered_by=triggered_by, reason=reason)

@@ -27,7 +27,15 @@ from airlock.operators.hosts import (
     prune_host,
     roll_back_host,
 )
-from airlock.operators.release import InvalidReleaseRequest, ReleasePlan, build_plan, validate_request
+from airlock.operators.release import (
+    InvalidReleaseRequest,
+    ReleasePlan,
+    RollbackPlan,
+    build_plan,
+    build_rollback_plan,
+    validate_request,
+    validate_version,
+)
 from airlock.operators.smoke import run_smoke_tests
 
 log = logging.getLogger(__name__)
@@ -336,3 +344,95 @@ def conclude(
     if result not in ("succeeded", "planned"):
         raise AirflowFailException(f"Release {version} to {environment.name}: {result} ({detail})")
     return {"result": result, "version": version}
+
+
+def plan_rollback(
+    environment: Environment,
+    *,
+    conf: Mapping[str, Any] | None,
+    params: Mapping[str, Any],
+    host_states: list[Mapping[str, Any]],
+    triggered_by: str,
+) -> dict[str, Any]:
+    unknown = sorted(set(conf or {}) - {"to_version", "reason"})
+    to_version = params.get("to_version") or None
+    try:
+        if unknown:
+            raise InvalidReleaseRequest(
+                f"unknown parameter(s) {', '.join(unknown)}: use to_version and reason"
+            )
+        if to_version is not None:
+            validate_version(to_version)
+        rollback_plan = build_rollback_plan(
+            environment=environment,
+            to_version=to_version,
+            host_states=list(host_states),
+            triggered_by=triggered_by,
+            reason=params.get("reason") or "",
+        )
+    except InvalidReleaseRequest as error:
+        raise AirflowFailException(str(error)) from None
+    markdown = rollback_plan.to_markdown()
+    log.info("Rollback plan:\n%s", markdown)
+    return {"plan": rollback_plan.to_dict(), "markdown": markdown}
+
+
+def roll_back_one(environment: Environment, *, planned: Mapping[str, Any], host_name: str) -> dict[str, Any]:
+    rollback_plan = RollbackPlan.from_dict(planned["plan"])
+    [target] = [p for p in rollback_plan.hosts if p.host == host_name]
+    changed = roll_back_host(environment, environment.host(host_name), target.new_version)
+    return {"host": host_name, "version": target.new_version, "changed": changed}
+
+
+def conclude_rollback(
+    environment: Environment,
+    *,
+    dag_id: str,
+    run_id: str,
+    planned: Mapping[str, Any] | None,
+    approval: Mapping[str, Any] | None,
+    task_states: Mapping[str, str],
+    started_at: datetime | None,
+) -> dict[str, Any]:
+    if planned is None:
+        raise AirflowFailException(
+            f"Rollback of {environment.name} stopped before planning: see the failed task"
+        )
+    rollback_plan = RollbackPlan.from_dict(planned["plan"])
+    responded = (approval or {}).get("responded_by_user") or {}
+    rolled = [task for task in task_states if task.startswith("roll_back_host")]
+    succeeded = bool(rolled) and all(task_states[task] == "success" for task in rolled)
+    if succeeded:
+        result, detail = "succeeded", None
+    elif task_states.get("approve") == "failed":
+        result, detail = "rejected", "rejected or timed out at approval; nothing changed"
+    else:
+        result, detail = "failed", f"failed at {', '.join(failed_steps(task_states)) or 'an earlier step'}"
+    write_audit_record(
+        environment,
+        AuditRecord(
+            dag_id=dag_id,
+            run_id=run_id,
+            action="rollback",
+            version=", ".join(sorted({p.new_version for p in rollback_plan.hosts})),
+            previous={p.host: p.current_version for p in rollback_plan.hosts},
+            triggered_by=rollback_plan.triggered_by,
+            approved_by=responded.get("id") if isinstance(responded, dict) else None,
+            reason=rollback_plan.reason,
+            started_at=started_at,
+            result=result,
+            detail=detail,
+        ),
+    )
+    if not succeeded:
+        raise AirflowFailException(f"Rollback of {environment.name}: {result} ({detail})")
+    post(
+        environment.slack_conn_id,
+        render(
+            "rollback_succeeded",
+            environment=environment.name,
+            targets=rollback_plan.targets(),
+            triggered_by=rollback_plan.triggered_by,
+        ),
+    )
+    return {"result": result}

@@ -1,0 +1,124 @@
+"""``rollback_<env>``: put every host of an environment back on its previous (or a named) release.
+
+Runs under the same lock as ``release_<env>`` and with the same approval gate. The runbook
+(``docs/runbooks/rollback.md``) is the DAG's documentation; the logic lives in
+``airlock.operators.release_steps``.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, Param, TriggerRule, chain, get_current_context, setup, task, teardown
+
+from airlock.config import VERSION_PATTERN, Environment, load_environments
+from airlock.conventions import default_args, runbook
+from airlock.operators import release_steps as steps
+from airlock.operators.approval import ReleaseApprovalOperator
+
+
+def rollback_dag(environment: Environment) -> DAG:
+    with DAG(
+        dag_id=f"rollback_{environment.name}",
+        description=f"Switch {environment.name}'s hosts back to their previous (or a named) release",
+        doc_md=runbook("rollback", environment=environment.name),
+        schedule=None,
+        catchup=False,
+        tags=["airlock", "rollback", environment.name],
+        default_args=default_args(environment),
+        params={
+            "to_version": Param(
+                None,
+                type=["null", "string"],
+                pattern=VERSION_PATTERN,
+                description="Release to go back to (installed on every host); empty: each host's previous",
+            ),
+            "reason": Param("", type="string", maxLength=500, description="Why (kept in the audit trail)"),
+        },
+    ) as dag:
+
+        @setup
+        @task(retries=3)
+        def lock():
+            """Take the environment's lock: no release and rollback at the same time."""
+            context = get_current_context()
+            dag_run = context["dag_run"]
+            target = context["params"].get("to_version") or "previous releases"
+            return steps.lock(
+                environment,
+                run_id=dag_run.run_id,
+                purpose=f"rollback to {target}",
+                triggered_by=dag_run.triggering_user_name or "unknown",
+            )
+
+        @teardown
+        @task(retries=3)
+        def unlock():
+            steps.unlock(environment, run_id=get_current_context()["run_id"])
+
+        @task(retries=3, map_index_template="{{ host_name }}")
+        def check_host(host_name: str):
+            get_current_context()["host_name"] = host_name
+            return steps.check_host(environment, host_name)
+
+        @task(retries=0)
+        def plan(host_states: list, params=None, dag_run=None):
+            """Each host's target release, refused if it is not installed there."""
+            return steps.plan_rollback(
+                environment,
+                conf=dag_run.conf,
+                params=params,
+                host_states=list(host_states),
+                triggered_by=dag_run.triggering_user_name or "unknown",
+            )
+
+        @task(retries=2, map_index_template="{{ host_name }}")
+        def roll_back_host(host_name: str, planned: dict):
+            """Switch `current` back, activate, wait until healthy on the target release."""
+            get_current_context()["host_name"] = host_name
+            return steps.roll_back_one(environment, planned=planned, host_name=host_name)
+
+        @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
+        def conclude():
+            """Audit record and Slack; the run fails unless every host is back."""
+            context = get_current_context()
+            ti, dag_run = context["ti"], context["dag_run"]
+            states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+            return steps.conclude_rollback(
+                environment,
+                dag_id=dag_run.dag_id,
+                run_id=dag_run.run_id,
+                planned=ti.xcom_pull(task_ids="plan"),
+                approval=ti.xcom_pull(task_ids="approve"),
+                task_states=states,
+                started_at=dag_run.start_date,
+            )
+
+        taken = lock()
+        states = check_host.expand(host_name=[host.name for host in environment.hosts])
+        planned = plan(states)
+        taken >> states
+        gate = planned
+        if environment.approval.required:
+            gate = ReleaseApprovalOperator(
+                task_id="approve",
+                subject=f"Roll back {environment.name}?",
+                body="{{ ti.xcom_pull(task_ids='plan')['markdown'] }}",
+                environment=environment.name,
+                change="rollback to {{ params.to_version or 'previous releases' }}",
+                approvers=environment.approval.approvers,
+                allow_self_approval=environment.approval.allow_self_approval,
+                slack_conn_id=environment.slack_conn_id,
+                response_timeout=environment.approval.timeout,
+            )
+            planned >> gate
+        switched = roll_back_host.partial(planned=planned).expand(
+            host_name=[h.name for h in environment.hosts]
+        )
+        gate >> switched
+        released = unlock()
+        chain(switched, conclude(), released)
+        taken >> released
+    return dag
+
+
+for _environment in load_environments():
+    globals()[f"rollback_{_environment.name}"] = rollback_dag(_environment)

@@ -1,0 +1,66 @@
+"""``make demo``: Airlock with three sandbox hosts, in the foreground until Ctrl-C.
+
+Everything lives under ``.demo/`` (git-ignored); running it again reuses that state. Ctrl-C
+stops every process it started (Airflow's components, sshd hosts, the demo apps, Slack).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from airlock.config import PROJECT_ROOT
+from airlock.sandbox.hosts import SandboxError
+from airlock.sandbox.stack import AirlockStack, Ports, say
+
+NEXT_STEPS = """
+  Airlock is running.
+
+    Airflow UI   {url}      user: admin   password: {password}
+                 (also in .demo/airflow/simple_auth_manager_passwords.json.generated)
+    Hosts        web-1..3 over SSH on 127.0.0.1:2201-2203, app on http://127.0.0.1:8101-8103
+    Slack        messages print here and go to .demo/slack.log
+    Logs         .demo/logs/<component>.log
+
+  Try it:
+    1. Trigger release_demo with version 2.0.0 (DAG page > Trigger).
+    2. Approve it under Browse > Required Actions (the request shows the release plan).
+    3. Watch the waves in the grid: web-1 first, then web-2 and web-3.
+       curl http://127.0.0.1:8101/version
+    4. Then trigger 2.1.0-broken and watch the automatic rollback.
+
+  Ctrl-C stops everything.
+"""
+
+
+def main() -> int:
+    port = int(os.environ.get("AIRLOCK_PORT", "8080"))
+    stack = AirlockStack(home=PROJECT_ROOT / ".demo", ports=Ports(api=port))
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        stack.start()
+        print(NEXT_STEPS.format(url=stack.api_url, password=stack.password()), flush=True)
+        while all(process.poll() is None for process in stack.processes.values()):
+            time.sleep(1)
+        failed = [name for name, process in stack.processes.items() if process.poll() is not None]
+        say(f"{', '.join(failed)} stopped unexpectedly; see .demo/logs/. Shutting down.")
+        return 1
+    except KeyboardInterrupt:
+        say("stopping")
+        return 0
+    except (SandboxError, RuntimeError) as error:
+        say(f"error: {error}")
+        return 1
+    finally:
+        stack.stop()
+        say("stopped every process the demo started")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

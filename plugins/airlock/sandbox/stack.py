@@ -1,0 +1,362 @@
+"""A running Airlock on this machine: Airflow's components, the sandbox hosts, Slack, artifacts.
+
+One implementation serves ``make demo`` (fixed ports, ``.demo/``) and the end-to-end tests (free
+ports, a temporary directory). Airflow runs as separate components bound to loopback, never
+``airflow standalone`` (whose log servers listen on every interface): api-server, scheduler,
+dag-processor and triggerer, with the LocalExecutor and a SQLite metadata database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from airlock.config import PROJECT_ROOT, Environment, load_environment
+from airlock.sandbox.hosts import Sandbox, SandboxError, port_is_free
+from airlock.sandbox.slack import SlackReceiver
+
+DEMO_VERSIONS = ("1.0.0", "1.1.0", "2.0.0", "2.1.0-broken")
+INITIAL_VERSION = "1.0.0"
+COMPONENTS = {
+    "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{port}"],
+    "scheduler": ["scheduler", "--skip-serve-logs"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer", "--skip-serve-logs"],
+}
+
+
+def say(message: str) -> None:
+    print(f"[airlock] {message}", flush=True)
+
+
+@dataclass
+class Ports:
+    api: int = 8080
+    slack: int = 8099
+    ssh: list[int] = field(default_factory=lambda: [2201, 2202, 2203])
+    app: list[int] = field(default_factory=lambda: [8101, 8102, 8103])
+
+
+@dataclass
+class AirlockStack:
+    """
+    Everything ``make demo`` runs, rooted at ``home``.
+
+    :param home: directory for all state (``.demo`` for the demo).
+    :param ports: loopback ports of the API, Slack receiver, sshd hosts and demo app.
+    :param database: name of the demo app's PostgreSQL database on 127.0.0.1:5432.
+    :param redis_db: Redis database number on 127.0.0.1:6379.
+    :param echo_slack: print Slack messages on the console.
+    """
+
+    home: Path
+    ports: Ports = field(default_factory=Ports)
+    database: str = "airlock_demo"
+    redis_db: int = 0
+    echo_slack: bool = True
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    sandbox: Sandbox | None = None
+    slack: SlackReceiver | None = None
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    @property
+    def environments_dir(self) -> Path:
+        """The shipped environments, unless this stack moved the demo to other ports."""
+        if self.ports == Ports():
+            return PROJECT_ROOT / "include" / "environments"
+        return self.home / "environments"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.api}"
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:5432/{self.database}"
+
+    def environment(self) -> Environment:
+        return load_environment(self.environments_dir / "demo.yaml")
+
+    # -- configuration -------------------------------------------------------------------
+
+    def _write_environment(self) -> None:
+        """``include/environments/demo.yaml`` with this stack's ports (when they differ)."""
+        os.environ["AIRLOCK_DEMO_HOME"] = str(self.home.resolve())
+        if self.environments_dir == PROJECT_ROOT / "include" / "environments":
+            return
+        document = yaml.safe_load((PROJECT_ROOT / "include" / "environments" / "demo.yaml").read_text())
+        for host, ssh_port, app_port in zip(document["hosts"], self.ports.ssh, self.ports.app, strict=True):
+            host["ssh_port"] = ssh_port
+            host["app_url"] = f"http://127.0.0.1:{app_port}"
+        self.environments_dir.mkdir(parents=True, exist_ok=True)
+        (self.environments_dir / "demo.yaml").write_text(
+            "# Generated from include/environments/demo.yaml with this stack's ports.\n"
+            + yaml.safe_dump(document, sort_keys=False)
+        )
+
+    def _secret(self, name: str) -> str:
+        path = self.home / "secrets" / name
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text()
+
+    def settings(self) -> dict[str, str]:
+        """Environment variables every Airflow component and this process share."""
+        connections = {
+            "AIRFLOW_CONN_AIRLOCK_SSH": self.sandbox.ssh_connection_uri() if self.sandbox else None,
+            "AIRFLOW_CONN_AIRLOCK_SLACK": self.slack.connection() if self.slack else None,
+            "AIRFLOW_CONN_AIRLOCK_REDIS": {
+                "conn_type": "redis",
+                "host": "127.0.0.1",
+                "port": 6379,
+                "extra": {"db": self.redis_db},
+            },
+            "AIRFLOW_CONN_AIRLOCK_DEMO_DB": {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": 5432,
+                "login": "postgres",
+                "schema": self.database,
+            },
+        }
+        return {
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRLOCK_DEMO_HOME": str(self.home.resolve()),
+            "AIRLOCK_ENVIRONMENTS_DIR": str(self.environments_dir),
+            "AIRLOCK_ARTIFACT_CACHE": str(self.home / "cache" / "artifacts"),
+            "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,operator:op",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+            "AIRFLOW__API__BASE_URL": self.api_url,
+            "AIRFLOW__API__PORT": str(self.ports.api),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__SECRET_KEY": self._secret("api_secret_key"),
+            "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home.resolve()}/airflow.db",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
+            **{name: json.dumps(value) for name, value in connections.items() if value},
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def check_ports(self) -> None:
+        wanted = {
+            "Airflow API": [self.ports.api],
+            "Slack receiver": [self.ports.slack],
+            "sandbox SSH": self.ports.ssh,
+            "demo app": self.ports.app,
+        }
+        busy = [
+            f"{what} 127.0.0.1:{port}"
+            for what, ports in wanted.items()
+            for port in ports
+            if not port_is_free("127.0.0.1", port)
+        ]
+        if busy:
+            raise SandboxError(
+                "port(s) already in use: "
+                + ", ".join(busy)
+                + ". Is another `make demo` running? Stop it, or set AIRLOCK_PORT for the API."
+            )
+
+    def prepare_database(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
+            exists = connection.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
+            ).fetchone()
+            if not exists:
+                connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+
+    def build_artifacts(self) -> None:
+        sys.path.insert(0, str(PROJECT_ROOT))
+        from include.demo_app.build import build_artifact
+
+        directory = Path(urlsplit(self.environment().deploy.artifact_url).path).parent
+        for version in DEMO_VERSIONS:
+            build_artifact(version, directory)
+
+    def start_hosts(self) -> None:
+        self.sandbox = Sandbox(
+            environment=self.environment(),
+            directory=self.home / "sandbox",
+            app_settings={"DATABASE_URL": self.database_url, "PYTHON": sys.executable},
+        )
+        self.sandbox.start()
+
+    def serve_initial_release(self) -> None:
+        """Hosts without a release get 1.0.0; hosts with one get their app (re)started on it."""
+        from airlock.hooks.artifacts import fetch_artifact
+        from airlock.operators.hosts import HostLayout, deploy_to_host, host_hook
+
+        environment = self.environment()
+        for host in environment.hosts:
+            hook = host_hook(environment, host)
+            try:
+                layout = HostLayout(hook, environment.root_of(host))
+                version = layout.current_version()
+                if version is not None:
+                    layout.activate(environment.deploy.activate_command, version)
+                    continue
+            finally:
+                hook.close()
+            artifact = fetch_artifact(
+                environment.deploy.artifact_url_for(INITIAL_VERSION),
+                environment.deploy.checksum_url_for(INITIAL_VERSION),
+            )
+            deploy_to_host(environment, host, INITIAL_VERSION, artifact)
+
+    def airflow(self, *arguments: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "airflow", *arguments], env={**os.environ, **self.settings()}, **kwargs
+        )
+
+    def migrate_metadata(self) -> None:
+        self.airflow_home.mkdir(parents=True, exist_ok=True)
+        result = self.airflow("db", "migrate", capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed:\n{result.stderr[-3000:]}")
+
+    def start_airflow(self) -> None:
+        logs = self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name, arguments in COMPONENTS.items():
+            log = (logs / f"{name}.log").open("ab")
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "airflow", *(a.format(port=self.ports.api) for a in arguments)],
+                env={**os.environ, **self.settings()},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            log.close()
+
+    def password(self) -> str:
+        path = self.airflow_home / "simple_auth_manager_passwords.json.generated"
+        return json.loads(path.read_text())["admin"]
+
+    def token(self, username: str = "admin", password: str | None = None) -> str:
+        request = urllib.request.Request(
+            f"{self.api_url}/auth/token",
+            data=json.dumps({"username": username, "password": password or self.password()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())["access_token"]
+
+    def wait_until_ready(self, dag_ids: tuple[str, ...], timeout: float = 240) -> None:
+        """Until the API answers, the password file exists and every DAG in ``dag_ids`` is parsed."""
+        deadline = time.monotonic() + timeout
+        last = "the API is not answering yet"
+        while time.monotonic() < deadline:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"airflow {name} exited ({process.returncode}); see {self.home}/logs/{name}.log"
+                    )
+            try:
+                token = self.token()
+                missing = []
+                for dag_id in dag_ids:
+                    request = urllib.request.Request(
+                        f"{self.api_url}/api/v2/dags/{dag_id}", headers={"Authorization": f"Bearer {token}"}
+                    )
+                    try:
+                        urllib.request.urlopen(request, timeout=10).close()
+                    except urllib.error.HTTPError:
+                        missing.append(dag_id)
+                if not missing:
+                    return
+                last = f"waiting for the dag-processor to parse {', '.join(missing)}"
+            except (OSError, KeyError, ValueError, urllib.error.URLError):
+                pass
+            time.sleep(2)
+        raise RuntimeError(f"Airflow was not ready after {timeout:.0f}s: {last}")
+
+    def start(self, dag_ids: tuple[str, ...] = ("release_demo", "rollback_demo")) -> None:
+        steps = [
+            ("checking ports", self.check_ports),
+            ("preparing the demo environment", self._write_environment),
+            ("creating the demo database (if missing)", self.prepare_database),
+            ("building demo app artifacts " + ", ".join(DEMO_VERSIONS), self.build_artifacts),
+            ("starting Slack receiver", self._start_slack),
+            ("starting 3 sandbox hosts (sshd)", self.start_hosts),
+            ("exporting Airlock's connections", self._export_connections),
+            (f"serving demo app {INITIAL_VERSION} on the hosts", self.serve_initial_release),
+            ("migrating the Airflow metadata database", self.migrate_metadata),
+            ("starting api-server, scheduler, dag-processor, triggerer", self.start_airflow),
+            ("waiting for the API and the DAGs", lambda: self.wait_until_ready(dag_ids)),
+        ]
+        self.home.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        for number, (title, step) in enumerate(steps, start=1):
+            say(f"[{number}/{len(steps)}] {title}")
+            step()
+        say(f"ready in {time.monotonic() - started:.0f}s")
+
+    def _start_slack(self) -> None:
+        self.slack = SlackReceiver(
+            port=self.ports.slack, log_path=self.home / "slack.log", echo=self.echo_slack
+        )
+        self.slack.start()
+
+    def _export_connections(self) -> None:
+        """This process deploys the initial release itself, through the same connections."""
+        os.environ.update(
+            {k: v for k, v in self.settings().items() if k.startswith(("AIRFLOW_CONN_", "AIRLOCK_"))}
+        )
+
+    def stop(self) -> None:
+        """Stop every process this stack started; safe to call twice."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        for name, process in self.processes.items():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                say(f"{name} did not stop in time; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+        self.processes.clear()
+        if self.sandbox is not None:
+            self.sandbox.stop()
+        if self.slack is not None:
+            self.slack.stop()
+            self.slack = None
+
+    def wipe(self) -> None:
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)
