@@ -103,9 +103,14 @@ def release_dag(environment: Environment) -> DAG:
         )
         def deploy(host_name: str, request: dict, wave_hosts: list):
             """Install, switch `current`, activate and wait until the host serves the version."""
-            get_current_context()["host_name"] = host_name
+            context = get_current_context()
+            context["host_name"] = host_name
             return steps.deploy(
-                environment, version=request["version"], host_name=host_name, wave_hosts=wave_hosts
+                environment,
+                version=request["version"],
+                host_name=host_name,
+                wave_hosts=wave_hosts,
+                run_id=context["run_id"],
             )
 
         @task(retries=1)
@@ -118,7 +123,9 @@ def release_dag(environment: Environment) -> DAG:
             """If a wave failed: every host this run switched goes back to its previous release."""
             context = get_current_context()
             planned = context["ti"].xcom_pull(task_ids="plan")
-            return steps.roll_back(environment, planned=planned, task_states=_task_states(context))
+            return steps.roll_back(
+                environment, planned=planned, task_states=_task_states(context), run_id=context["run_id"]
+            )
 
         @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
         def conclude():

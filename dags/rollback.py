@@ -73,8 +73,11 @@ def rollback_dag(environment: Environment) -> DAG:
         @task(retries=2, map_index_template="{{ host_name }}")
         def roll_back_host(host_name: str, planned: dict):
             """Switch `current` back, activate, wait until healthy on the target release."""
-            get_current_context()["host_name"] = host_name
-            return steps.roll_back_one(environment, planned=planned, host_name=host_name)
+            context = get_current_context()
+            context["host_name"] = host_name
+            return steps.roll_back_one(
+                environment, planned=planned, host_name=host_name, run_id=context["run_id"]
+            )
 
         @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
         def conclude():

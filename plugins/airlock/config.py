@@ -92,8 +92,10 @@ class _Model(BaseModel):
 class Host(_Model):
     """One machine the application runs on, reached over SSH."""
 
-    name: str = Field(pattern=NAME_PATTERN)
-    address: str = Field(min_length=1)
+    name: str = Field(
+        pattern=NAME_PATTERN, description="Short unique name, e.g. web-1 (lowercase, digits, -)"
+    )
+    address: str = Field(min_length=1, description="Address SSH connects to")
     ssh_port: int = Field(default=22, ge=1, le=65535)
     app_url: str = Field(description="Base URL of the application on this host, e.g. http://10.0.0.5:8080")
     root: RemotePath | None = Field(default=None, description="Overrides deploy.root for this host")
@@ -112,7 +114,7 @@ class Host(_Model):
 
 
 class SSHSettings(_Model):
-    conn_id: str = "airlock_ssh"
+    conn_id: str = Field(default="airlock_ssh", description="Airflow SSH connection: login and private key")
     known_hosts: Path = Field(
         description="known_hosts file listing every host's key; relative to the project"
     )
@@ -127,7 +129,9 @@ class SSHSettings(_Model):
 
 class DeploySettings(_Model):
     root: RemotePath = Field(description="Directory holding releases/, current and shared/ on each host")
-    keep_releases: int = Field(default=5, ge=2, le=100)
+    keep_releases: int = Field(
+        default=5, ge=2, le=100, description="Releases kept on each host after a release"
+    )
     artifact_url: str = Field(description="Where the artifact of a version lives; must contain {version}")
     checksum_url: str | None = Field(
         default=None, description="SHA-256 file of the artifact; defaults to artifact_url + '.sha256'"
@@ -136,10 +140,13 @@ class DeploySettings(_Model):
         min_length=1,
         description="argv run on the host after switching; {root}, {release_dir} and {version} are filled in",
     )
-    health_path: str = "/health"
-    version_path: str = "/version"
-    health_timeout: Duration = timedelta(seconds=60)
-    min_free_disk_mb: int = Field(default=500, ge=0)
+    health_path: str = Field(default="/health", description="Answers 200 when the app on a host is healthy")
+    version_path: str = Field(default="/version", description='Answers JSON {"version": "..."}')
+    health_timeout: Duration = Field(
+        default=timedelta(seconds=60),
+        description="How long a switched host may take to serve the new version",
+    )
+    min_free_disk_mb: int = Field(default=500, ge=0, description="Preflight fails below this free space")
 
     @field_validator("artifact_url", "checksum_url")
     @classmethod
@@ -195,14 +202,14 @@ class RolloutSettings(_Model):
         min_length=1,
         description="Cumulative reach of each wave: a host count or a percentage of all hosts",
     )
-    max_parallel_per_wave: int = Field(default=16, ge=1)
+    max_parallel_per_wave: int = Field(default=16, ge=1, description="Hosts of one wave deployed at once")
 
 
 class ApprovalSettings(_Model):
-    required: bool = True
-    approvers: list[str] = Field(default_factory=list)
-    timeout: Duration = timedelta(hours=4)
-    allow_self_approval: bool = False
+    required: bool = Field(default=True, description="Whether releases and rollbacks wait for an approval")
+    approvers: list[str] = Field(default_factory=list, description="Airflow user ids who may approve")
+    timeout: Duration = Field(default=timedelta(hours=4), description="No answer in time counts as rejected")
+    allow_self_approval: bool = Field(default=False, description="Whether the triggering user may approve")
 
     @model_validator(mode="after")
     def _someone_can_approve(self) -> ApprovalSettings:
@@ -216,7 +223,9 @@ class DatabaseSettings(_Model):
     ops_conn_id: str | None = Field(
         default=None, description="Database for Airlock's own tables (audit, health); defaults to conn_id"
     )
-    ops_schema: str = Field(default="airlock", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    ops_schema: str = Field(
+        default="airlock", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="Schema of the audit trail table"
+    )
 
     @property
     def ops_connection(self) -> str:
@@ -238,7 +247,7 @@ class BackupRetention(_Model):
 
 
 class BackupSettings(_Model):
-    schedule: str | None = "0 2 * * *"
+    schedule: str | None = Field(default="0 2 * * *", description="Cron schedule of backup_<env> (planned)")
     destination: str = Field(
         description="ObjectStoragePath URL, e.g. file:///var/backups/airlock or s3://..."
     )
@@ -246,7 +255,9 @@ class BackupSettings(_Model):
     compression: int = Field(default=6, ge=0, le=9)
     jobs: int = Field(default=2, ge=1, le=32)
     retention: BackupRetention = Field(default_factory=BackupRetention)
-    max_age: Duration = timedelta(hours=26)
+    max_age: Duration = Field(
+        default=timedelta(hours=26), description="Newest verified backup must be younger"
+    )
     required_for_release: bool = True
 
 
@@ -337,22 +348,26 @@ class Environment(_Model):
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
-    owner: str = "airlock"
+    owner: str = Field(default="airlock", description="Owner shown on every DAG of the environment")
     hosts: list[Host] = Field(min_length=1)
     ssh: SSHSettings
     deploy: DeploySettings
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
-    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    approval: ApprovalSettings = Field(description="Stated for every environment: who approves its releases")
     database: DatabaseSettings
     migrations: MigrationSettings = Field(default_factory=MigrationSettings)
     backup: BackupSettings | None = None
     health: HealthSettings = Field(default_factory=HealthSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
     db_maintenance: DatabaseMaintenanceSettings = Field(default_factory=DatabaseMaintenanceSettings)
-    slack_conn_id: str | None = "airlock_slack"
-    redis_conn_id: str = "airlock_redis"
-    lock_ttl: Duration = timedelta(hours=6)
-    smoke_tests: list[SmokeTest] = Field(default_factory=list)
+    slack_conn_id: str | None = Field(
+        default="airlock_slack", description="Slack webhook connection; null: no Slack"
+    )
+    redis_conn_id: str = Field(default="airlock_redis", description="Redis connection for locks")
+    lock_ttl: Duration = Field(
+        default=timedelta(hours=6), description="A crashed run's lock expires after this"
+    )
+    smoke_tests: list[SmokeTest] = Field(default_factory=list, description="Checks run after every wave")
 
     @field_validator("hosts")
     @classmethod

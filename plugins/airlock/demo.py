@@ -6,6 +6,7 @@ stops every process it started (Airflow's components, sshd hosts, the demo apps,
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -36,6 +37,8 @@ NEXT_STEPS = """
 
 
 def main() -> int:
+    # The console shows progress lines and Slack messages; SSH chatter goes nowhere.
+    logging.disable(logging.INFO)
     port = int(os.environ.get("AIRLOCK_PORT", "8080"))
     stack = AirlockStack(home=PROJECT_ROOT / ".demo", ports=Ports(api=port))
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 from airflow.exceptions import ParamValidationError
+from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.hooks.artifacts import fetch_artifact
 from airlock.hooks.lock import EnvironmentLock
@@ -263,12 +264,19 @@ def test_unknown_parameters_stop_the_run_before_anything_is_touched(release, hos
 
 def test_re_running_a_deploy_for_a_host_already_switched_is_a_no_op(environment, hosts_on_old):
     web_1 = environment.hosts[0]
-    first = release_steps.deploy(environment, version=NEW, host_name="web-1", wave_hosts=["web-1"])
+    release_steps.environment_lock(environment).acquire(
+        run_id="manual__rerun", purpose="test", triggered_by="me"
+    )
+    first = release_steps.deploy(
+        environment, version=NEW, host_name="web-1", wave_hosts=["web-1"], run_id="manual__rerun"
+    )
     hook = host_hook(environment, web_1)
     stamp = ["stat", "-c", "%Y %i", f"{environment.root_of(web_1)}/releases/{NEW}"]
     before = hook.run(stamp).stdout
 
-    again = release_steps.deploy(environment, version=NEW, host_name="web-1", wave_hosts=["web-1"])
+    again = release_steps.deploy(
+        environment, version=NEW, host_name="web-1", wave_hosts=["web-1"], run_id="manual__rerun"
+    )
 
     assert first["changed"] is True
     assert again == {"host": "web-1", "previous_version": NEW, "version": NEW, "changed": False}
@@ -307,3 +315,20 @@ def test_rollback_to_a_release_missing_on_a_host_is_refused_before_any_switch(ro
 
     assert states["plan"] == "failed"
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], NEW)
+
+
+def test_a_run_that_lost_its_lock_stops_before_touching_a_host(environment, hosts_on_old, redis_client):
+    release_steps.environment_lock(environment).acquire(
+        run_id="manual__mine", purpose="test", triggered_by="me"
+    )
+    redis_client.delete(f"airlock:lock:{environment.name}")  # expired, or broken by an operator
+    release_steps.environment_lock(environment).acquire(
+        run_id="manual__theirs", purpose="release 9", triggered_by="bob"
+    )
+
+    with pytest.raises(AirflowFailException, match=r"no longer holds the lock .* held by release 9"):
+        release_steps.deploy(
+            environment, version=NEW, host_name="web-1", wave_hosts=["web-1"], run_id="manual__mine"
+        )
+
+    assert served_versions(environment)["web-1"] == OLD

@@ -26,6 +26,18 @@ return 0
 """
 
 
+_EXTEND_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class LockLostError(RuntimeError):
+    """This run no longer holds the lock it took (it expired, or someone broke it)."""
+
+
 class LockHeldError(RuntimeError):
     """Another run holds the environment's lock."""
 
@@ -94,6 +106,26 @@ class EnvironmentLock:
                 f"`redis-cli DEL {self.key}` (see the deployment runbook)."
             )
         return holder
+
+    def extend_for_run(self, run_id: str) -> None:
+        """Restart the TTL of the lock held by ``run_id``; raise :class:`LockLostError` if it is not.
+
+        Every step that changes hosts calls this first, so a long approval wait cannot let the
+        lock expire under a rollout, and a run whose lock was broken stops before touching a host.
+        """
+        current_raw = self.client.get(self.key)
+        current = LockHolder(**json.loads(current_raw)) if current_raw else None
+        ttl = int(self.ttl.total_seconds() * 1000)
+        if (
+            current is None
+            or current.run_id != run_id
+            or not self.client.eval(_EXTEND_IF_OWNER, 1, self.key, current_raw, ttl)
+        ):
+            held = f"it is held by {current.describe()}" if current else "nobody holds it"
+            raise LockLostError(
+                f"Run {run_id} no longer holds the lock of {self.environment} ({held}): "
+                "it expired (lock_ttl) or was broken; stopping before touching any host"
+            )
 
     def release_for_run(self, run_id: str) -> bool:
         """Free the lock if ``run_id`` holds it (what the teardown task does); returns whether it did.

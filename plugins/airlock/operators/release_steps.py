@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airlock.config import Environment
 from airlock.hooks.artifacts import fetch_artifact
-from airlock.hooks.lock import EnvironmentLock, LockHeldError
+from airlock.hooks.lock import EnvironmentLock, LockHeldError, LockLostError
 from airlock.notifications.slack import post, render, summarize_error
 from airlock.operators.audit import AuditRecord, write_audit_record
 from airlock.operators.hosts import (
@@ -158,11 +158,19 @@ def announce(environment: Environment, planned: Mapping[str, Any]) -> bool:
     return True
 
 
+def hold_lock(environment: Environment, run_id: str) -> None:
+    try:
+        environment_lock(environment).extend_for_run(run_id)
+    except LockLostError as error:
+        raise AirflowFailException(str(error)) from None
+
+
 def deploy(
-    environment: Environment, *, version: str, host_name: str, wave_hosts: list[str]
+    environment: Environment, *, version: str, host_name: str, wave_hosts: list[str], run_id: str
 ) -> dict[str, Any]:
     if host_name not in wave_hosts:
         raise AirflowFailException(f"host {host_name} is not part of this wave ({', '.join(wave_hosts)})")
+    hold_lock(environment, run_id)
     artifact = fetch_artifact(
         environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
     )
@@ -210,7 +218,11 @@ def describe_failed(task_states: Mapping[str, str], environment: Environment) ->
 
 
 def roll_back(
-    environment: Environment, *, planned: Mapping[str, Any] | None, task_states: Mapping[str, str]
+    environment: Environment,
+    *,
+    planned: Mapping[str, Any] | None,
+    task_states: Mapping[str, str],
+    run_id: str,
 ) -> dict[str, Any]:
     """Put every host this run switched back on its previous release; skip when nothing failed."""
     if planned is None:
@@ -230,6 +242,7 @@ def roll_back(
     }
     if not attempted:
         raise AirflowSkipException("no host was touched by this run: nothing to roll back")
+    hold_lock(environment, run_id)
     previous = release_plan.previous_versions()
 
     def restore(host_name: str) -> tuple[str, str]:
@@ -377,7 +390,10 @@ def plan_rollback(
     return {"plan": rollback_plan.to_dict(), "markdown": markdown}
 
 
-def roll_back_one(environment: Environment, *, planned: Mapping[str, Any], host_name: str) -> dict[str, Any]:
+def roll_back_one(
+    environment: Environment, *, planned: Mapping[str, Any], host_name: str, run_id: str
+) -> dict[str, Any]:
+    hold_lock(environment, run_id)
     rollback_plan = RollbackPlan.from_dict(planned["plan"])
     [target] = [p for p in rollback_plan.hosts if p.host == host_name]
     changed = roll_back_host(environment, environment.host(host_name), target.new_version)

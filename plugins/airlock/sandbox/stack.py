@@ -61,6 +61,8 @@ class AirlockStack:
     :param database: name of the demo app's PostgreSQL database on 127.0.0.1:5432.
     :param redis_db: Redis database number on 127.0.0.1:6379.
     :param echo_slack: print Slack messages on the console.
+    :param overrides: top-level settings replaced in the generated demo environment (not with
+        the default ports, where the shipped ``include/environments/demo.yaml`` is used as is).
     """
 
     home: Path
@@ -68,6 +70,7 @@ class AirlockStack:
     database: str = "airlock_demo"
     redis_db: int = 0
     echo_slack: bool = True
+    overrides: dict = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     sandbox: Sandbox | None = None
     slack: SlackReceiver | None = None
@@ -79,7 +82,7 @@ class AirlockStack:
     @property
     def environments_dir(self) -> Path:
         """The shipped environments, unless this stack moved the demo to other ports."""
-        if self.ports == Ports():
+        if self.ports == Ports() and not self.overrides:
             return PROJECT_ROOT / "include" / "environments"
         return self.home / "environments"
 
@@ -102,9 +105,18 @@ class AirlockStack:
         if self.environments_dir == PROJECT_ROOT / "include" / "environments":
             return
         document = yaml.safe_load((PROJECT_ROOT / "include" / "environments" / "demo.yaml").read_text())
-        for host, ssh_port, app_port in zip(document["hosts"], self.ports.ssh, self.ports.app, strict=True):
-            host["ssh_port"] = ssh_port
-            host["app_url"] = f"http://127.0.0.1:{app_port}"
+        template = document["hosts"][0]
+        document["hosts"] = [
+            {
+                **template,
+                "name": f"web-{number}",
+                "ssh_port": ssh_port,
+                "app_url": f"http://127.0.0.1:{app_port}",
+                "root": template["root"].replace("web-1", f"web-{number}"),
+            }
+            for number, (ssh_port, app_port) in enumerate(zip(self.ports.ssh, self.ports.app, strict=True), 1)
+        ]
+        document.update(self.overrides)
         self.environments_dir.mkdir(parents=True, exist_ok=True)
         (self.environments_dir / "demo.yaml").write_text(
             "# Generated from include/environments/demo.yaml with this stack's ports.\n"
@@ -310,7 +322,7 @@ class AirlockStack:
             ("creating the demo database (if missing)", self.prepare_database),
             ("building demo app artifacts " + ", ".join(DEMO_VERSIONS), self.build_artifacts),
             ("starting Slack receiver", self._start_slack),
-            ("starting 3 sandbox hosts (sshd)", self.start_hosts),
+            (f"starting {len(self.ports.ssh)} sandbox hosts (sshd)", self.start_hosts),
             ("exporting Airlock's connections", self._export_connections),
             (f"serving demo app {INITIAL_VERSION} on the hosts", self.serve_initial_release),
             ("migrating the Airflow metadata database", self.migrate_metadata),
