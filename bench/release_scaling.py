@@ -16,23 +16,16 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
-import uuid
 from datetime import datetime
 from pathlib import Path
 
-import psycopg
-import redis
-
-from airlock.sandbox.hosts import free_port
-from airlock.sandbox.stack import AirlockStack, Ports
+from airlock.sandbox.stack import AirlockStack, disposable_stack
 
 WAVES = [1, "50%", "100%"]
-REDIS_DB = 13
+REDIS_DB = 12
 
 
 def api(stack: AirlockStack, method: str, path: str, body: dict | None = None) -> dict:
@@ -59,9 +52,14 @@ def release_seconds(stack: AirlockStack, version: str) -> float:
         if time.monotonic() > deadline:
             raise TimeoutError("release did not finish in 15 minutes")
         time.sleep(2)
-    if api(stack, "GET", path)["state"] != "success":
-        raise RuntimeError(f"release failed; see {stack.home}/logs")
     tis = api(stack, "GET", f"{path}/taskInstances?limit=200")["task_instances"]
+    if api(stack, "GET", path)["state"] != "success":
+        failed = [
+            f"{ti['task_id']}[{ti['rendered_map_index'] or ti['map_index']}]"
+            for ti in tis
+            if ti["state"] == "failed"
+        ]
+        raise RuntimeError(f"release failed at {', '.join(failed)}; Slack said: {stack.slack.texts()[-3:]}")
     waves = [ti for ti in tis if ti["task_id"].startswith("wave_")]
     start = min(datetime.fromisoformat(ti["start_date"]) for ti in waves)
     end = max(datetime.fromisoformat(ti["end_date"]) for ti in waves)
@@ -119,32 +117,13 @@ def sequential_script_seconds(stack: AirlockStack, version: str) -> float:
 
 
 def run(hosts: int, with_script: bool) -> tuple[float, float | None]:
-    home = Path(tempfile.mkdtemp(prefix=f"airlock-bench-{hosts}-"))
-    database = f"airlock_bench_{uuid.uuid4().hex[:8]}"
-    stack = AirlockStack(
-        home=home,
-        ports=Ports(
-            api=free_port(),
-            slack=free_port(),
-            ssh=[free_port() for _ in range(hosts)],
-            app=[free_port() for _ in range(hosts)],
-        ),
-        database=database,
-        redis_db=REDIS_DB,
-        echo_slack=False,
-        overrides={"rollout": {"waves": WAVES, "max_parallel_per_wave": 16}, "approval": {"required": False}},
-    )
-    try:
-        stack.start()
+    overrides = {"rollout": {"waves": WAVES, "max_parallel_per_wave": 16}, "approval": {"required": False}}
+    with disposable_stack(
+        hosts=hosts, redis_db=REDIS_DB, prefix="airlock-bench-", overrides=overrides
+    ) as stack:
         dag_seconds = release_seconds(stack, "2.0.0")
         script_seconds = sequential_script_seconds(stack, "1.1.0") if with_script else None
-        return dag_seconds, script_seconds
-    finally:
-        stack.stop()
-        redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        shutil.rmtree(home, ignore_errors=True)
+    return dag_seconds, script_seconds
 
 
 def main() -> None:

@@ -16,9 +16,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -372,3 +374,53 @@ class AirlockStack:
     def wipe(self) -> None:
         self.stop()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def disposable_stack(*, hosts: int = 3, redis_db: int, prefix: str = "airlock-", **options):
+    """A started stack on free ports in a temporary directory, with its own PostgreSQL database.
+
+    Airlock's keys in Redis database ``redis_db`` are removed before and after; the database,
+    the directory and every process are gone afterwards. Used by the end-to-end tests, the
+    benchmarks and the screenshot script.
+    """
+    import psycopg
+    import redis
+
+    from airlock.sandbox.hosts import free_port
+
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    database = f"airlock_{prefix.strip('-').replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+    keys = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
+    saved = dict(os.environ)
+    stack = AirlockStack(
+        home=home,
+        ports=Ports(
+            api=free_port(),
+            slack=free_port(),
+            ssh=[free_port() for _ in range(hosts)],
+            app=[free_port() for _ in range(hosts)],
+        ),
+        database=database,
+        redis_db=redis_db,
+        echo_slack=False,
+        **options,
+    )
+
+    def clear_keys() -> None:
+        for key in keys.scan_iter("airlock:*"):
+            keys.delete(key)
+
+    clear_keys()
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        clear_keys()
+        keys.close()
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        shutil.rmtree(home, ignore_errors=True)
