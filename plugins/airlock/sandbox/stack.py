@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from airlock.config import PROJECT_ROOT, Environment, load_environment
+from airlock.config import PROJECT_ROOT, Environment, Host, load_environment
 from airlock.sandbox.hosts import Sandbox, SandboxError, port_is_free
 from airlock.sandbox.slack import SlackReceiver
 
@@ -96,14 +96,31 @@ class AirlockStack:
     def database_url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:5432/{self.database}"
 
+    @contextlib.contextmanager
+    def own_settings(self, prefixes: tuple[str, ...] = ("AIRLOCK_",)):
+        """This stack's variables (``AIRLOCK_*`` by default) in ``os.environ``, only for the block.
+
+        The stack never leaves its settings behind in the caller's process (tests share it).
+        """
+        saved = dict(os.environ)
+        values = {"AIRLOCK_DEMO_HOME": str(self.home.resolve())}
+        if self.slack and self.sandbox:
+            values.update(self.settings())
+        os.environ.update({k: v for k, v in values.items() if k.startswith(prefixes)})
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
     def environment(self) -> Environment:
-        return load_environment(self.environments_dir / "demo.yaml")
+        with self.own_settings():
+            return load_environment(self.environments_dir / "demo.yaml")
 
     # -- configuration -------------------------------------------------------------------
 
     def _write_environment(self) -> None:
         """``include/environments/demo.yaml`` with this stack's ports (when they differ)."""
-        os.environ["AIRLOCK_DEMO_HOME"] = str(self.home.resolve())
         if self.environments_dir == PROJECT_ROOT / "include" / "environments":
             return
         document = yaml.safe_load((PROJECT_ROOT / "include" / "environments" / "demo.yaml").read_text())
@@ -229,25 +246,31 @@ class AirlockStack:
 
     def serve_initial_release(self) -> None:
         """Hosts without a release get 1.0.0; hosts with one get their app (re)started on it."""
+
+        environment = self.environment()
+        with self.own_settings(("AIRLOCK_", "AIRFLOW_CONN_")):
+            for host in environment.hosts:
+                self._serve_on(environment, host)
+
+    def _serve_on(self, environment: Environment, host: Host) -> None:
         from airlock.hooks.artifacts import fetch_artifact
         from airlock.operators.hosts import HostLayout, deploy_to_host, host_hook
 
-        environment = self.environment()
-        for host in environment.hosts:
-            hook = host_hook(environment, host)
-            try:
-                layout = HostLayout(hook, environment.root_of(host))
-                version = layout.current_version()
-                if version is not None:
-                    layout.activate(environment.deploy.activate_command, version)
-                    continue
-            finally:
-                hook.close()
-            artifact = fetch_artifact(
-                environment.deploy.artifact_url_for(INITIAL_VERSION),
-                environment.deploy.checksum_url_for(INITIAL_VERSION),
-            )
-            deploy_to_host(environment, host, INITIAL_VERSION, artifact)
+        hook = host_hook(environment, host)
+        try:
+            version = HostLayout(hook, environment.root_of(host)).current_version()
+            if version is not None:
+                HostLayout(hook, environment.root_of(host)).activate(
+                    environment.deploy.activate_command, version
+                )
+                return
+        finally:
+            hook.close()
+        artifact = fetch_artifact(
+            environment.deploy.artifact_url_for(INITIAL_VERSION),
+            environment.deploy.checksum_url_for(INITIAL_VERSION),
+        )
+        deploy_to_host(environment, host, INITIAL_VERSION, artifact)
 
     def airflow(self, *arguments: str, **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -325,7 +348,6 @@ class AirlockStack:
             ("building demo app artifacts " + ", ".join(DEMO_VERSIONS), self.build_artifacts),
             ("starting Slack receiver", self._start_slack),
             (f"starting {len(self.ports.ssh)} sandbox hosts (sshd)", self.start_hosts),
-            ("exporting Airlock's connections", self._export_connections),
             (f"serving demo app {INITIAL_VERSION} on the hosts", self.serve_initial_release),
             ("migrating the Airflow metadata database", self.migrate_metadata),
             ("starting api-server, scheduler, dag-processor, triggerer", self.start_airflow),
@@ -343,12 +365,6 @@ class AirlockStack:
             port=self.ports.slack, log_path=self.home / "slack.log", echo=self.echo_slack
         )
         self.slack.start()
-
-    def _export_connections(self) -> None:
-        """This process deploys the initial release itself, through the same connections."""
-        os.environ.update(
-            {k: v for k, v in self.settings().items() if k.startswith(("AIRFLOW_CONN_", "AIRLOCK_"))}
-        )
 
     def stop(self) -> None:
         """Stop every process this stack started; safe to call twice."""
@@ -392,7 +408,6 @@ def disposable_stack(*, hosts: int = 3, redis_db: int, prefix: str = "airlock-",
     home = Path(tempfile.mkdtemp(prefix=prefix))
     database = f"airlock_{prefix.strip('-').replace('-', '_')}_{uuid.uuid4().hex[:8]}"
     keys = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
-    saved = dict(os.environ)
     stack = AirlockStack(
         home=home,
         ports=Ports(
@@ -417,8 +432,6 @@ def disposable_stack(*, hosts: int = 3, redis_db: int, prefix: str = "airlock-",
         yield stack
     finally:
         stack.stop()
-        os.environ.clear()
-        os.environ.update(saved)
         clear_keys()
         keys.close()
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
