@@ -5,7 +5,7 @@ temporary directory, triggers ``release_demo`` 2.0.0 through the REST API and, i
 Chromium at 1400x900, captures the approval request with its release plan
 (``approval.png``), clicks Approve and, once the run has succeeded, captures the run's grid
 with both waves expanded (``release-grid.png``). Everything it started is stopped and its
-database, Redis keys and directory are removed, also on failure or Ctrl-C.
+database, Redis keys (database 13) and directory are removed, also on failure or Ctrl-C.
 
 Needs Debian's ``chromium`` (``apt-get install chromium``), PostgreSQL and Redis on loopback::
 
@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -32,15 +29,11 @@ from urllib.parse import quote
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import airflow_client.client as airflow
-import psycopg
-import redis
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-from psycopg import sql
 
 from airlock.config import PROJECT_ROOT
-from airlock.sandbox.hosts import free_port
-from airlock.sandbox.stack import AirlockStack, Ports, say
+from airlock.sandbox.stack import AirlockStack, disposable_stack, say
 from scripts.trigger_release import follow, trigger
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -58,7 +51,7 @@ ANSWER_DELAY_MS = 3_000
 IMAGES = PROJECT_ROOT / "docs" / "images"
 DAG_ID = "release_demo"
 VERSION = "2.0.0"
-# Not 0 (make demo), 14 (e2e tests) or 15 (the other tests): it may run beside any of them.
+# Not 0 (make demo), 12 (bench), 14 (e2e tests) or 15 (other tests): it may run beside any of them.
 SCREENSHOTS_REDIS_DB = 13
 
 
@@ -167,40 +160,13 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminated)
-    home = Path(tempfile.mkdtemp(prefix="airlock-screenshots-"))
-    database = f"airlock_screenshots_{uuid.uuid4().hex[:8]}"
-    keys = redis.Redis(host="127.0.0.1", port=6379, db=SCREENSHOTS_REDIS_DB)
-    stack = AirlockStack(
-        home=home,
-        ports=Ports(
-            api=free_port(),
-            slack=free_port(),
-            ssh=[free_port() for _ in range(3)],
-            app=[free_port() for _ in range(3)],
-        ),
-        database=database,
-        redis_db=SCREENSHOTS_REDIS_DB,
-        echo_slack=False,
-    )
     try:
-        for key in keys.scan_iter("airlock:*"):
-            keys.delete(key)
-        stack.start()
-        capture(stack, IMAGES)
-        return 0
+        with disposable_stack(redis_db=SCREENSHOTS_REDIS_DB, prefix="airlock-screenshots-") as stack:
+            capture(stack, IMAGES)
     except KeyboardInterrupt:
-        say("interrupted")
+        say("interrupted; everything it started is stopped")
         return 130
-    finally:
-        say("stopping")
-        stack.stop()
-        for key in keys.scan_iter("airlock:*"):
-            keys.delete(key)
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
-            connection.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-            )
-        shutil.rmtree(home, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -37,7 +37,9 @@ NEXT_STEPS = """
 
 
 def main() -> int:
-    # The console shows progress lines and Slack messages; SSH chatter goes nowhere.
+    # The console shows progress lines and Slack messages; this process's SSH chatter goes
+    # nowhere (Airflow's components get their own INFO level from the stack's settings).
+    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     logging.disable(logging.INFO)
     port = int(os.environ.get("AIRLOCK_PORT", "8080"))
     stack = AirlockStack(home=PROJECT_ROOT / ".demo", ports=Ports(api=port))

@@ -59,7 +59,10 @@ def pending_approval(api, timeout: float = 120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         details = tasks.get_hitl_details("~", "~", response_received=False).hitl_details
-        if details:
+        if details and str(getattr(details[0].task_instance.state, "value", "")) == "awaiting_input":
+            # An answer in the instant between the request being written and the task being
+            # parked is lost by Airflow 3.3 (the task then fails); a person never answers that fast.
+            time.sleep(2)
             return details[0]
         time.sleep(1)
     raise AssertionError("no approval request appeared")

@@ -192,6 +192,7 @@ class AirlockStack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             **{name: json.dumps(value) for name, value in connections.items() if value},
         }
 
