@@ -123,12 +123,14 @@ class ReleasePlan:
             for migration in self.migrations:
                 lines += [f"- `{migration['file']}`", "", "```sql", migration["sql"].strip(), "```", ""]
         else:
-            lines.append("None pending.")
+            lines.append(
+                "Not checked: releases do not run migrations yet (docs/runbooks/database-migration.md)."
+            )
         lines += [
             "",
             "### Backup",
             "",
-            self.backup or "No pre-release backup configured for this environment.",
+            self.backup or "None: releases do not take a pre-release backup yet (docs/runbooks/backup.md).",
         ]
         lines += ["", "### Preflight", ""]
         lines += [f"- {check}" for check in self.checks] or ["- (none)"]
