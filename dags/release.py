@@ -79,7 +79,7 @@ def release_dag(environment: Environment) -> DAG:
             return steps.check_database(environment)
 
         @task(retries=0)
-        def plan(request: dict, artifact: dict, host_states: list, database: dict):
+        def plan(request: dict, artifact: dict, host_states: list, database: dict, migrations: list):
             """Build the release plan: the approver's reading and a dry run's whole output."""
             _, _, who = _context()
             return steps.plan(
@@ -88,7 +88,20 @@ def release_dag(environment: Environment) -> DAG:
                 artifact=artifact,
                 host_states=list(host_states),
                 database=database,
+                migrations=migrations,
                 triggered_by=who,
+            )
+
+        @task(retries=3)
+        def check_migrations(request: dict):
+            """The version's migrations, validated against the database: pending ones are planned."""
+            return steps.check_migrations(environment, request["version"])
+
+        @task(retries=1)
+        def migrate(request: dict):
+            """Apply pending migrations before any host is switched; a failure stops the release."""
+            return steps.migrate(
+                environment, version=request["version"], run_id=get_current_context()["run_id"]
             )
 
         @task.short_circuit(retries=1, ignore_downstream_trigger_rules=False)
@@ -150,8 +163,9 @@ def release_dag(environment: Environment) -> DAG:
         artifact = check_artifact(request)
         database = check_database()
         hosts = check_host.expand(host_name=[host.name for host in environment.hosts])
-        taken >> [artifact, database, hosts]
-        planned = plan(request, artifact, hosts, database)
+        migrations = check_migrations(request)
+        taken >> [artifact, database, hosts, migrations]
+        planned = plan(request, artifact, hosts, database, migrations)
         gate = [proceed(planned)]
         if environment.approval.required:
             approve = ReleaseApprovalOperator(
@@ -168,7 +182,9 @@ def release_dag(environment: Environment) -> DAG:
             gate[-1] >> approve
             gate.append(approve)
 
-        previous = gate[-1]
+        migrated = migrate(request)
+        gate[-1] >> migrated
+        previous = migrated
         wave_tasks = []
         for wave in environment.waves:
             names = [host.name for host in wave.hosts]

@@ -31,6 +31,8 @@ NEXT_STEPS = """
     3. Watch the waves in the grid: web-1 first, then web-2 and web-3.
        curl http://127.0.0.1:8101/version
     4. Then trigger 2.1.0-broken and watch the automatic rollback.
+    5. rollback_demo goes back to the previous release; migrate_demo plans (dry_run) or applies
+       a version's database migrations on their own (2.0.0 brought V1 and V2).
 
   Ctrl-C stops everything.
 """

@@ -7,6 +7,7 @@ version each host serves, the audit trail, the lock, and what Slack received.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,17 +21,32 @@ from airlock.hooks.artifacts import fetch_artifact
 from airlock.hooks.lock import EnvironmentLock
 from airlock.operators import release_steps
 from airlock.operators.hosts import HostLayout, deploy_to_host, host_hook, serving_version
-from include.demo_app.build import build_artifact
+from include.demo_app.build import artifact_files, build_artifact, tarball_bytes
 from tests.support import load_dag, run_dag
 
-OLD, NEW, BROKEN = "1.0.0", "2.0.0", "2.1.0-broken"
+OLD, NEW, BROKEN, BAD_MIGRATION, GOOD_MIGRATION = "1.0.0", "2.0.0", "2.1.0-broken", "2.2.0", "2.4.0"
 
 
 @pytest.fixture(scope="module")
 def artifacts(environment) -> Path:
     directory = Path(urlsplit(environment.deploy.artifact_url).path).parent
-    for version in (OLD, NEW, BROKEN, "2.2.0"):
+    for version in (OLD, NEW, BROKEN):
         build_artifact(version, directory)
+    # A version whose new migration fails half-way: the release must stop before any host.
+    files = artifact_files(BAD_MIGRATION)
+    files["migrations/V3__add_broken_index.sql"] = (
+        b"CREATE TABLE release_marker (id int);\nCREATE INDEX ON items (no_such_column);\n"
+    )
+    tarball = directory / f"demo-app-{BAD_MIGRATION}.tar.gz"
+    tarball.write_bytes(tarball_bytes(files))
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    Path(f"{tarball}.sha256").write_text(f"{digest}  {tarball.name}\n")
+    files = artifact_files(GOOD_MIGRATION)
+    files["migrations/V4__add_release_notes.sql"] = b"CREATE TABLE release_notes (id int, note text);\n"
+    tarball = directory / f"demo-app-{GOOD_MIGRATION}.tar.gz"
+    tarball.write_bytes(tarball_bytes(files))
+    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
+    Path(f"{tarball}.sha256").write_text(f"{digest}  {tarball.name}\n")
     return directory
 
 
@@ -56,9 +72,18 @@ def hosts_on_old(sandbox, environment, artifacts, redis_client, slack_messages, 
     return environment
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def release(environment, sandbox):
+    """A freshly parsed DAG per test: ``dag.test()`` keeps a run's param values on the DAG object."""
     return load_dag(f"release_{environment.name}")
+
+
+def migration_history(postgres_url: str) -> list[str]:
+    with psycopg.connect(postgres_url) as connection:
+        rows = connection.execute(
+            "SELECT version FROM public.airlock_schema_history ORDER BY applied_at"
+        ).fetchall()
+    return [version for (version,) in rows]
 
 
 def audit_rows(postgres_url: str, run_id: str) -> list[tuple]:
@@ -93,6 +118,7 @@ def test_an_approved_release_switches_every_host_in_waves(
         EnvironmentLock(environment=environment.name, redis_conn_id="airlock_redis", ttl=None).holder()
         is None
     )
+    assert migration_history(postgres_url) == ["1", "2"]
 
 
 def test_the_waves_run_in_order_first_one_host_then_the_rest(release, hosts_on_old):
@@ -173,6 +199,7 @@ def test_the_plan_shows_hosts_per_wave_current_and_new_version(environment, host
     artifact = release_steps.check_artifact(environment, NEW)
     host_states = [release_steps.check_host(environment, h.name) for h in environment.hosts]
     database = release_steps.check_database(environment)
+    migrations = release_steps.check_migrations(environment, NEW)
 
     planned = release_steps.plan(
         environment,
@@ -180,6 +207,7 @@ def test_the_plan_shows_hosts_per_wave_current_and_new_version(environment, host
         artifact=artifact,
         host_states=host_states,
         database=database,
+        migrations=migrations,
         triggered_by="alice",
     )
 
@@ -188,6 +216,9 @@ def test_the_plan_shows_hosts_per_wave_current_and_new_version(environment, host
     assert "| 2 | web-3 | 1.0.0 | 2.0.0 |" in markdown
     assert "Requested by **alice**: weekly" in markdown
     assert "web-1 → 1.0.0" in markdown
+    if migrations:  # the first release of this session applies them; later plans list none
+        assert "V2__add_item_category.sql" in markdown
+        assert "ADD COLUMN category" in markdown
 
 
 def test_a_second_release_fails_fast_naming_the_lock_holder(
@@ -284,7 +315,7 @@ def test_re_running_a_deploy_for_a_host_already_switched_is_a_no_op(environment,
     hook.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def rollback(environment, sandbox):
     return load_dag(f"rollback_{environment.name}")
 
@@ -332,3 +363,39 @@ def test_a_run_that_lost_its_lock_stops_before_touching_a_host(environment, host
         )
 
     assert served_versions(environment)["web-1"] == OLD
+
+
+def test_a_failing_migration_stops_the_release_before_any_host_is_switched(
+    release, hosts_on_old, postgres_url
+):
+    environment = hosts_on_old
+
+    run_id, states, _ = run_dag(release, {"version": BAD_MIGRATION}, answer="Approve")
+
+    assert states["migrate"] == "failed"
+    assert not [task for task, state in states.items() if task.startswith("wave_") and state == "success"]
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+    assert "3" not in migration_history(postgres_url)
+    with psycopg.connect(postgres_url) as connection:
+        assert connection.execute("SELECT to_regclass('public.release_marker')").fetchone() == (None,)
+    [(version, result, *_)] = audit_rows(postgres_url, run_id)
+    assert (version, result) == (BAD_MIGRATION, "failed")
+
+
+# Kept last in this file: it applies V4, after which 2.2.0's V3 would be out of order.
+def test_migrate_plans_in_a_dry_run_and_applies_after_approval(hosts_on_old, postgres_url, slack_messages):
+    migrate = load_dag(f"migrate_{hosts_on_old.name}")
+    before = migration_history(postgres_url)
+
+    _, planned, _ = run_dag(migrate, {"version": GOOD_MIGRATION, "dry_run": True})
+
+    assert planned["plan"] == "success"
+    assert planned["apply"] == "skipped"
+    assert migration_history(postgres_url) == before
+
+    migrate = load_dag(f"migrate_{hosts_on_old.name}")  # a fresh parse: see the `release` fixture
+    _, applied, _ = run_dag(migrate, {"version": GOOD_MIGRATION}, answer="Approve")
+
+    assert applied["apply"] == "success"
+    assert migration_history(postgres_url)[-1] == "4"
+    assert any("migrations of 2.4.0 needs approval" in t for t in slack_messages.texts())

@@ -123,9 +123,7 @@ class ReleasePlan:
             for migration in self.migrations:
                 lines += [f"- `{migration['file']}`", "", "```sql", migration["sql"].strip(), "```", ""]
         else:
-            lines.append(
-                "Not checked: releases do not run migrations yet (docs/runbooks/database-migration.md)."
-            )
+            lines.append("None pending.")
         lines += [
             "",
             "### Backup",
@@ -152,6 +150,7 @@ def build_plan(
     host_states: list[Mapping[str, Any]],
     triggered_by: str,
     checks: list[str],
+    migrations: list[dict[str, str]] | None = None,
 ) -> ReleasePlan:
     current = {state["host"]: state["current_version"] for state in host_states}
     missing = [host.name for host in environment.hosts if host.name not in current]
@@ -173,6 +172,7 @@ def build_plan(
         approval_required=environment.approval.required,
         approvers=list(environment.approval.approvers),
         checks=checks,
+        migrations=list(migrations or []),
     )
 
 

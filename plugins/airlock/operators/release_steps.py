@@ -7,9 +7,12 @@ JSON), does one thing, and returns plain JSON. Each is safe to run again after a
 from __future__ import annotations
 
 import logging
+import tarfile
+import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -27,6 +30,7 @@ from airlock.operators.hosts import (
     prune_host,
     roll_back_host,
 )
+from airlock.operators.migrations import Migration, MigrationError, MigrationRunner, discover_migrations
 from airlock.operators.release import (
     InvalidReleaseRequest,
     ReleasePlan,
@@ -110,12 +114,14 @@ def plan(
     artifact: Mapping[str, Any],
     host_states: list[Mapping[str, Any]],
     database: Mapping[str, Any],
+    migrations: list[Mapping[str, str]],
     triggered_by: str,
 ) -> dict[str, Any]:
     checks = [
         f"Artifact verified ({artifact['size']} bytes)",
         *(f"{s['host']}: reachable, host key verified, {s['free_disk_mb']} MB free" for s in host_states),
         f"Database {database['database']} reachable (PostgreSQL {database['server_version']})",
+        f"Migrations validated against the database: {len(migrations)} pending",
     ]
     release_plan = build_plan(
         environment=environment,
@@ -124,6 +130,7 @@ def plan(
         host_states=list(host_states),
         triggered_by=triggered_by,
         checks=checks,
+        migrations=[{"file": m["file"], "sql": m["sql"]} for m in migrations],
     )
     markdown = release_plan.to_markdown()
     log.info("Release plan:\n%s", markdown)
@@ -452,3 +459,46 @@ def conclude_rollback(
         ),
     )
     return {"result": result}
+
+
+def artifact_migrations(environment: Environment, version: str, workdir: Path) -> list[Migration]:
+    """The migrations shipped in ``migrations/`` of the version's artifact (fetched and verified)."""
+    artifact = fetch_artifact(
+        environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
+    )
+    with tarfile.open(artifact.path) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith("migrations/") and m.isfile()]
+        archive.extractall(workdir, members=members, filter="data")
+    directory = workdir / "migrations"
+    return discover_migrations(directory) if directory.is_dir() else []
+
+
+def migration_runner(environment: Environment) -> MigrationRunner:
+    return MigrationRunner(environment.database.conn_id, environment.migrations)
+
+
+def check_migrations(environment: Environment, version: str) -> list[dict[str, str]]:
+    """Preflight: validate the version's migrations against the database; list the pending ones."""
+    with tempfile.TemporaryDirectory(prefix="airlock-migrations-") as workdir:
+        try:
+            shipped = artifact_migrations(environment, version, Path(workdir))
+            pending = migration_runner(environment).pending(shipped)
+        except MigrationError as error:
+            raise AirflowFailException(f"Migrations of {version} refused: {error}") from None
+    for migration in pending:
+        log.info("Pending migration %s", migration.filename)
+    return [{"file": m.filename, "version": m.version_text, "sql": m.sql} for m in pending]
+
+
+def migrate(environment: Environment, *, version: str, run_id: str) -> list[str]:
+    """Apply the version's pending migrations in order, each in its own transaction."""
+    hold_lock(environment, run_id)
+    with tempfile.TemporaryDirectory(prefix="airlock-migrations-") as workdir:
+        try:
+            applied = migration_runner(environment).apply(
+                artifact_migrations(environment, version, Path(workdir)), run_id
+            )
+        except MigrationError as error:
+            raise AirflowFailException(str(error)) from None
+    log.info("Applied migrations: %s", ", ".join(applied) or "none pending")
+    return applied

@@ -341,7 +341,7 @@ class AirlockStack:
             time.sleep(2)
         raise RuntimeError(f"Airflow was not ready after {timeout:.0f}s: {last}")
 
-    def start(self, dag_ids: tuple[str, ...] = ("release_demo", "rollback_demo")) -> None:
+    def start(self, dag_ids: tuple[str, ...] = ("release_demo", "rollback_demo", "migrate_demo")) -> None:
         steps = [
             ("checking ports", self.check_ports),
             ("preparing the demo environment", self._write_environment),

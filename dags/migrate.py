@@ -1,0 +1,104 @@
+"""``migrate_<env>``: plan (dry run) or apply a version's database migrations on their own.
+
+Releases apply migrations themselves (after approval, before the first wave); this DAG is for
+applying them ahead of a release (expand/contract) or checking what is pending. The runbook
+(``docs/runbooks/database-migration.md``) is the DAG's documentation.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, Param, get_current_context, setup, task, teardown
+
+from airlock.config import VERSION_PATTERN, Environment, load_environments
+from airlock.conventions import default_args, runbook
+from airlock.operators import release_steps as steps
+from airlock.operators.approval import ReleaseApprovalOperator
+from airlock.operators.release import validate_version
+
+
+def migrate_dag(environment: Environment) -> DAG:
+    with DAG(
+        dag_id=f"migrate_{environment.name}",
+        description=f"Plan or apply the database migrations of a version on {environment.name}",
+        doc_md=runbook("database-migration", environment=environment.name),
+        schedule=None,
+        catchup=False,
+        tags=["airlock", "migrations", environment.name],
+        default_args=default_args(environment),
+        params={
+            "version": Param(
+                type="string", pattern=VERSION_PATTERN, description="Version whose migrations to run"
+            ),
+            "dry_run": Param(
+                False, type="boolean", description="Only list the pending migrations with their SQL"
+            ),
+        },
+    ):
+
+        @setup
+        @task(retries=3)
+        def lock(params=None, dag_run=None):
+            """The environment's lock: never migrate while a release or rollback runs."""
+            return steps.lock(
+                environment,
+                run_id=dag_run.run_id,
+                purpose=f"migrations of {validate_version(params['version'])}",
+                triggered_by=dag_run.triggering_user_name or "unknown",
+            )
+
+        @teardown
+        @task(retries=3)
+        def unlock():
+            steps.unlock(environment, run_id=get_current_context()["run_id"])
+
+        @task(retries=3)
+        def plan(params=None):
+            """Validate the migrations against the database and list the pending ones with their SQL."""
+            pending = steps.check_migrations(environment, params["version"])
+            lines = [f"## Migrations of {params['version']} on {environment.name}", ""]
+            for migration in pending:
+                lines += [f"### `{migration['file']}`", "", "```sql", migration["sql"].strip(), "```", ""]
+            return {
+                "pending": pending,
+                "markdown": "\n".join(lines if pending else [*lines, "None pending."]),
+            }
+
+        @task.short_circuit(retries=0, ignore_downstream_trigger_rules=False)
+        def proceed(planned: dict, params=None):
+            """Stop here for a dry run or when nothing is pending."""
+            return bool(planned["pending"]) and not params["dry_run"]
+
+        @task(retries=1)
+        def apply(params=None):
+            """Apply in order, each migration in its own transaction, under an advisory lock."""
+            return steps.migrate(
+                environment, version=params["version"], run_id=get_current_context()["run_id"]
+            )
+
+        taken = lock()
+        planned = plan()
+        taken >> planned
+        gate = proceed(planned)
+        if environment.approval.required:
+            approve = ReleaseApprovalOperator(
+                task_id="approve",
+                subject=f"Apply migrations of {{{{ params.version }}}} on {environment.name}?",
+                body="{{ ti.xcom_pull(task_ids='plan')['markdown'] }}",
+                environment=environment.name,
+                change="migrations of {{ params.version }}",
+                approvers=environment.approval.approvers,
+                allow_self_approval=environment.approval.allow_self_approval,
+                slack_conn_id=environment.slack_conn_id,
+                response_timeout=environment.approval.timeout,
+            )
+            gate >> approve
+            gate = approve
+        applied = apply()
+        gate >> applied
+        released = unlock()
+        applied >> released
+        taken >> released
+
+
+for _environment in load_environments():
+    globals()[f"migrate_{_environment.name}"] = migrate_dag(_environment)
