@@ -12,7 +12,7 @@ from airflow.sdk import DAG, Param, get_current_context, setup, task, teardown
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators import release_steps as steps
-from airlock.operators.approval import ReleaseApprovalOperator
+from airlock.operators.approval import approval_gate
 from airlock.operators.release import validate_version
 
 
@@ -80,16 +80,10 @@ def migrate_dag(environment: Environment) -> DAG:
         taken >> planned
         gate = proceed(planned)
         if environment.approval.required:
-            approve = ReleaseApprovalOperator(
-                task_id="approve",
+            approve = approval_gate(
+                environment,
                 subject=f"Apply migrations of {{{{ params.version }}}} on {environment.name}?",
-                body="{{ ti.xcom_pull(task_ids='plan')['markdown'] }}",
-                environment=environment.name,
                 change="migrations of {{ params.version }}",
-                approvers=environment.approval.approvers,
-                allow_self_approval=environment.approval.allow_self_approval,
-                slack_conn_id=environment.slack_conn_id,
-                response_timeout=environment.approval.timeout,
             )
             gate >> approve
             gate = approve

@@ -12,9 +12,7 @@ from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, get_current_c
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators import release_steps as steps
-from airlock.operators.approval import ReleaseApprovalOperator
-
-PLAN = "{{ ti.xcom_pull(task_ids='plan')['markdown'] }}"
+from airlock.operators.approval import approval_gate
 
 
 def _context() -> tuple:
@@ -168,16 +166,10 @@ def release_dag(environment: Environment) -> DAG:
         planned = plan(request, artifact, hosts, database, migrations)
         gate = [proceed(planned)]
         if environment.approval.required:
-            approve = ReleaseApprovalOperator(
-                task_id="approve",
+            approve = approval_gate(
+                environment,
                 subject=f"Release {{{{ params.version }}}} to {environment.name}?",
-                body=PLAN,
-                environment=environment.name,
                 change="release {{ params.version }}",
-                approvers=environment.approval.approvers,
-                allow_self_approval=environment.approval.allow_self_approval,
-                slack_conn_id=environment.slack_conn_id,
-                response_timeout=environment.approval.timeout,
             )
             gate[-1] >> approve
             gate.append(approve)

@@ -12,7 +12,7 @@ from airflow.sdk import DAG, Param, TriggerRule, chain, get_current_context, set
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators import release_steps as steps
-from airlock.operators.approval import ReleaseApprovalOperator
+from airlock.operators.approval import approval_gate
 
 
 def rollback_dag(environment: Environment) -> DAG:
@@ -101,16 +101,10 @@ def rollback_dag(environment: Environment) -> DAG:
         taken >> states
         gate = planned
         if environment.approval.required:
-            gate = ReleaseApprovalOperator(
-                task_id="approve",
+            gate = approval_gate(
+                environment,
                 subject=f"Roll back {environment.name}?",
-                body="{{ ti.xcom_pull(task_ids='plan')['markdown'] }}",
-                environment=environment.name,
                 change="rollback to {{ params.to_version or 'previous releases' }}",
-                approvers=environment.approval.approvers,
-                allow_self_approval=environment.approval.allow_self_approval,
-                slack_conn_id=environment.slack_conn_id,
-                response_timeout=environment.approval.timeout,
             )
             planned >> gate
         switched = roll_back_host.partial(planned=planned).expand(

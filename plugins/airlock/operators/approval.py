@@ -16,6 +16,7 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from airlock.config import Environment
 from airlock.notifications.slack import post, render
 
 
@@ -115,3 +116,22 @@ class ReleaseApprovalOperator(ApprovalOperator):
             )
             raise AirflowFailException(f"{self.change} was rejected by {responder}")
         return result
+
+
+PLAN_MARKDOWN = "{{ ti.xcom_pull(task_ids='plan')['markdown'] }}"
+
+
+def approval_gate(environment: Environment, *, subject: str, change: str) -> ReleaseApprovalOperator:
+    """The ``approve`` task of an environment's DAG: its approvers, timeout and Slack; the body is
+    the Markdown the DAG's ``plan`` task returned."""
+    return ReleaseApprovalOperator(
+        task_id="approve",
+        subject=subject,
+        body=PLAN_MARKDOWN,
+        environment=environment.name,
+        change=change,
+        approvers=environment.approval.approvers,
+        allow_self_approval=environment.approval.allow_self_approval,
+        slack_conn_id=environment.slack_conn_id,
+        response_timeout=environment.approval.timeout,
+    )
