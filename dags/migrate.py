@@ -7,12 +7,13 @@ applying them ahead of a release (expand/contract) or checking what is pending. 
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, get_current_context, setup, task, teardown
+from airflow.sdk import DAG, Param, get_current_context, setup, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
+from airlock.operators.environment_tasks import triggering_user, unlock_task
 from airlock.operators.release import validate_version
 
 
@@ -33,7 +34,7 @@ def migrate_dag(environment: Environment) -> DAG:
                 False, type="boolean", description="Only list the pending migrations with their SQL"
             ),
         },
-    ):
+    ) as dag:
 
         @setup
         @task(retries=3)
@@ -43,13 +44,8 @@ def migrate_dag(environment: Environment) -> DAG:
                 environment,
                 run_id=dag_run.run_id,
                 purpose=f"migrations of {validate_version(params['version'])}",
-                triggered_by=dag_run.triggering_user_name or "unknown",
+                triggered_by=triggering_user(get_current_context()),
             )
-
-        @teardown
-        @task(retries=3)
-        def unlock():
-            steps.unlock(environment, run_id=get_current_context()["run_id"])
 
         @task(retries=3)
         def plan(params=None):
@@ -89,9 +85,10 @@ def migrate_dag(environment: Environment) -> DAG:
             gate = approve
         applied = apply()
         gate >> applied
-        released = unlock()
+        released = unlock_task(environment)
         applied >> released
         taken >> released
+    return dag
 
 
 for _environment in load_environments():

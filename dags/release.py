@@ -7,23 +7,18 @@ lives in ``airlock.operators.release_steps``.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, get_current_context, setup, task, teardown
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, get_current_context, setup, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
-
-
-def _context() -> tuple:
-    context = get_current_context()
-    dag_run = context["dag_run"]
-    return context, dag_run, dag_run.triggering_user_name or "unknown"
-
-
-def _task_states(context) -> dict[str, str]:
-    ti = context["ti"]
-    return ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+from airlock.operators.environment_tasks import (
+    check_hosts_task,
+    run_task_states,
+    triggering_user,
+    unlock_task,
+)
 
 
 def release_dag(environment: Environment) -> DAG:
@@ -52,25 +47,17 @@ def release_dag(environment: Environment) -> DAG:
         @task(retries=3)
         def lock(request: dict):
             """Take the environment's lock; a second release fails here and names the holder."""
-            _, dag_run, who = _context()
+            context = get_current_context()
             return steps.lock(
-                environment, run_id=dag_run.run_id, purpose=f"release {request['version']}", triggered_by=who
+                environment,
+                run_id=context["run_id"],
+                purpose=f"release {request['version']}",
+                triggered_by=triggering_user(context),
             )
-
-        @teardown
-        @task(retries=3)
-        def unlock():
-            """Free the lock, whatever happened (only if this run holds it)."""
-            steps.unlock(environment, run_id=get_current_context()["run_id"])
 
         @task(retries=3)
         def check_artifact(request: dict):
             return steps.check_artifact(environment, request["version"])
-
-        @task(retries=3, map_index_template="{{ host_name }}")
-        def check_host(host_name: str):
-            get_current_context()["host_name"] = host_name
-            return steps.check_host(environment, host_name)
 
         @task(retries=3)
         def check_database():
@@ -79,7 +66,7 @@ def release_dag(environment: Environment) -> DAG:
         @task(retries=0)
         def plan(request: dict, artifact: dict, host_states: list, database: dict, migrations: list):
             """Build the release plan: the approver's reading and a dry run's whole output."""
-            _, _, who = _context()
+            who = triggering_user(get_current_context())
             return steps.plan(
                 environment,
                 request=request,
@@ -135,13 +122,14 @@ def release_dag(environment: Environment) -> DAG:
             context = get_current_context()
             planned = context["ti"].xcom_pull(task_ids="plan")
             return steps.roll_back(
-                environment, planned=planned, task_states=_task_states(context), run_id=context["run_id"]
+                environment, planned=planned, task_states=run_task_states(context), run_id=context["run_id"]
             )
 
         @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
         def conclude():
             """Audit record, prune old releases, Slack; the run fails unless the release went out."""
-            context, dag_run, who = _context()
+            context = get_current_context()
+            dag_run, who = context["dag_run"], triggering_user(context)
             ti = context["ti"]
             return steps.conclude(
                 environment,
@@ -151,7 +139,7 @@ def release_dag(environment: Environment) -> DAG:
                 planned=ti.xcom_pull(task_ids="plan"),
                 approval=ti.xcom_pull(task_ids="approve"),
                 rollback=ti.xcom_pull(task_ids="rollback"),
-                task_states=_task_states(context),
+                task_states=run_task_states(context),
                 started_at=dag_run.start_date,
                 triggered_by=who,
             )
@@ -160,7 +148,7 @@ def release_dag(environment: Environment) -> DAG:
         taken = lock(request)
         artifact = check_artifact(request)
         database = check_database()
-        hosts = check_host.expand(host_name=[host.name for host in environment.hosts])
+        hosts = check_hosts_task(environment)
         migrations = check_migrations(request)
         taken >> [artifact, database, hosts, migrations]
         planned = plan(request, artifact, hosts, database, migrations)
@@ -190,7 +178,7 @@ def release_dag(environment: Environment) -> DAG:
 
         rolled_back = rollback()
         wave_tasks >> rolled_back
-        released = unlock()
+        released = unlock_task(environment)
         chain(rolled_back, conclude(), released)
         taken >> released
     return dag

@@ -7,12 +7,18 @@ Runs under the same lock as ``release_<env>`` and with the same approval gate. T
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, TriggerRule, chain, get_current_context, setup, task, teardown
+from airflow.sdk import DAG, Param, TriggerRule, chain, get_current_context, setup, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
+from airlock.operators.environment_tasks import (
+    check_hosts_task,
+    run_task_states,
+    triggering_user,
+    unlock_task,
+)
 
 
 def rollback_dag(environment: Environment) -> DAG:
@@ -46,18 +52,8 @@ def rollback_dag(environment: Environment) -> DAG:
                 environment,
                 run_id=dag_run.run_id,
                 purpose=f"rollback to {target}",
-                triggered_by=dag_run.triggering_user_name or "unknown",
+                triggered_by=triggering_user(get_current_context()),
             )
-
-        @teardown
-        @task(retries=3)
-        def unlock():
-            steps.unlock(environment, run_id=get_current_context()["run_id"])
-
-        @task(retries=3, map_index_template="{{ host_name }}")
-        def check_host(host_name: str):
-            get_current_context()["host_name"] = host_name
-            return steps.check_host(environment, host_name)
 
         @task(retries=0)
         def plan(host_states: list, params=None, dag_run=None):
@@ -67,7 +63,7 @@ def rollback_dag(environment: Environment) -> DAG:
                 conf=dag_run.conf,
                 params=params,
                 host_states=list(host_states),
-                triggered_by=dag_run.triggering_user_name or "unknown",
+                triggered_by=triggering_user(get_current_context()),
             )
 
         @task(retries=2, map_index_template="{{ host_name }}")
@@ -84,7 +80,7 @@ def rollback_dag(environment: Environment) -> DAG:
             """Audit record and Slack; the run fails unless every host is back."""
             context = get_current_context()
             ti, dag_run = context["ti"], context["dag_run"]
-            states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+            states = run_task_states(context)
             return steps.conclude_rollback(
                 environment,
                 dag_id=dag_run.dag_id,
@@ -96,7 +92,7 @@ def rollback_dag(environment: Environment) -> DAG:
             )
 
         taken = lock()
-        states = check_host.expand(host_name=[host.name for host in environment.hosts])
+        states = check_hosts_task(environment)
         planned = plan(states)
         taken >> states
         gate = planned
@@ -111,7 +107,7 @@ def rollback_dag(environment: Environment) -> DAG:
             host_name=[h.name for h in environment.hosts]
         )
         gate >> switched
-        released = unlock()
+        released = unlock_task(environment)
         chain(switched, conclude(), released)
         taken >> released
     return dag

@@ -1,0 +1,46 @@
+"""Tasks every environment DAG shares (release, rollback, migrate), built once here.
+
+Each builder must be called inside a ``with DAG(...)`` block; it returns the task (or mapped
+task) wired to that DAG.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import get_current_context, task, teardown
+
+from airlock.config import Environment
+from airlock.operators import release_steps as steps
+
+
+def triggering_user(context: Any) -> str:
+    return context["dag_run"].triggering_user_name or "unknown"
+
+
+def run_task_states(context: Any) -> dict[str, str]:
+    """Task id (``task_id_<map_index>`` for mapped ones) -> state, for this run."""
+    ti = context["ti"]
+    return ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+
+
+def unlock_task(environment: Environment):
+    """The teardown that frees the environment's lock, whatever happened (only this run's lock)."""
+
+    @teardown
+    @task(retries=3)
+    def unlock():
+        steps.unlock(environment, run_id=get_current_context()["run_id"])
+
+    return unlock()
+
+
+def check_hosts_task(environment: Environment):
+    """One mapped task per host: reachable with its key verified, free disk, current release."""
+
+    @task(retries=3, map_index_template="{{ host_name }}")
+    def check_host(host_name: str):
+        get_current_context()["host_name"] = host_name
+        return steps.check_host(environment, host_name)
+
+    return check_host.expand(host_name=[host.name for host in environment.hosts])
