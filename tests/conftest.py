@@ -29,7 +29,8 @@ CACHE = PROJECT / ".cache"
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="airlock-tests-"))
 AIRFLOW_HOME = SESSION_DIR / "airflow"
 ENVIRONMENTS = SESSION_DIR / "environments"
-REDIS_TEST_DB = 15
+# Tests running side by side (e.g. two checkouts) can each take their own database.
+REDIS_TEST_DB = int(os.environ.get("AIRLOCK_TEST_REDIS_DB", "15"))
 
 
 def _airflow_settings(home: Path) -> dict[str, str]:
