@@ -22,14 +22,31 @@ def runbook(name: str, **values: str) -> str:
     return text
 
 
-def default_args(environment: Environment, *, retries: int = 2) -> dict[str, Any]:
-    """Retries with exponential backoff for safe-to-retry steps; unsafe ones set ``retries=0``."""
+def default_args(
+    environment: Environment | None = None,
+    *,
+    retries: int = 2,
+    owner: str | None = None,
+    slack_conn_id: str | None = None,
+) -> dict[str, Any]:
+    """Retries with exponential backoff for safe-to-retry steps; unsafe ones set ``retries=0``.
+
+    Per-environment DAGs pass their ``environment`` (owner and Slack connection come from its
+    file); DAGs that belong to no environment (``airflow_housekeeping``) pass ``owner`` and
+    ``slack_conn_id`` instead. An explicit keyword wins over the environment's value.
+    """
+    if environment is None and owner is None:
+        raise ValueError("default_args needs an environment or an owner")
     return {
-        "owner": environment.owner,
+        "owner": owner or environment.owner,
         "retries": retries,
         "retry_delay": timedelta(seconds=10),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=5),
         "execution_timeout": timedelta(minutes=30),
-        "on_failure_callback": TaskFailureNotifier(slack_conn_id=environment.slack_conn_id),
+        "on_failure_callback": TaskFailureNotifier(
+            slack_conn_id=slack_conn_id
+            if slack_conn_id is not None or environment is None
+            else environment.slack_conn_id
+        ),
     }

@@ -1,0 +1,64 @@
+"""``log_cleanup_<env>``: compress, then delete, old application logs on every host.
+
+One mapped task per host (labelled with the host name) runs the whole cleanup of that host in
+one SSH session with the host's own ``find`` and ``gzip``; ``summarize`` adds the hosts up. The
+runbook (``docs/runbooks/log-cleanup.md``) is the DAG's documentation.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from airflow.sdk import DAG, Param, get_current_context, task
+
+from airlock.config import Environment, load_environments
+from airlock.conventions import default_args, runbook
+from airlock.notifications.slack import post, render
+from airlock.operators.log_cleanup import clean_host_logs, summarize_cleanup
+
+
+def log_cleanup_dag(environment: Environment) -> DAG:
+    with DAG(
+        dag_id=f"log_cleanup_{environment.name}",
+        description=f"Compress and delete old application logs on the hosts of {environment.name}",
+        doc_md=runbook("log-cleanup", environment=environment.name),
+        schedule=environment.logs.schedule,
+        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        catchup=False,
+        max_active_runs=1,
+        tags=["airlock", "maintenance", "logs", environment.name],
+        default_args=default_args(environment),
+        params={
+            "dry_run": Param(
+                False, type="boolean", description="Only report what would be compressed and deleted"
+            ),
+        },
+    ) as dag:
+
+        @task(retries=2, map_index_template="{{ host_name }}", max_active_tis_per_dagrun=8)
+        def clean_host(host_name: str, params=None):
+            """Delete old compressed logs, then gzip old logs, on one host (idempotent)."""
+            get_current_context()["host_name"] = host_name
+            return clean_host_logs(environment, host_name, dry_run=params["dry_run"])
+
+        @task(retries=1)
+        def summarize(reports: list[dict], params=None):
+            """Files and bytes per host; Slack only when something needs a person."""
+            summary = summarize_cleanup(list(reports))
+            if summary["attention"]:
+                post(
+                    environment.slack_conn_id,
+                    render(
+                        "log_cleanup_attention",
+                        environment=environment.name,
+                        items="; ".join(summary["attention"]),
+                    ),
+                )
+            return summary
+
+        summarize(clean_host.expand(host_name=[host.name for host in environment.hosts]))
+    return dag
+
+
+for _environment in load_environments():
+    globals()[f"log_cleanup_{_environment.name}"] = log_cleanup_dag(_environment)

@@ -1,0 +1,136 @@
+# Airlock log cleanup, run on a host by `bash -c "<this file>" log-cleanup ARGS...` over one
+# SSH session (airlock.operators.log_cleanup). Every value arrives as a quoted argument; none is
+# ever pasted into this text.
+#
+# Arguments: MODE (apply | dry-run), COMPRESS_MINUTES, DELETE_MINUTES, SAMPLE_LIMIT,
+#            PATTERN_COUNT, PATTERN..., DIRECTORY...
+#
+# For each directory: delete the files matching a pattern + .gz last written more than
+# DELETE_MINUTES ago, then gzip the regular files whose name matches a pattern (not already
+# *.gz) last written more than COMPRESS_MINUTES ago. find -P never follows a symbolic link,
+# -xdev never enters another filesystem, -type f touches only regular files; a directory that
+# is, or lies behind, a symbolic link is refused. Files a process holds open (seen through
+# /proc/<pid>/fd) are left alone.
+#
+# Output, one record a line, fields separated by tabs (in paths, newline arrives as \001):
+#   tools     <missing tools, comma separated>           (then exit 3)
+#   open      <proc|partial|unchecked> <unreadable processes>
+#   dir       <index> <ok|missing|symlink|not-directory|too-broad>
+#   file      <index> <compress|delete|open> <bytes> <path relative to the directory>
+#   total     <index> <compress|delete|open> <files> <bytes>
+set -u
+export LC_ALL=C
+
+mode=$1 compress_minutes=$2 delete_minutes=$3 sample_limit=$4 pattern_count=$5
+shift 5
+patterns=("${@:1:pattern_count}")
+shift "$pattern_count"
+directories=("$@")
+
+missing=()
+for tool in find gzip stat awk tr; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]} == 0)) && ! find /dev/null -maxdepth 0 -printf '' >/dev/null 2>&1; then
+    missing+=("GNU find")
+fi
+if ((${#missing[@]})); then
+    printf 'tools\t%s\n' "$(IFS=,; echo "${missing[*]}")"
+    exit 3
+fi
+
+# -name tests: the patterns as given, and the same + .gz for what is deleted.
+log_names=() gz_names=()
+for pattern in "${patterns[@]}"; do
+    ((${#log_names[@]})) && log_names+=(-o) && gz_names+=(-o)
+    log_names+=(-name "$pattern")
+    gz_names+=(-name "$pattern.gz")
+done
+
+# Regular files held open by any process, as "device inode", from /proc/<pid>/fd.
+open_files=()
+if [[ -d /proc/self/fd ]]; then
+    unreadable=0
+    descriptors=()
+    for fd_dir in /proc/[0-9]*/fd; do
+        if [[ ! -r $fd_dir || ! -x $fd_dir ]]; then
+            [[ -e $fd_dir ]] && unreadable=$((unreadable + 1)) # else the process just ended
+            continue
+        fi
+        descriptors+=("$fd_dir"/*)
+    done
+    if ((${#descriptors[@]})); then
+        mapfile -t open_files < <(
+            printf '%s\0' "${descriptors[@]}" |
+                xargs -0 stat -L -c '%d %i %F' 2>/dev/null |
+                awk '$3 == "regular" { print $1, $2 }' | sort -u
+        )
+    fi
+    if ((unreadable)); then printf 'open\tpartial\t%d\n' "$unreadable"; else printf 'open\tproc\t0\n'; fi
+else
+    printf 'open\tunchecked\t0\n'
+fi
+
+# Reads find's "<bytes>\t<path>\0" records: prints up to sample_limit "file" lines, then "total".
+summarize() { # index action
+    tr '\n\0' '\001\n' | awk -F '\t' -v index_="$1" -v action="$2" -v limit="$sample_limit" '
+        { files++; bytes += $1
+          if (files <= limit) printf "file\t%s\t%s\t%s\t%s\n", index_, action, $1, substr($0, length($1) + 2) }
+        END { printf "total\t%s\t%s\t%d\t%.0f\n", index_, action, files, bytes }'
+}
+
+index=0
+for directory in "${directories[@]}"; do
+    if [[ $directory == / ]]; then
+        status=too-broad
+    elif [[ -L $directory ]]; then
+        status=symlink
+    elif [[ ! -e $directory ]]; then
+        status=missing
+    elif [[ ! -d $directory ]]; then
+        status=not-directory
+    elif [[ "$(cd -P -- "$directory" 2>/dev/null && pwd -P)" != "${directory%/}" ]]; then
+        status=symlink # a component above it is a link: the real path must be configured
+    else
+        status=ok
+    fi
+    printf 'dir\t%d\t%s\n' "$index" "$status"
+    if [[ $status != ok ]]; then
+        index=$((index + 1))
+        continue
+    fi
+
+    # Open files on this directory's filesystem (-xdev keeps find on it): never touched.
+    device=$(stat -c %d -- "$directory")
+    keep_open=() open_match=()
+    for entry in "${open_files[@]}"; do
+        [[ ${entry% *} == "$device" ]] || continue
+        keep_open+=(! -inum "${entry#* }")
+        ((${#open_match[@]})) && open_match+=(-o)
+        open_match+=(-inum "${entry#* }")
+    done
+    compress_test=(-type f \( "${log_names[@]}" \) ! -name '*.gz' -mmin "+$compress_minutes")
+    delete_test=(-type f \( "${gz_names[@]}" \) -mmin "+$delete_minutes")
+
+    if ((${#open_match[@]})); then
+        find -P "$directory" -xdev \( \( "${compress_test[@]}" \) -o \( "${delete_test[@]}" \) \) \
+            \( "${open_match[@]}" \) -printf '%s\t%P\0' | summarize "$index" open
+    fi
+    # Delete first, then compress: a dry run lists exactly what a run does, and a log older than
+    # both ages is compressed now and deleted by the next run.
+    if [[ $mode == apply ]]; then
+        find -P "$directory" -xdev "${delete_test[@]}" "${keep_open[@]}" \
+            -delete -printf '%s\t%P\0' | summarize "$index" delete
+        # gzip keeps the mtime and refuses links, hard-linked files and existing .gz targets
+        # (saying so on stderr); only the files it compressed are counted.
+        find -P "$directory" -xdev "${compress_test[@]}" "${keep_open[@]}" \
+            -exec gzip -- {} \; -printf '%s\t%P\0' </dev/null | summarize "$index" compress
+    else
+        find -P "$directory" -xdev "${delete_test[@]}" "${keep_open[@]}" \
+            -printf '%s\t%P\0' | summarize "$index" delete
+        find -P "$directory" -xdev "${compress_test[@]}" "${keep_open[@]}" \
+            -printf '%s\t%P\0' | summarize "$index" compress
+    fi
+    index=$((index + 1))
+done
+exit 0

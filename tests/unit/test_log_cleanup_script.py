@@ -1,0 +1,130 @@
+"""The host-side cleanup script on generated trees: what it may never do, whatever the tree.
+
+Runs ``include/host/log_cleanup.sh`` locally with bash (the same text the DAG sends over SSH)
+on trees hypothesis generates: names inside and outside the patterns, ages on both sides of
+both limits, nested directories, and symbolic links to files and directories outside.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from airlock.operators.log_cleanup import SCRIPT
+
+HOUR = 3600
+COMPRESS_DAYS, DELETE_DAYS = 2, 5
+PATTERNS = ["*.log", "app-*.out"]
+
+names = st.sampled_from(
+    [
+        "a.log",
+        "b.log.gz",
+        "app-1.out",
+        "app-2.out.gz",
+        "a.log.1",
+        "notes.txt",
+        "notes.txt.gz",
+        "x.gz",
+        "with space.log",
+        'it\'s "q".log.gz',
+        "app.out",
+        "log",
+    ]
+)
+# Half a day off any whole day, so no file sits on a limit while the script runs.
+ages = st.integers(min_value=0, max_value=9).map(lambda days: days * 24 + 12)
+entries = st.lists(
+    st.tuples(st.sampled_from(["", "sub/", "sub/deeper/", "other dir/"]), names, ages), max_size=25
+)
+links = st.lists(st.tuples(names, ages), max_size=4)
+
+
+def matches(name: str, suffix: str = "") -> bool:
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(name, pattern + suffix) for pattern in PATTERNS)
+
+
+def state(directory: Path) -> dict[str, tuple[str, int]]:
+    return {
+        str(p.relative_to(directory)): ("link" if p.is_symlink() else "file", int(p.lstat().st_mtime))
+        for p in directory.rglob("*")
+        if p.is_symlink() or p.is_file()
+    }
+
+
+def run_script(directory: Path, mode: str) -> subprocess.CompletedProcess:
+    argv = [str(COMPRESS_DAYS * 1440), str(DELETE_DAYS * 1440), "10", str(len(PATTERNS)), *PATTERNS]
+    return subprocess.run(
+        ["bash", "-c", SCRIPT.read_text(), "log-cleanup", mode, *argv, str(directory)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entries=entries, outside_links=links)
+def test_nothing_young_or_outside_the_patterns_is_ever_deleted_and_everything_old_is(entries, outside_links):
+    with tempfile.TemporaryDirectory() as workspace:
+        logs, outside = Path(workspace) / "logs", Path(workspace) / "outside"
+        logs.mkdir()
+        outside.mkdir()
+        now = time.time()
+        ages: dict[str, int] = {}
+        for folder, name, age in entries:
+            path = logs / folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(name)
+            os.utime(path, (now - age * HOUR, now - age * HOUR))
+            ages[str(path.relative_to(logs))] = age
+        for index, (name, age) in enumerate(outside_links):
+            target = outside / f"{index}-{name}"
+            target.write_text(name)
+            os.utime(target, (now - age * HOUR, now - age * HOUR))
+            link = logs / f"link-{index}-{name}"
+            if not link.exists():
+                link.symlink_to(target)
+        (logs / "linked-dir").symlink_to(outside, target_is_directory=True)
+        before, outside_before = state(logs), state(outside)
+
+        run_script(logs, "dry-run")
+        assert state(logs) == before
+
+        run_script(logs, "apply")
+        after = state(logs)
+
+        assert state(outside) == outside_before
+        for path, (kind, mtime) in before.items():
+            name = Path(path).name
+            if kind == "link":
+                assert after.get(path) == (kind, mtime), f"link {path} changed"
+                continue
+            age_hours = ages[path]
+            if matches(name, ".gz") and age_hours > DELETE_DAYS * 24:
+                assert path not in after, f"{path} should have been deleted"
+            if (
+                matches(name)
+                and not name.endswith(".gz")
+                and age_hours > COMPRESS_DAYS * 24
+                and f"{path}.gz" not in before
+            ):
+                assert (path in after, f"{path}.gz" in after) == (False, True), f"{path} not compressed"
+            if path in after:
+                continue
+            compressed = after.get(f"{path}.gz")
+            if compressed is not None and path + ".gz" not in before:
+                assert matches(name), f"{path} compressed outside the patterns"
+                assert not name.endswith(".gz"), f"{path} compressed twice"
+                assert age_hours > COMPRESS_DAYS * 24, f"{path} compressed at {age_hours}h"
+                assert compressed == ("file", mtime), f"{path}.gz lost its mtime"
+            else:
+                assert matches(name, ".gz"), f"{path} deleted outside the patterns"
+                assert age_hours > DELETE_DAYS * 24, f"{path} deleted at {age_hours}h old"
