@@ -63,8 +63,13 @@ def release_dag(environment: Environment) -> DAG:
         def check_database():
             return steps.check_database(environment)
 
+        @task(retries=3)
+        def check_backup():
+            """The newest verified backup must be younger than the environment's backup.max_age."""
+            return steps.check_backup(environment)
+
         @task(retries=0)
-        def plan(request: dict, artifact: dict, host_states: list, database: dict, migrations: list):
+        def plan(request: dict, artifact: dict, host_states: list, database: dict, migrations: list, backup):
             """Build the release plan: the approver's reading and a dry run's whole output."""
             who = triggering_user(get_current_context())
             return steps.plan(
@@ -74,6 +79,7 @@ def release_dag(environment: Environment) -> DAG:
                 host_states=list(host_states),
                 database=database,
                 migrations=migrations,
+                backup=backup,
                 triggered_by=who,
             )
 
@@ -81,6 +87,12 @@ def release_dag(environment: Environment) -> DAG:
         def check_migrations(request: dict):
             """The version's migrations, validated against the database: pending ones are planned."""
             return steps.check_migrations(environment, request["version"])
+
+        @task(retries=1)
+        def backup():
+            """Pre-release backup, after approval and before migrations: the way back for the data."""
+            dag_run = get_current_context()["dag_run"]
+            return steps.pre_release_backup(environment, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
         @task(retries=1)
         def migrate(request: dict):
@@ -150,8 +162,9 @@ def release_dag(environment: Environment) -> DAG:
         database = check_database()
         hosts = check_hosts_task(environment)
         migrations = check_migrations(request)
-        taken >> [artifact, database, hosts, migrations]
-        planned = plan(request, artifact, hosts, database, migrations)
+        backups = check_backup()
+        taken >> [artifact, database, hosts, migrations, backups]
+        planned = plan(request, artifact, hosts, database, migrations, backups)
         gate = [proceed(planned)]
         if environment.approval.required:
             approve = approval_gate(
@@ -163,6 +176,9 @@ def release_dag(environment: Environment) -> DAG:
             gate.append(approve)
 
         migrated = migrate(request)
+        if steps.takes_pre_release_backup(environment):
+            gate.append(backup())
+            gate[-2] >> gate[-1]
         gate[-1] >> migrated
         previous = migrated
         wave_tasks = []

@@ -240,25 +240,58 @@ class MigrationSettings(_Model):
 
 
 class BackupRetention(_Model):
-    hourly: int = Field(default=0, ge=0)
-    daily: int = Field(default=7, ge=0)
-    weekly: int = Field(default=4, ge=0)
-    monthly: int = Field(default=6, ge=0)
+    """How many verified backups to keep: the newest of each of the last N hours, days, weeks, months."""
+
+    hourly: int = Field(default=0, ge=0, description="Newest verified backup of each of the last N hours")
+    daily: int = Field(default=7, ge=0, description="Newest verified backup of each of the last N days")
+    weekly: int = Field(default=4, ge=0, description="Newest verified backup of each of the last N ISO weeks")
+    monthly: int = Field(default=6, ge=0, description="Newest verified backup of each of the last N months")
+    safety: Duration = Field(
+        default=timedelta(days=7),
+        description="How long pre-release and pre-restore safety backups are kept",
+    )
 
 
 class BackupSettings(_Model):
-    schedule: str | None = Field(default="0 2 * * *", description="Cron schedule of backup_<env> (planned)")
+    schedule: str | None = Field(
+        default="0 2 * * *", description="Cron schedule of backup_<env>; null: manual"
+    )
     destination: str = Field(
-        description="ObjectStoragePath URL, e.g. file:///var/backups/airlock or s3://..."
+        description="ObjectStoragePath URL of the backup directory, e.g. file:///var/backups/airlock or s3://..."
     )
     conn_id: str | None = Field(default=None, description="Connection for a remote object store")
-    compression: int = Field(default=6, ge=0, le=9)
-    jobs: int = Field(default=2, ge=1, le=32)
+    format: Literal["custom", "directory"] = Field(
+        default="custom",
+        description="pg_dump format: custom (one file) or directory (dumped with `jobs` in parallel)",
+    )
+    compression: int = Field(default=6, ge=0, le=9, description="pg_dump compression level (0: none)")
+    jobs: int = Field(
+        default=2, ge=1, le=32, description="Parallel jobs of pg_restore (and of pg_dump, directory format)"
+    )
+    verify_conn_id: str | None = Field(
+        default=None,
+        description="Server where backups are test-restored; defaults to database.conn_id's server",
+    )
     retention: BackupRetention = Field(default_factory=BackupRetention)
     max_age: Duration = Field(
         default=timedelta(hours=26), description="Newest verified backup must be younger"
     )
-    required_for_release: bool = True
+    required_for_release: bool = Field(
+        default=True,
+        description="Releases need a verified backup younger than max_age and take a pre-release backup",
+    )
+    timeout: Duration = Field(
+        default=timedelta(hours=4), description="Longest a dump, verify or restore step may run"
+    )
+
+    @field_validator("destination")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError(f"{value!r} is not a URL: use file:///absolute/path or a store URL like s3://")
+        if value.startswith("file://") and not value.removeprefix("file://").startswith("/"):
+            raise ValueError(f"{value!r}: a file:// destination needs an absolute path (file:///...)")
+        return value.rstrip("/")
 
 
 class Thresholds(_Model):
@@ -291,15 +324,29 @@ def _host_directory(value: str) -> str:
     return value
 
 
+def _file_name_pattern(value: str) -> str:
+    if not value or "/" in value or "\0" in value:
+        raise ValueError(f"{value!r} must be a file name glob such as *.log (no '/')")
+    return value
+
+
 class LogSettings(_Model):
-    schedule: str | None = "30 3 * * *"
+    schedule: str | None = Field(default="30 3 * * *", description="Cron schedule of log_cleanup_<env>")
     directories: list[Annotated[str, BeforeValidator(_host_directory)]] = Field(
         default_factory=list,
         description="Absolute directories on each host; {root} is the host's deploy root",
     )
-    patterns: list[str] = Field(default_factory=lambda: ["*.log"])
-    compress_after_days: int = Field(default=7, ge=0)
-    delete_after_days: int = Field(default=30, ge=1)
+    patterns: list[Annotated[str, BeforeValidator(_file_name_pattern)]] = Field(
+        default_factory=lambda: ["*.log"],
+        min_length=1,
+        description="File name globs considered; their compressed form is the same + .gz",
+    )
+    compress_after_days: int = Field(
+        default=7, ge=0, description="Files last written longer ago are gzipped (mtime kept)"
+    )
+    delete_after_days: int = Field(
+        default=30, ge=1, description="Compressed files last written longer ago are deleted"
+    )
 
     @model_validator(mode="after")
     def _delete_after_compress(self) -> LogSettings:
@@ -309,12 +356,33 @@ class LogSettings(_Model):
 
 
 class DatabaseMaintenanceSettings(_Model):
-    schedule: str | None = "0 4 * * 0"
-    dead_tuple_threshold: int = Field(default=10_000, ge=0)
-    dead_tuple_ratio: float = Field(default=0.1, ge=0, le=1)
-    reindex_bloat_percent: Percent | None = None
-    lock_timeout: Duration = timedelta(seconds=5)
-    statement_timeout: Duration = timedelta(hours=1)
+    schedule: str | None = Field(default="0 4 * * 0", description="Cron schedule of db_maintenance_<env>")
+    dead_tuple_threshold: int = Field(
+        default=10_000, ge=0, description="A table is vacuumed above this many dead tuples..."
+    )
+    dead_tuple_ratio: float = Field(
+        default=0.1, ge=0, le=1, description="...when they are also more than this share of its rows"
+    )
+    reindex_bloat_percent: Percent | None = Field(
+        default=None,
+        description="B-tree indexes bloated above this are rebuilt with REINDEX CONCURRENTLY; null: never",
+    )
+    bloat_min_size_mb: int = Field(
+        default=1, ge=0, description="Tables and indexes smaller than this are left out of the bloat report"
+    )
+    report_unused_indexes: bool = Field(
+        default=True, description="List indexes never scanned since the statistics were reset"
+    )
+    long_session: Duration = Field(
+        default=timedelta(minutes=5),
+        description="Sessions running a statement or idle in a transaction longer than this are reported",
+    )
+    lock_timeout: Duration = Field(
+        default=timedelta(seconds=5), description="A maintenance statement waiting longer for a lock gives up"
+    )
+    statement_timeout: Duration = Field(
+        default=timedelta(hours=1), description="No maintenance statement runs longer"
+    )
 
 
 class HttpSmokeTest(_Model):

@@ -128,7 +128,7 @@ class ReleasePlan:
             "",
             "### Backup",
             "",
-            self.backup or "None: releases do not take a pre-release backup yet (docs/runbooks/backup.md).",
+            self.backup or "None.",
         ]
         lines += ["", "### Preflight", ""]
         lines += [f"- {check}" for check in self.checks] or ["- (none)"]
@@ -151,6 +151,7 @@ def build_plan(
     triggered_by: str,
     checks: list[str],
     migrations: list[dict[str, str]] | None = None,
+    backup: str | None = None,
 ) -> ReleasePlan:
     current = {state["host"]: state["current_version"] for state in host_states}
     missing = [host.name for host in environment.hosts if host.name not in current]
@@ -173,6 +174,7 @@ def build_plan(
         approvers=list(environment.approval.approvers),
         checks=checks,
         migrations=list(migrations or []),
+        backup=backup,
     )
 
 

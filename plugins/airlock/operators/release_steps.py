@@ -23,6 +23,7 @@ from airlock.hooks.artifacts import fetch_artifact
 from airlock.hooks.lock import EnvironmentLock, LockHeldError, LockLostError
 from airlock.notifications.slack import post, render, summarize_error
 from airlock.operators.audit import AuditRecord, write_audit_record
+from airlock.operators.backups import BackupError, require_fresh_backup, take_backup
 from airlock.operators.hosts import (
     HostNotServingError,
     deploy_to_host,
@@ -107,6 +108,38 @@ def check_database(environment: Environment) -> dict[str, Any]:
     return {"database": row[0], "server_version": row[1]}
 
 
+def check_backup(environment: Environment) -> dict[str, Any] | None:
+    """Preflight: the newest verified backup is younger than ``backup.max_age`` (when required)."""
+    try:
+        newest = require_fresh_backup(environment)
+    except BackupError as error:
+        raise AirflowFailException(str(error)) from None
+    return newest.summary() if newest else None
+
+
+def takes_pre_release_backup(environment: Environment) -> bool:
+    return environment.backup is not None and environment.backup.required_for_release
+
+
+def pre_release_backup(environment: Environment, *, dag_id: str, run_id: str) -> dict[str, Any]:
+    """After approval, before migrations: a backup of the database as it is (not verified here)."""
+    hold_lock(environment, run_id)
+    return take_backup(environment, kind="pre-release", dag_id=dag_id, run_id=run_id).summary()
+
+
+def describe_backups(environment: Environment, newest: Mapping[str, Any] | None) -> str:
+    """The plan's Backup section."""
+    if not takes_pre_release_backup(environment):
+        return "None: this environment does not take pre-release backups (backup.required_for_release)."
+    return (
+        f"A pre-release backup (`{environment.name}-<time>-pre-release`) is taken after approval, "
+        f"before migrations and before any host is switched. Newest verified backup: "
+        f"`{newest['name']}`, taken {newest['finished_at']}."
+        if newest
+        else "A pre-release backup is taken after approval, before migrations."
+    )
+
+
 def plan(
     environment: Environment,
     *,
@@ -115,6 +148,7 @@ def plan(
     host_states: list[Mapping[str, Any]],
     database: Mapping[str, Any],
     migrations: list[Mapping[str, str]],
+    backup: Mapping[str, Any] | None,
     triggered_by: str,
 ) -> dict[str, Any]:
     checks = [
@@ -123,6 +157,8 @@ def plan(
         f"Database {database['database']} reachable (PostgreSQL {database['server_version']})",
         f"Migrations validated against the database: {len(migrations)} pending",
     ]
+    if backup:
+        checks.append(f"Newest verified backup {backup['name']} is younger than backup.max_age")
     release_plan = build_plan(
         environment=environment,
         request=validate_request({}, request),
@@ -131,6 +167,7 @@ def plan(
         triggered_by=triggered_by,
         checks=checks,
         migrations=[{"file": m["file"], "sql": m["sql"]} for m in migrations],
+        backup=describe_backups(environment, backup),
     )
     markdown = release_plan.to_markdown()
     log.info("Release plan:\n%s", markdown)

@@ -1,0 +1,260 @@
+"""``backup_<env>`` and ``restore_<env>`` against the real PostgreSQL server, with file:// backups.
+
+The round trip is what a user relies on: data written, backed up, changed, restored, and equal to
+the original (row counts and a content checksum of every table).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from airlock.operators.backups import (
+    MANIFEST,
+    BackupStore,
+    BackupVerificationError,
+    newest_verified,
+    take_backup,
+    verify_backup,
+)
+from tests.support import PROJECT, load_dag, run_dag
+
+
+def table_fingerprints(url: str) -> dict[str, tuple[int, str]]:
+    """Row count and an order-independent checksum of the content of every user table."""
+    with psycopg.connect(url) as connection:
+        tables = connection.execute(
+            "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables ORDER BY 1"
+        ).fetchall()
+        fingerprints = {}
+        for (table,) in tables:
+            count, digest = connection.execute(
+                f"SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY md5(t::text))), '') "  # noqa: S608 - names from the catalog
+                f"FROM {table} AS t"
+            ).fetchone()
+            fingerprints[table] = (count, digest)
+    return fingerprints
+
+
+@pytest.fixture(scope="module")
+def customers(postgres_url) -> str:
+    """A table with varied content in the application database."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS customers (id int PRIMARY KEY, name text, joined date, data jsonb)"
+        )
+        connection.execute("TRUNCATE customers")
+        connection.execute(
+            "INSERT INTO customers SELECT i, 'Ünïcode ' || i || E'\\ttab \"quote\"', "
+            "date '2020-01-01' + i, jsonb_build_object('i', i) FROM generate_series(1, 5000) AS i"
+        )
+    return postgres_url
+
+
+@pytest.fixture
+def store(environment, redis_client) -> BackupStore:
+    """The sandbox's backup directory (and Redis, for the environment lock the restore takes)."""
+    return BackupStore.of(environment)
+
+
+def test_a_scheduled_backup_is_dumped_verified_published_privately_and_pruned(
+    environment, customers, store, slack_messages
+):
+    dag = load_dag(f"backup_{environment.name}")
+
+    run_id, states, _ = run_dag(dag, {})
+
+    assert states == {"dump": "success", "verify": "success", "prune": "success"}, states
+    newest = newest_verified(environment)
+    assert newest is not None
+    assert newest.run_id == run_id
+    assert newest.verified
+    assert newest.row_counts["public.customers"] == 5000
+    assert newest.database == customers.rsplit("/", 1)[1]
+    assert newest.server_version
+    assert newest.pg_dump_version.startswith("pg_dump")
+    directory = store.local_root / newest.name
+    for relative, digest in newest.files.items():
+        path = directory / relative
+        assert path.stat().st_size == digest.bytes
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((directory / MANIFEST).stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(store.local_root.stat().st_mode) == 0o700
+    manifest = json.loads((directory / MANIFEST).read_text())
+    assert manifest["verified_at"]
+    assert manifest["run_id"] == run_id
+    assert manifest["bytes"] > 0
+    assert not slack_messages.texts()
+
+
+def test_the_verified_backup_asset_is_updated_with_the_backup_name(environment, customers):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    run_id, states, _ = run_dag(load_dag(f"backup_{environment.name}"), {})
+
+    assert states["verify"] == "success"
+    with create_session() as session:
+        extras = session.scalars(
+            select(AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.name == f"airlock_verified_backup_{environment.name}")
+            .where(AssetEvent.source_run_id == run_id)
+        ).all()
+    assert [extra["name"] for extra in extras] == [newest_verified(environment).name]
+
+
+def test_restore_brings_back_exactly_the_backed_up_data_after_a_safety_backup(
+    environment, customers, store, slack_messages
+):
+    backup = take_backup(environment, kind="manual")
+    verify_backup(environment, backup.name)
+    original = table_fingerprints(customers)
+    with psycopg.connect(customers, autocommit=True) as connection:
+        connection.execute("DELETE FROM customers WHERE id % 3 = 0")
+        connection.execute("UPDATE customers SET name = 'changed' WHERE id < 100")
+        connection.execute("CREATE TABLE written_after_backup (id int)")
+    changed = table_fingerprints(customers)
+    assert changed != original
+
+    run_id, states, answered = run_dag(
+        load_dag(f"restore_{environment.name}"),
+        {"backup": backup.name, "reason": "bad data import"},
+        answer="Approve",
+    )
+
+    assert answered == {"ok": True}
+    assert states["restore"] == "success", states
+    assert table_fingerprints(customers) == original
+    safety = [b for b in store.backups() if b.kind == "pre-restore" and b.run_id == run_id]
+    assert len(safety) == 1
+    assert safety[0].row_counts["public.written_after_backup"] == 0
+    assert safety[0].row_counts["public.customers"] == changed["public.customers"][0]
+    database = customers.rsplit("/", 1)[1]
+    [kept] = databases_like(f"{database}_before_restore_")
+    assert table_fingerprints(customers.rsplit("/", 1)[0] + "/" + kept) == changed  # kept, not dropped
+    assert databases_like(f"{database}_restore_") == []
+    texts = slack_messages.texts()
+    assert any(f"restored from backup {backup.name}" in text for text in texts), texts
+    assert any("needs approval" in text for text in texts)
+    drop_database(kept)
+
+
+def test_a_rejected_restore_changes_nothing(environment, customers, store):
+    before = table_fingerprints(customers)
+    backups_before = [b.name for b in store.backups()]
+
+    _, states, _ = run_dag(load_dag(f"restore_{environment.name}"), {}, answer="Reject")
+
+    assert states["approve"] == "failed"
+    assert states.get("restore") in ("upstream_failed", None)
+    assert table_fingerprints(customers) == before
+    assert [b.name for b in store.backups()] == backups_before
+
+
+def test_a_corrupted_backup_fails_verification_and_stays_unverified(environment, customers, store):
+    backup = take_backup(environment, kind="manual")
+    dump = store.local_root / backup.name / backup.dump_path
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dump.write_bytes(bytes(data))
+
+    with pytest.raises(BackupVerificationError, match="does not match its SHA-256"):
+        verify_backup(environment, backup.name)
+
+    assert not store.manifest(backup.name).verified
+    store.remove(backup.name)
+
+
+def test_a_killed_dump_leaves_no_backup_that_looks_complete(environment, customers, store):
+    before = [b.name for b in store.backups()]
+    # Hold a lock pg_dump must wait for, so the dump is surely in progress when it is killed.
+    blocker = psycopg.connect(customers)
+    blocker.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+    script = (
+        "import sys; sys.path.insert(0, 'plugins');"
+        "from airlock.config import load_environment; from airlock.operators.backups import take_backup;"
+        f"take_backup(load_environment(__import__('pathlib').Path({str(environment_file())!r})))"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT, start_new_session=True)
+    try:
+        staging = wait_for(lambda: list(store.local_root.glob(".incomplete-*")))
+        assert staging, "the dump never started"
+        wait_for(lambda: dumping(customers))
+        os.killpg(child.pid, signal.SIGKILL)  # the worker dies with its pg_dump
+        child.wait(timeout=10)
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert [b.name for b in store.backups()] == before
+    assert not any((path / MANIFEST).exists() for path in store.local_root.glob(".incomplete-*"))
+    for path in store.local_root.glob(".incomplete-*"):
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+def test_release_preflight_refuses_a_stale_backup(environment, customers, store, sandbox):
+    from dataclasses import replace
+    from datetime import timedelta
+
+    fresh = [b for b in store.backups() if b.verified]
+    for manifest in fresh:
+        store.write_manifest(replace(manifest, finished_at=manifest.finished_at - timedelta(hours=3)))
+    try:
+        _, states, _ = run_dag(load_dag(f"release_{environment.name}"), {"version": "1.0.0"})
+    finally:
+        for manifest in fresh:
+            store.write_manifest(manifest)
+
+    assert states["check_backup"] == "failed"
+    assert states["plan"] == "upstream_failed"
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def environment_file() -> Path:
+    return Path(os.environ["AIRLOCK_ENVIRONMENTS_DIR"]) / "sandbox.yaml"
+
+
+def wait_for(condition, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.1)
+    return None
+
+
+def dumping(url: str) -> bool:
+    with psycopg.connect(url) as connection:
+        return bool(
+            connection.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE%'"
+            ).fetchone()
+        )
+
+
+def databases_like(prefix: str) -> list[str]:
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres") as connection:
+        rows = connection.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY datname", (prefix,)
+        ).fetchall()
+    return [name for (name,) in rows]
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
