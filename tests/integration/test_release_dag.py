@@ -20,6 +20,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airlock.hooks.artifacts import fetch_artifact
 from airlock.hooks.lock import EnvironmentLock
 from airlock.operators import release_steps
+from airlock.operators.backups import BackupStore, take_backup, verify_backup
 from airlock.operators.hosts import HostLayout, deploy_to_host, host_hook, serving_version
 from include.demo_app.build import artifact_files, build_artifact, tarball_bytes
 from tests.support import load_dag, run_dag
@@ -62,9 +63,17 @@ def served_versions(environment) -> dict[str, str | None]:
     return {host.name: serving_version(environment, host)[1] for host in environment.hosts}
 
 
+@pytest.fixture(scope="module")
+def verified_backup(environment, postgres_url) -> str:
+    """A fresh verified backup: release preflight refuses to go on without one."""
+    backup = take_backup(environment, kind="manual")
+    verify_backup(environment, backup.name)
+    return backup.name
+
+
 @pytest.fixture
-def hosts_on_old(sandbox, environment, artifacts, redis_client, slack_messages, postgres_url):
-    """Every host serving 1.0.0 and the lock free, as before a normal release."""
+def hosts_on_old(sandbox, environment, artifacts, redis_client, slack_messages, verified_backup):
+    """Every host serving 1.0.0, the lock free and a fresh verified backup, as before a release."""
     on_every_host(environment, OLD)
     redis_client.delete(f"airlock:lock:{environment.name}")
     slack_messages.clear()
@@ -119,6 +128,9 @@ def test_an_approved_release_switches_every_host_in_waves(
         is None
     )
     assert migration_history(postgres_url) == ["1", "2"]
+    [pre_release] = [b for b in BackupStore.of(environment).backups() if b.run_id == run_id]
+    assert pre_release.kind == "pre-release"
+    assert "public.airlock_schema_history" not in pre_release.row_counts  # taken before migrations
 
 
 def test_the_waves_run_in_order_first_one_host_then_the_rest(release, hosts_on_old):
@@ -195,11 +207,14 @@ def test_a_dry_run_plans_and_changes_nothing(release, hosts_on_old, slack_messag
     assert any("dry run of release 2.0.0 planned" in t for t in slack_messages.texts())
 
 
-def test_the_plan_shows_hosts_per_wave_current_and_new_version(environment, hosts_on_old, artifacts):
+def test_the_plan_shows_hosts_per_wave_current_and_new_version(
+    environment, hosts_on_old, artifacts, verified_backup
+):
     artifact = release_steps.check_artifact(environment, NEW)
     host_states = [release_steps.check_host(environment, h.name) for h in environment.hosts]
     database = release_steps.check_database(environment)
     migrations = release_steps.check_migrations(environment, NEW)
+    backup = release_steps.check_backup(environment)
 
     planned = release_steps.plan(
         environment,
@@ -208,10 +223,13 @@ def test_the_plan_shows_hosts_per_wave_current_and_new_version(environment, host
         host_states=host_states,
         database=database,
         migrations=migrations,
+        backup=backup,
         triggered_by="alice",
     )
 
     markdown = planned["markdown"]
+    assert "A pre-release backup (`sandbox-<time>-pre-release`) is taken after approval" in markdown
+    assert f"Newest verified backup: `{backup['name']}`" in markdown
     assert "| 1 | web-1 | 1.0.0 | 2.0.0 |" in markdown
     assert "| 2 | web-3 | 1.0.0 | 2.0.0 |" in markdown
     assert "Requested by **alice**: weekly" in markdown
