@@ -1,0 +1,211 @@
+"""``health_<env>`` end to end on real sshd hosts, the demo app, PostgreSQL, Redis and Slack.
+
+The module serves 1.0.0 on every sandbox host and writes two environment files next to the
+session's ``sandbox`` one, on the same hosts: ``watched`` (without backups; load, memory and
+connection limits raised because the sandbox hosts share this machine with whatever else runs
+on it) and ``strained`` (a disk threshold below the current use and a 1 s long-query limit).
+Each test runs the DAG with ``dag.test()`` and checks what an operator sees: the run's result,
+the history table and the Slack messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import yaml
+
+from airlock.hooks.artifacts import fetch_artifact
+from airlock.operators.hosts import deploy_to_host, host_hook, serving_version
+from include.demo_app.build import build_artifact
+from tests.support import load_dag, run_dag, write_environment
+
+VERSION = "1.0.0"
+RELAXED = {
+    "load_per_core": {"warn": 50, "critical": 100},
+    "memory_available_percent": {"warn": 1, "critical": 0.5},
+    "db_connections_percent": {"warn": 95, "critical": 99},
+    "http_latency_ms": {"warn": 3000, "critical": 8000},
+}
+
+
+def environment_file(name: str, **health: object):
+    directory = Path(os.environ["AIRLOCK_ENVIRONMENTS_DIR"])
+    document = yaml.safe_load((directory / "sandbox.yaml").read_text())
+    document.pop("backup", None)
+    document["health"] = {"mounts": ["/"], **RELAXED, **health}
+    return write_environment(directory / f"{name}.yaml", document)
+
+
+@pytest.fixture(scope="module")
+def watched(environment, sandbox, postgres_url, redis_client, slack):
+    """Every sandbox host serving 1.0.0, and the ``watched`` and ``strained`` environments."""
+    directory = Path(urlsplit(environment.deploy.artifact_url).path).parent
+    build_artifact(VERSION, directory)
+    artifact = fetch_artifact(
+        environment.deploy.artifact_url_for(VERSION), environment.deploy.checksum_url_for(VERSION)
+    )
+    for host in environment.hosts:
+        deploy_to_host(environment, host, VERSION, artifact)
+    watched = environment_file("watched")
+    environment_file("strained", disk_used_percent={"warn": 1, "critical": 100}, long_query="1s")
+    yield watched
+    for name in ("watched", "strained"):
+        (Path(os.environ["AIRLOCK_ENVIRONMENTS_DIR"]) / f"{name}.yaml").unlink()
+
+
+def history(postgres_url: str, run_id: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(check, target) -> (status, message) recorded by one run."""
+    with psycopg.connect(postgres_url) as connection:
+        rows = connection.execute(
+            "SELECT check_name, target, status, message FROM airlock.health_checks WHERE run_id = %s",
+            (run_id,),
+        ).fetchall()
+    return {(check, target): (status, message) for check, target, status, message in rows}
+
+
+def run_health(name: str):
+    """A fresh parse per run: ``dag.test()`` leaves a run's state on the DAG object."""
+    run_id, states, _ = run_dag(load_dag(f"health_{name}"), {})
+    return run_id, states
+
+
+def demo_app(environment, host_name: str, command: str) -> None:
+    host = environment.host(host_name)
+    root = environment.root_of(host)
+    hook = host_hook(environment, host)
+    try:
+        hook.run([f"{root}/current/bin/demo-app", "--root", root, command])
+    finally:
+        hook.close()
+
+
+def test_a_healthy_sandbox_is_all_ok_and_sends_nothing(watched, slack_messages, postgres_url):
+    run_id, states = run_health("watched")
+
+    assert states["verdict"] == "success", states
+    results = history(postgres_url, run_id)
+    for host in ("web-1", "web-2", "web-3"):
+        for check, target in (
+            ("app", host),
+            ("ssh", host),
+            ("disk", f"{host}:/"),
+            ("inodes", f"{host}:/"),
+            ("load", host),
+            ("memory", host),
+        ):
+            assert results[check, target][0] == "ok", (check, target, results[check, target])
+    assert results["app", "web-1"][1].endswith(f"version {VERSION}")
+    for check in ("db_connect", "db_connections", "db_long_queries", "db_blocked", "db_size"):
+        assert results[check, "airlock_demo_db"][0] == "ok", results[check, "airlock_demo_db"]
+    assert results["redis_ping", "airlock_redis"][0] == "ok"
+    assert results["redis_memory", "airlock_redis"][0] == "ok"
+    assert results["backup_age", "watched"] == (
+        "skipped",
+        "not configured: the environment has no backup section",
+    )
+    assert results["airflow", "airflow"][0] == "skipped"
+    assert slack_messages.texts() == []
+
+
+def test_a_stopped_app_alerts_once_stays_quiet_even_without_its_state_and_resolves_once(
+    watched, slack_messages, redis_client, postgres_url
+):
+    demo_app(watched, "web-2", "stop")
+    try:
+        first_run, first = run_health("watched")
+        alerts = slack_messages.texts()
+        run_health("watched")
+        after_second = slack_messages.texts()
+        for key in redis_client.scan_iter("airlock:health:watched:*"):
+            redis_client.delete(key)
+        run_health("watched")
+        after_state_lost = slack_messages.texts()
+    finally:
+        demo_app(watched, "web-2", "start")
+    assert serving_version(watched, watched.host("web-2"))[0]
+
+    _, recovered = run_health("watched")
+
+    assert first["verdict"] == "failed"
+    assert history(postgres_url, first_run)["app", "web-2"][0] == "critical"
+    [alert] = alerts
+    assert "*watched*: app on web-2 is CRITICAL (was ok)" in alert
+    assert "got no answer" in alert
+    assert after_second == alerts
+    assert after_state_lost == alerts
+    assert recovered["verdict"] == "success"
+    [resolved] = slack_messages.texts()[len(alerts) :]
+    assert "*watched*: app on web-2 is ok again" in resolved
+
+
+SLEEPING = "SELECT pg_sleep(120)"
+WAITING = "SELECT count(*) FROM health_probe"
+
+
+def run_until_cancelled(connection: psycopg.Connection, query: str) -> None:
+    with contextlib.suppress(psycopg.errors.QueryCanceled):
+        connection.execute(query)
+
+
+@pytest.fixture
+def long_query(postgres_url):
+    """A query sleeping in the application database, and a session blocked on a table lock."""
+    holder = psycopg.connect(postgres_url)
+    holder.execute("CREATE TABLE IF NOT EXISTS health_probe (id int)")
+    holder.commit()
+    holder.execute("LOCK TABLE health_probe IN ACCESS EXCLUSIVE MODE")
+    sleeper = psycopg.connect(postgres_url, autocommit=True)
+    waiter = psycopg.connect(postgres_url, autocommit=True)
+    threads = [
+        threading.Thread(target=run_until_cancelled, args=(sleeper, SLEEPING), daemon=True),
+        threading.Thread(target=run_until_cancelled, args=(waiter, WAITING), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    with psycopg.connect(postgres_url, autocommit=True) as observer:
+        # Start once both have run for more than the 1 s limit, as the server sees it.
+        while observer.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'active'"
+            " AND now() - query_start > interval '1.5 seconds' AND query IN (%s, %s)",
+            (SLEEPING, WAITING),
+        ).fetchone() != (2,):
+            assert time.monotonic() < deadline, "the sleeping and the blocked query never both ran"
+            time.sleep(0.2)
+    yield
+    for connection in (sleeper, waiter):
+        connection.cancel_safe()
+    holder.rollback()
+    for thread in threads:
+        thread.join(timeout=10)
+    for connection in (holder, sleeper, waiter):
+        connection.close()
+
+
+def test_threshold_crossings_long_queries_and_blocked_sessions_alert_and_survive_a_lost_state(
+    watched, long_query, slack_messages, redis_client, postgres_url
+):
+    run_id, states = run_health("strained")
+    alerts = slack_messages.texts()
+    for key in redis_client.scan_iter("airlock:health:strained:*"):
+        redis_client.delete(key)
+    run_health("strained")
+
+    results = history(postgres_url, run_id)
+    assert {results["disk", f"web-{n}:/"][0] for n in (1, 2, 3)} == {"warn"}
+    assert results["db_long_queries", "airlock_demo_db"][0] == "warn"
+    assert "pg_sleep(120)" in results["db_long_queries", "airlock_demo_db"][1]
+    assert results["db_blocked", "airlock_demo_db"][0] == "critical"
+    assert states["verdict"] == "failed"
+    assert sum("disk on web-" in text and "is WARN" in text for text in alerts) == 3
+    assert any("db_long_queries on airlock_demo_db is WARN" in text for text in alerts)
+    assert any("db_blocked on airlock_demo_db is CRITICAL" in text for text in alerts)
+    assert len(alerts) == 5, alerts
+    assert slack_messages.texts() == alerts
