@@ -204,21 +204,33 @@ def test_a_killed_dump_leaves_no_backup_that_looks_complete(environment, custome
         subprocess.run(["rm", "-rf", str(path)], check=True)
 
 
-def test_release_preflight_refuses_a_stale_backup(environment, customers, store, sandbox):
+def test_release_preflight_refuses_a_stale_backup_and_names_it(environment, customers, store):
     from dataclasses import replace
     from datetime import timedelta
 
-    fresh = [b for b in store.backups() if b.verified]
-    for manifest in fresh:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airlock.operators import release_steps
+
+    newest = verify_backup(environment, take_backup(environment, kind="manual").name)
+    assert release_steps.check_backup(environment)["name"] == newest.name
+    verified = [b for b in store.backups() if b.verified]
+    for manifest in verified:
         store.write_manifest(replace(manifest, finished_at=manifest.finished_at - timedelta(hours=3)))
     try:
-        _, states, _ = run_dag(load_dag(f"release_{environment.name}"), {"version": "1.0.0"})
+        with pytest.raises(AirflowFailException, match=rf"newest verified backup .*\({newest.name}\)"):
+            release_steps.check_backup(environment)
     finally:
-        for manifest in fresh:
+        for manifest in verified:
             store.write_manifest(manifest)
 
-    assert states["check_backup"] == "failed"
-    assert states["plan"] == "upstream_failed"
+
+def test_releases_check_backups_before_the_plan_and_back_up_between_approval_and_migrations(environment):
+    release = load_dag(f"release_{environment.name}")
+
+    assert "check_backup" in release.get_task("plan").upstream_task_ids
+    assert release.get_task("backup").upstream_task_ids == {"approve"}
+    assert release.get_task("migrate").upstream_task_ids == {"backup", "validate_request"}
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -569,18 +570,45 @@ def compare_row_counts(manifest: BackupManifest, restored: dict[str, int]) -> No
         )
 
 
+def count_rows(database: DatabaseAddress, jobs: int) -> dict[str, int]:
+    """Exact row count of every user table, counted over ``jobs`` connections side by side."""
+    with database.connect() as connection:
+        tables = connection.execute(ROW_COUNT_TABLES).fetchall()
+
+    def count(chunk: list[tuple[str, str]]) -> dict[str, int]:
+        with database.connect() as connection:
+            return {
+                f"{schema}.{table}": connection.execute(
+                    sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema, table))
+                ).fetchone()[0]
+                for schema, table in chunk
+            }
+
+    chunks = [tables[index::jobs] for index in range(jobs) if tables[index::jobs]]
+    with ThreadPoolExecutor(max_workers=max(len(chunks), 1)) as pool:
+        return {table: n for counted in pool.map(count, chunks) for table, n in counted.items()}
+
+
 def verify_backup(environment: Environment, name: str, *, verified_by: str | None = None) -> BackupManifest:
-    """Check the files' SHA-256, restore into a scratch database, compare row counts, mark verified."""
+    """Check the files' SHA-256, restore into a scratch database, compare row counts, mark verified.
+
+    The checksums are computed while ``pg_restore`` runs (both only read the files); a damaged
+    file is reported as such even when it also made the restore fail.
+    """
     settings = backup_settings(environment)
     store = BackupStore.of(environment)
     manifest = store.manifest(name)
     server = DatabaseAddress.of(settings.verify_conn_id or environment.database.conn_id)
-    with store.local_copy(name) as directory:
-        check_files(directory, manifest)
+    with store.local_copy(name) as directory, ThreadPoolExecutor(max_workers=1) as checksums:
+        files_checked = checksums.submit(check_files, directory, manifest)
         with scratch_database(server, "verify") as scratch:
-            restore_into(directory, manifest, scratch, settings.jobs, settings.timeout)
-            with scratch.connect() as connection:
-                restored = row_counts(connection)
+            try:
+                restore_into(directory, manifest, scratch, settings.jobs, settings.timeout)
+            except BackupError:
+                files_checked.result()  # a damaged file explains the failure better
+                raise
+            files_checked.result()
+            restored = count_rows(scratch, settings.jobs)
     compare_row_counts(manifest, restored)
     verified = replace(manifest, verified_at=datetime.now(UTC), verified_by=verified_by)
     store.write_manifest(verified)

@@ -21,6 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airlock.config import Environment
 from airlock.hooks.artifacts import fetch_artifact
 from airlock.hooks.lock import EnvironmentLock, LockHeldError, LockLostError
+from airlock.hooks.ssh import HostKeyError
 from airlock.notifications.slack import post, render, summarize_error
 from airlock.operators.audit import AuditRecord, write_audit_record
 from airlock.operators.backups import BackupError, require_fresh_backup, take_backup
@@ -90,7 +91,10 @@ def check_artifact(environment: Environment, version: str) -> dict[str, Any]:
 
 
 def check_host(environment: Environment, host_name: str) -> dict[str, Any]:
-    state = inspect_host(environment, environment.host(host_name))
+    try:
+        state = inspect_host(environment, environment.host(host_name))
+    except HostKeyError as error:
+        raise AirflowFailException(str(error)) from None  # never transient: retrying only delays
     log.info("Host %s runs %s with %d MB free", host_name, state.current_version, state.free_disk_mb)
     return state.to_dict()
 

@@ -25,9 +25,9 @@ from airlock.operators.backups import (
     backup_settings,
     check_files,
     compare_row_counts,
+    count_rows,
     newest_verified,
     restore_into,
-    row_counts,
 )
 from airlock.operators.smoke import SmokeTestFailed, run_sql_test
 
@@ -138,8 +138,7 @@ def restore_database(environment: Environment, name: str, *, now: datetime | Non
             )
         try:
             restore_into(directory, manifest, live.on(restored_name), settings.jobs, settings.timeout)
-            with live.on(restored_name).connect() as connection:
-                compare_row_counts(manifest, row_counts(connection))
+            compare_row_counts(manifest, count_rows(live.on(restored_name), settings.jobs))
         except BaseException:
             with admin.connect(autocommit=True) as connection:
                 connection.execute(

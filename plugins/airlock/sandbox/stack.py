@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +33,15 @@ from airlock.sandbox.hosts import Sandbox, SandboxError, port_is_free
 from airlock.sandbox.slack import SlackReceiver
 
 DEMO_VERSIONS = ("1.0.0", "1.1.0", "2.0.0", "2.1.0-broken")
+#: Every DAG of the demo environment (and the environment-less ones): the stack is ready once
+#: the dag-processor has parsed them all.
+DEMO_DAGS = (
+    "release_demo",
+    "rollback_demo",
+    "migrate_demo",
+    "backup_demo",
+    "restore_demo",
+)
 INITIAL_VERSION = "1.0.0"
 COMPONENTS = {
     "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{port}"],
@@ -341,7 +351,36 @@ class AirlockStack:
             time.sleep(2)
         raise RuntimeError(f"Airflow was not ready after {timeout:.0f}s: {last}")
 
-    def start(self, dag_ids: tuple[str, ...] = ("release_demo", "rollback_demo", "migrate_demo")) -> None:
+    def trigger(self, dag_id: str, conf: dict | None = None) -> str:
+        """Start a run of ``dag_id`` through the REST API; returns its run id."""
+        request = urllib.request.Request(
+            f"{self.api_url}/api/v2/dags/{dag_id}/dagRuns",
+            data=json.dumps({"logical_date": None, "conf": conf or {}}).encode(),
+            headers={"Authorization": f"Bearer {self.token()}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())["dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
+        """Poll a run until it finishes; returns its final state."""
+        deadline = time.monotonic() + timeout
+        url = f"{self.api_url}/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        while time.monotonic() < deadline:
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token()}"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                state = json.loads(response.read())["state"]
+            if state in ("success", "failed"):
+                return state
+            time.sleep(2)
+        raise RuntimeError(f"{dag_id} run {run_id} did not finish within {timeout:.0f}s")
+
+    def take_first_backup(self) -> None:
+        """Run backup_demo once: releases need a verified backup younger than backup.max_age."""
+        state = self.wait_for_run("backup_demo", self.trigger("backup_demo"))
+        if state != "success":
+            raise RuntimeError(f"backup_demo ended {state}; see the run's logs in the UI")
+
+    def start(self, dag_ids: tuple[str, ...] = DEMO_DAGS) -> None:
         steps = [
             ("checking ports", self.check_ports),
             ("preparing the demo environment", self._write_environment),
@@ -353,6 +392,7 @@ class AirlockStack:
             ("migrating the Airflow metadata database", self.migrate_metadata),
             ("starting api-server, scheduler, dag-processor, triggerer", self.start_airflow),
             ("waiting for the API and the DAGs", lambda: self.wait_until_ready(dag_ids)),
+            ("taking a first verified backup (backup_demo)", self.take_first_backup),
         ]
         self.home.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
