@@ -14,6 +14,7 @@ import contextlib
 import os
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,7 +23,10 @@ import pytest
 import yaml
 
 from airlock.hooks.artifacts import fetch_artifact
+from airlock.operators.backups import newest_verified, take_backup, verify_backup
+from airlock.operators.health import CheckResult, Status, check_airflow, check_backup, send_alerts
 from airlock.operators.hosts import deploy_to_host, host_hook, serving_version
+from airlock.sandbox.hosts import free_port
 from include.demo_app.build import build_artifact
 from tests.support import load_dag, run_dag, write_environment
 
@@ -209,3 +213,85 @@ def test_threshold_crossings_long_queries_and_blocked_sessions_alert_and_survive
     assert any("db_blocked on airlock_demo_db is CRITICAL" in text for text in alerts)
     assert len(alerts) == 5, alerts
     assert slack_messages.texts() == alerts
+
+
+def test_a_lasting_problem_is_repeated_only_after_the_reminder_interval(
+    watched, slack_messages, redis_client
+):
+    failing = CheckResult("load", "web-1", Status.CRITICAL, 4.2, "warn 1.5, critical 3", "load 4.2", 1.0)
+    start = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+
+    sent = [
+        send_alerts(watched, [failing], run_id=f"run-{minutes}", now=start + timedelta(minutes=minutes))
+        for minutes in (0, 5, 235, 240, 245, 480)
+    ]
+
+    assert [len(texts) for texts in sent] == [1, 0, 0, 1, 0, 1]
+    assert "load on web-1 is still CRITICAL after 4 h" in sent[3][0]
+    assert "load on web-1 is still CRITICAL after 8 h" in sent[5][0]
+    assert len(slack_messages.texts()) == 3
+    redis_client.delete("airlock:health:watched:load:web-1")
+
+
+def test_backup_age_comes_from_the_newest_verified_backup(environment, sandbox, postgres_url):
+    backup = take_backup(environment, kind="manual")
+    verify_backup(environment, backup.name)
+    newest = newest_verified(environment)
+
+    [fresh] = check_backup(environment)
+    [stale] = check_backup(
+        environment, now=newest.finished_at + environment.backup.max_age + timedelta(minutes=1)
+    )
+
+    assert fresh.status is Status.OK
+    assert f"newest verified backup {newest.name} is" in fresh.message
+    assert stale.status is Status.CRITICAL
+
+
+@pytest.fixture
+def airflow_api(watched, monkeypatch):
+    """Airflow's own API app (the api-server's code) on a free port, over this session's metadata DB."""
+    import uvicorn
+    from airflow.api_fastapi.app import create_app
+
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "health-check-test-secret")
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app("core"), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive(), "the Airflow API failed to start (see the log above)"
+        assert time.monotonic() < deadline, "the Airflow API did not start within 60 s"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_the_airflow_check_reads_each_components_heartbeat_from_the_api(watched, airflow_api):
+    from airflow.jobs.job import Job
+    from airflow.utils.session import create_session
+    from airflow.utils.state import JobState
+    from sqlalchemy import delete
+
+    scheduler = Job(job_type="SchedulerJob", state=JobState.RUNNING, latest_heartbeat=datetime.now(UTC))
+    with create_session() as session:
+        session.add(scheduler)
+        session.flush()
+        scheduler_id = scheduler.id
+    configured = watched.model_copy(
+        update={"health": watched.health.model_copy(update={"airflow_api_url": airflow_api})}
+    )
+
+    results = {r.target: r for r in check_airflow(configured)}
+
+    assert results["metadatabase"].status is Status.OK
+    assert results["scheduler"].status is Status.OK
+    assert "last heartbeat" in results["scheduler"].message
+    assert results["triggerer"].status is Status.WARN
+    assert results["triggerer"].message == "has never run"
+    with create_session() as session:  # the session's metadata DB has no scheduler again
+        session.execute(delete(Job).where(Job.id == scheduler_id))
