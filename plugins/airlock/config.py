@@ -300,20 +300,57 @@ class Thresholds(_Model):
 
 
 class HealthSettings(_Model):
-    schedule: str | None = "*/5 * * * *"
-    mounts: list[RemotePath] = Field(default_factory=lambda: ["/"])
-    disk_used_percent: Thresholds = Thresholds(warn=80, critical=90)
-    inodes_used_percent: Thresholds = Thresholds(warn=80, critical=90)
-    load_per_core: Thresholds = Thresholds(warn=1.5, critical=3.0)
-    memory_available_percent: Thresholds = Thresholds(warn=15, critical=5)
-    http_latency_ms: Thresholds = Thresholds(warn=500, critical=2000)
-    db_connections_percent: Thresholds = Thresholds(warn=70, critical=90)
-    redis_memory_percent: Thresholds = Thresholds(warn=75, critical=90)
-    long_query: Duration = timedelta(minutes=5)
-    replication_lag: Duration = timedelta(seconds=30)
-    replica_conn_id: str | None = None
-    reminder_interval: Duration = timedelta(hours=4)
-    airflow_api_url: str | None = None
+    """What ``health_<env>`` watches and when it alerts (docs/runbooks/health-check.md).
+
+    Each threshold has ``warn`` and ``critical``; where critical is below warn (memory available),
+    lower values are worse.
+    """
+
+    schedule: str | None = Field(
+        default="*/5 * * * *", description="Cron schedule of health_<env>; null: manual"
+    )
+    mounts: list[RemotePath] = Field(
+        default_factory=lambda: ["/"], description="Mounts whose disk and inode use is checked on every host"
+    )
+    disk_used_percent: Thresholds = Field(
+        default=Thresholds(warn=80, critical=90), description="Disk space used per mount, percent"
+    )
+    inodes_used_percent: Thresholds = Field(
+        default=Thresholds(warn=80, critical=90), description="Inodes used per mount, percent"
+    )
+    load_per_core: Thresholds = Field(
+        default=Thresholds(warn=1.5, critical=3.0), description="5-minute load average divided by the cores"
+    )
+    memory_available_percent: Thresholds = Field(
+        default=Thresholds(warn=15, critical=5),
+        description="MemAvailable of MemTotal, percent (lower is worse)",
+    )
+    http_latency_ms: Thresholds = Field(
+        default=Thresholds(warn=500, critical=2000), description="Latency of each host's health URL"
+    )
+    db_connections_percent: Thresholds = Field(
+        default=Thresholds(warn=70, critical=90), description="Connections used of max_connections, percent"
+    )
+    redis_memory_percent: Thresholds = Field(
+        default=Thresholds(warn=75, critical=90), description="Redis used_memory of maxmemory, percent"
+    )
+    long_query: Duration = Field(
+        default=timedelta(minutes=5),
+        description="Queries running longer warn; sessions waiting on a lock longer are critical",
+    )
+    replication_lag: Duration = Field(
+        default=timedelta(seconds=30), description="Replica replay lag that warns (4x is critical)"
+    )
+    replica_conn_id: str | None = Field(
+        default=None, description="Connection to a read replica whose lag is checked; null: none"
+    )
+    reminder_interval: Duration = Field(
+        default=timedelta(hours=4), description="How often Slack is reminded of a check that stays failing"
+    )
+    airflow_api_url: str | None = Field(
+        default=None,
+        description="Airflow API base URL, for the scheduler, dag-processor and triggerer heartbeats",
+    )
 
 
 def _host_directory(value: str) -> str:

@@ -24,7 +24,14 @@ import yaml
 
 from airlock.hooks.artifacts import fetch_artifact
 from airlock.operators.backups import newest_verified, take_backup, verify_backup
-from airlock.operators.health import CheckResult, Status, check_airflow, check_backup, send_alerts
+from airlock.operators.health import (
+    CheckResult,
+    Status,
+    check_airflow,
+    check_backup,
+    check_database,
+    send_alerts,
+)
 from airlock.operators.hosts import deploy_to_host, host_hook, serving_version
 from airlock.sandbox.hosts import free_port
 from include.demo_app.build import build_artifact
@@ -295,3 +302,14 @@ def test_the_airflow_check_reads_each_components_heartbeat_from_the_api(watched,
     assert results["triggerer"].message == "has never run"
     with create_session() as session:  # the session's metadata DB has no scheduler again
         session.execute(delete(Job).where(Job.id == scheduler_id))
+
+
+def test_a_replica_that_is_not_in_recovery_is_critical(watched, postgres_url):
+    pointed_at_primary = watched.model_copy(
+        update={"health": watched.health.model_copy(update={"replica_conn_id": "airlock_demo_db"})}
+    )
+
+    [lag] = [r for r in check_database(pointed_at_primary) if r.check == "db_replication_lag"]
+
+    assert lag.status is Status.CRITICAL
+    assert lag.message == "this server is not a replica (not in recovery)"

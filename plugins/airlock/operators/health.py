@@ -8,8 +8,8 @@ the check is not configured for the environment; it is never counted as ok or as
 History: every result is a row of ``<ops_schema>.health_checks`` (``include/sql/health.sql``).
 
 Alerting (:func:`send_alerts`) keeps one state per (environment, check, target) in Redis under
-``airlock:health:<env>:<check>:<target>``: the failing status, since when, and when Slack was last
-told. Slack hears about a change only: ok -> warn/critical (alert), warn -> critical (alert),
+``airlock:health:<env>:<check>:<target>``: the last status, since when, and when Slack was last
+told about it. Slack hears about a change only: ok -> warn/critical (alert), warn -> critical (alert),
 warn/critical -> ok (resolved), still failing after ``health.reminder_interval`` (reminder). If a
 key is lost (Redis flushed or restarted without persistence), the previous status comes from the
 history table instead, so a check that was already failing stays quiet: losing the state never
@@ -269,15 +269,19 @@ def check_host(environment: Environment, host_name: str) -> list[CheckResult]:
     timer = _Timer()
     hook = host_hook(environment, host)
     try:
-        hook.get_conn()
-        results.append(
-            CheckResult(
-                "ssh", host.name, Status.OK, timer.ms, None, f"reachable as {host.ssh_target}", timer.ms
+        try:
+            hook.get_conn()
+        except Exception as error:  # unreachable, wrong host key, refused login: the finding itself
+            return [*results, _failed("ssh", host.name, f"{host.ssh_target}: {error}", timer)]
+        reachable = f"reachable as {host.ssh_target}"
+        results.append(CheckResult("ssh", host.name, Status.OK, timer.ms, None, reachable, timer.ms))
+        timer = _Timer()
+        try:
+            results += check_host_resources(environment, hook, host)
+        except Exception as error:  # e.g. the connection dropped half-way
+            results.append(
+                _failed("resources", host.name, f"reading disk, load, memory failed: {error}", timer)
             )
-        )
-        results += check_host_resources(environment, hook, host)
-    except Exception as error:  # any SSH failure is the finding, not a task error
-        results.append(_failed("ssh", host.name, f"{host.ssh_target}: {error}", timer))
     finally:
         hook.close()
     return results
