@@ -5,9 +5,9 @@
 # Arguments: MODE (apply | dry-run), COMPRESS_MINUTES, DELETE_MINUTES, SAMPLE_LIMIT,
 #            PATTERN_COUNT, PATTERN..., DIRECTORY...
 #
-# For each directory: delete the files matching a pattern + .gz last written more than
-# DELETE_MINUTES ago, then gzip the regular files whose name matches a pattern (not already
-# *.gz) last written more than COMPRESS_MINUTES ago. find -P never follows a symbolic link,
+# For each directory, in one pass of find: delete the files matching a pattern + .gz last
+# written more than DELETE_MINUTES ago, and gzip the regular files whose name matches a pattern
+# (not already *.gz) last written more than COMPRESS_MINUTES ago. find -P never follows a symbolic link,
 # -xdev never enters another filesystem, -type f touches only regular files; a directory that
 # is, or lies behind, a symbolic link is refused. Files a process holds open (seen through
 # /proc/<pid>/fd) are left alone.
@@ -71,12 +71,16 @@ else
     printf 'open\tunchecked\t0\n'
 fi
 
-# Reads find's "<bytes>\t<path>\0" records: prints up to sample_limit "file" lines, then "total".
-summarize() { # index action
-    tr '\n\0' '\001\n' | awk -F '\t' -v index_="$1" -v action="$2" -v limit="$sample_limit" '
-        { files++; bytes += $1
-          if (files <= limit) printf "file\t%s\t%s\t%s\t%s\n", index_, action, $1, substr($0, length($1) + 2) }
-        END { printf "total\t%s\t%s\t%d\t%.0f\n", index_, action, files, bytes }'
+# Reads find's "<action>\t<bytes>\t<path>\0" records: up to sample_limit "file" lines per
+# action, then a "total" line for each action.
+summarize() { # index
+    tr '\n\0' '\001\n' | awk -F '\t' -v index_="$1" -v limit="$sample_limit" '
+        { files[$1]++; bytes[$1] += $2
+          if (files[$1] <= limit)
+              printf "file\t%s\t%s\t%s\t%s\n", index_, $1, $2, substr($0, length($1) + length($2) + 3) }
+        END { split("open delete compress", actions, " ")
+              for (i = 1; i <= 3; i++)
+                  printf "total\t%s\t%s\t%d\t%.0f\n", index_, actions[i], files[actions[i]], bytes[actions[i]] }'
 }
 
 index=0
@@ -100,37 +104,35 @@ for directory in "${directories[@]}"; do
         continue
     fi
 
-    # Open files on this directory's filesystem (-xdev keeps find on it): never touched.
+    # Open files on this directory's filesystem (-xdev keeps find on it): reported, never touched.
     device=$(stat -c %d -- "$directory")
-    keep_open=() open_match=()
+    open_match=()
     for entry in "${open_files[@]}"; do
         [[ ${entry% *} == "$device" ]] || continue
-        keep_open+=(! -inum "${entry#* }")
         ((${#open_match[@]})) && open_match+=(-o)
         open_match+=(-inum "${entry#* }")
     done
+    # -cmin +0: a .gz this very pass creates (its ctime is now) is not deleted by it; a log older
+    # than both ages is compressed now and deleted by the next run, as the dry run says.
+    delete_test=(-type f \( "${gz_names[@]}" \) -mmin "+$delete_minutes" -cmin +0)
     compress_test=(-type f \( "${log_names[@]}" \) ! -name '*.gz' -mmin "+$compress_minutes")
-    delete_test=(-type f \( "${gz_names[@]}" \) -mmin "+$delete_minutes")
-
-    if ((${#open_match[@]})); then
-        find -P "$directory" -xdev \( \( "${compress_test[@]}" \) -o \( "${delete_test[@]}" \) \) \
-            \( "${open_match[@]}" \) -printf '%s\t%P\0' | summarize "$index" open
-    fi
-    # Delete first, then compress: a dry run lists exactly what a run does, and a log older than
-    # both ages is compressed now and deleted by the next run.
     if [[ $mode == apply ]]; then
-        find -P "$directory" -xdev "${delete_test[@]}" "${keep_open[@]}" \
-            -delete -printf '%s\t%P\0' | summarize "$index" delete
+        delete_action=(-delete)
         # gzip keeps the mtime and refuses links, hard-linked files and existing .gz targets
         # (saying so on stderr); only the files it compressed are counted.
-        find -P "$directory" -xdev "${compress_test[@]}" "${keep_open[@]}" \
-            -exec gzip -- {} \; -printf '%s\t%P\0' </dev/null | summarize "$index" compress
+        compress_action=(-exec gzip -- {} \;)
     else
-        find -P "$directory" -xdev "${delete_test[@]}" "${keep_open[@]}" \
-            -printf '%s\t%P\0' | summarize "$index" delete
-        find -P "$directory" -xdev "${compress_test[@]}" "${keep_open[@]}" \
-            -printf '%s\t%P\0' | summarize "$index" compress
+        delete_action=() compress_action=()
     fi
+    # One pass over the tree: each file is at most one of open, delete, compress.
+    expression=()
+    if ((${#open_match[@]})); then
+        expression+=(\( \( "${open_match[@]}" \) \( \( "${delete_test[@]}" \) -o \( "${compress_test[@]}" \) \)
+            -printf 'open\t%s\t%P\0' \) -o)
+    fi
+    expression+=(\( "${delete_test[@]}" "${delete_action[@]}" -printf 'delete\t%s\t%P\0' \) -o
+        \( "${compress_test[@]}" "${compress_action[@]}" -printf 'compress\t%s\t%P\0' \))
+    find -P "$directory" -xdev "${expression[@]}" </dev/null | summarize "$index"
     index=$((index + 1))
 done
 exit 0

@@ -36,6 +36,7 @@ names = st.sampled_from(
         'it\'s "q".log.gz',
         "app.out",
         "log",
+        "two\nlines.log",
     ]
 )
 # Half a day off any whole day, so no file sits on a limit while the script runs.

@@ -63,8 +63,14 @@ def load_housekeeping_settings(path: Path = SETTINGS_FILE) -> HousekeepingSettin
         return HousekeepingSettings.model_validate(yaml.safe_load(path.read_text()) or {})
     except OSError as error:
         raise EnvironmentConfigError(f"{shown}: cannot read: {error.strerror}") from None
-    except (yaml.YAMLError, ValidationError) as error:
-        raise EnvironmentConfigError(f"{shown}: {error}") from None
+    except yaml.YAMLError as error:
+        raise EnvironmentConfigError(f"{shown}: not valid YAML: {error}") from None
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors()
+        )
+        raise EnvironmentConfigError(f"{shown}: {problems}") from None
 
 
 @dataclass
