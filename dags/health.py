@@ -3,7 +3,10 @@
 Every check is its own task (one mapped task per host) and returns structured results instead of
 failing; ``record`` writes them to ``<ops_schema>.health_checks``, ``alert`` tells Slack about
 changes only, and ``verdict`` fails the run when a check is critical, so the grid is a health
-history too. The runbook (``docs/runbooks/health-check.md``) is the DAG's documentation.
+history too. A check task or ``record`` that fails is itself a critical result that ``alert``
+announces once (and resolves), so those tasks send no failure message of their own every run;
+``collect`` and ``alert`` keep the shared failure notifier: without them nothing would alert.
+The runbook (``docs/runbooks/health-check.md``) is the DAG's documentation.
 """
 
 from __future__ import annotations
@@ -33,28 +36,28 @@ def health_dag(environment: Environment) -> DAG:
         default_args={**default_args(environment, retries=1), "execution_timeout": CHECK_TIMEOUT},
     ) as dag:
 
-        @task(map_index_template="{{ host_name }}")
+        @task(map_index_template="{{ host_name }}", on_failure_callback=None)
         def check_host(host_name: str):
             """App health URL (status, latency, version); over SSH: disk, inodes, load, memory."""
             get_current_context()["host_name"] = host_name
             return [r.to_dict() for r in health.check_host(environment, host_name)]
 
-        @task
+        @task(on_failure_callback=None)
         def check_database():
             """Connect latency, connections, long queries, blocked sessions, size, replica lag."""
             return [r.to_dict() for r in health.check_database(environment)]
 
-        @task
+        @task(on_failure_callback=None)
         def check_redis():
             """PING latency and memory used against maxmemory."""
             return [r.to_dict() for r in health.check_redis(environment)]
 
-        @task
+        @task(on_failure_callback=None)
         def check_backup():
             """Age of the newest verified backup against backup.max_age."""
             return [r.to_dict() for r in health.check_backup(environment)]
 
-        @task
+        @task(on_failure_callback=None)
         def check_airflow():
             """Scheduler, dag-processor and triggerer heartbeats from the Airflow API."""
             return [r.to_dict() for r in health.check_airflow(environment)]
@@ -65,7 +68,7 @@ def health_dag(environment: Environment) -> DAG:
             results = health.collect_results(environment, get_current_context()["ti"])
             return [r.to_dict() for r in results]
 
-        @task(retries=2)
+        @task(retries=2, on_failure_callback=None)
         def record(results: list[dict]):
             """Write the results to the health_checks history table of the ops database."""
             return health.record_results(
@@ -75,14 +78,14 @@ def health_dag(environment: Environment) -> DAG:
                 results=[health.CheckResult.from_dict(r) for r in results],
             )
 
-        @task(retries=2)
+        @task(trigger_rule="all_done", retries=2)
         def alert(results: list[dict]):
             """Slack on change only: new problem, worse, recovered, or the reminder interval passed."""
-            return health.send_alerts(
-                environment,
-                [health.CheckResult.from_dict(r) for r in results],
-                run_id=get_current_context()["run_id"],
-            )
+            context = get_current_context()
+            found = [health.CheckResult.from_dict(r) for r in results]
+            written = context["ti"].xcom_pull(task_ids="record")
+            found.append(health.history_result(environment, written))
+            return health.send_alerts(environment, found, run_id=context["run_id"])
 
         @task(trigger_rule="all_done", retries=0, on_failure_callback=None)
         def verdict(results: list[dict]):
@@ -102,7 +105,7 @@ def health_dag(environment: Environment) -> DAG:
         ]
         results = collect()
         checks >> results
-        [record(results), alert(results)] >> verdict(results)
+        record(results) >> alert(results) >> verdict(results)
     return dag
 
 

@@ -22,6 +22,7 @@ from airlock.operators.health import (
     parse_df,
     parse_meminfo,
     render_notification,
+    send_alerts,
 )
 from tests.support import demo_document, write_environment
 
@@ -210,15 +211,41 @@ def test_a_check_task_that_died_without_results_counts_as_critical(environment):
 
     results = collect_results(environment, ti)
 
-    critical = {(r.check, r.target) for r in results if r.status is Status.CRITICAL}
-    assert critical == {
-        ("check_host", "web-2"),
-        ("check_host", "web-3"),
-        ("check_database", "demo"),
-        ("check_backup", "demo"),
-        ("check_airflow", "demo"),
+    assert {(r.check, r.target) for r in results if r.status is Status.CRITICAL} == {
+        ("task", "check_host[web-2]"),
+        ("task", "check_host[web-3]"),
+        ("task", "check_database"),
+        ("task", "check_backup"),
+        ("task", "check_airflow"),
     }
     assert {(r.check, r.target) for r in results if r.status is Status.OK} == {
         ("app", "web-1"),
         ("redis_ping", "airlock_redis"),
+        ("task", "check_host[web-1]"),
+        ("task", "check_redis"),
     }
+
+
+def test_with_redis_unreachable_the_history_decides_and_alerts_still_go_out_on_change_only(environment):
+    import redis
+
+    from airlock.sandbox.hosts import free_port
+
+    unreachable = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+    previous = {("disk", "web-1:/"): state(Status.CRITICAL, NOW - timedelta(hours=1))}
+    new_problem = CheckResult("load", "web-2", Status.WARN, 2.0, "warn 1.5, critical 3", "load 2.0", 1.0)
+    delivered: list[str] = []
+
+    sent = send_alerts(
+        environment,
+        [result(Status.CRITICAL), new_problem],
+        run_id="scheduled__now",
+        now=NOW,
+        redis_client=unreachable,
+        history=lambda: previous,
+        deliver=lambda conn_id, text: delivered.append(text) or True,
+    )
+
+    assert sent == delivered
+    [alert] = sent
+    assert "load on web-2 is WARN (was ok)" in alert

@@ -750,13 +750,11 @@ def send_alerts(
     """Compare each result with its stored state, update the state, send what changed.
 
     Returns the texts sent. State missing from Redis is taken from the history table (read at
-    most once per run, and only when some key is missing).
+    most once per run, and only when some key is missing). When Redis itself is unreachable,
+    every state comes from the history for this run and nothing is saved: alerts still go out
+    on change only, reminders wait until Redis is back.
     """
     now = now or datetime.now(UTC)
-    if redis_client is None:
-        from airflow.providers.redis.hooks.redis import RedisHook
-
-        redis_client = RedisHook(redis_conn_id=environment.redis_conn_id).get_conn()
     if history is None:
 
         def history() -> Mapping[tuple[str, str], AlertState]:
@@ -764,7 +762,19 @@ def send_alerts(
 
     results = list(results)
     keys = [state_key(environment, r.check, r.target) for r in results]
-    stored = redis_client.mget(keys) if keys else []
+    try:
+        if redis_client is None:
+            from airflow.providers.redis.hooks.redis import RedisHook
+
+            redis_client = RedisHook(redis_conn_id=environment.redis_conn_id).get_conn()
+        stored = redis_client.mget(keys) if keys else []
+    except Exception:
+        log.warning(
+            "Redis (%s) is unreachable: this run's alert state comes from the health history",
+            environment.redis_conn_id,
+            exc_info=True,
+        )
+        redis_client, stored = None, [None] * len(keys)
     recovered: Mapping[tuple[str, str], AlertState] | None = None
     sent = []
     for result, key, raw in zip(results, keys, stored, strict=True):
@@ -786,7 +796,7 @@ def send_alerts(
             if previous is not None:
                 previous = AlertState(previous.status, previous.since, now.isoformat())
         state, notification = decide(result, previous, now, environment.health.reminder_interval)
-        if state is not None:
+        if state is not None and redis_client is not None:
             redis_client.set(key, state.to_json(), ex=int(STATE_TTL.total_seconds()))
         if notification is not None:
             text = render_notification(environment, notification, now)
@@ -799,15 +809,25 @@ def failing_summary(results: Iterable[CheckResult], status: Status = Status.CRIT
     return [f"{r.check} on {r.target}: {r.message}" for r in results if r.status is status]
 
 
+def history_result(environment: Environment, written: int | None) -> CheckResult:
+    """Whether ``record`` wrote this run's history (``written`` rows, None when it failed)."""
+    target = environment.database.ops_connection
+    if written is None:
+        message = "could not write the health_checks history (task record failed): see its log"
+        return CheckResult("history", target, Status.CRITICAL, None, None, message, 0.0)
+    return CheckResult("history", target, Status.OK, float(written), None, f"{written} results recorded", 0.0)
+
+
 #: The DAG's check tasks, in the order their results are recorded.
 CHECK_TASKS = ("check_host", "check_database", "check_redis", "check_backup", "check_airflow")
 
 
 def collect_results(environment: Environment, ti: Any) -> list[CheckResult]:
-    """Every check task's results in this run; a task that died without any counts as critical.
+    """Every check task's results in this run, plus one ``task`` result per check task.
 
-    A check task returns results even when what it checks is broken, so a missing result means
-    the task itself failed (timeout, crash): that is a finding too, not a gap in the history.
+    A check task returns results even when what it checks is broken, so a task without any
+    died itself (timeout, crash): its ``task`` result is critical, and ok again (resolved) once
+    it reports, like any other check.
     """
     results: list[CheckResult] = []
     for task_id in CHECK_TASKS:
@@ -816,19 +836,13 @@ def collect_results(environment: Environment, ti: Any) -> list[CheckResult]:
         results += reported
         if task_id == "check_host":
             seen = {r.target for r in reported if r.check == "app"}
-            missing = [host.name for host in environment.hosts if host.name not in seen]
+            expected = [(f"{task_id}[{host.name}]", host.name in seen) for host in environment.hosts]
         else:
-            missing = [] if reported else [environment.name]
-        results += [
-            CheckResult(
-                task_id,
-                target,
-                Status.CRITICAL,
-                None,
-                None,
-                "the check task failed without a result; see its log",
-                0.0,
-            )
-            for target in missing
-        ]
+            expected = [(task_id, bool(reported))]
+        for target, ok in expected:
+            if ok:
+                results.append(CheckResult("task", target, Status.OK, None, None, "reported", 0.0))
+            else:
+                message = "the check task failed without a result; see its log"
+                results.append(CheckResult("task", target, Status.CRITICAL, None, None, message, 0.0))
     return results
