@@ -22,6 +22,7 @@ from airlock.operators.backups import (
     MANIFEST,
     BackupStore,
     BackupVerificationError,
+    apply_retention,
     newest_verified,
     take_backup,
     verify_backup,
@@ -270,3 +271,53 @@ def databases_like(prefix: str) -> list[str]:
 def drop_database(name: str) -> None:
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_backups_work_the_same_on_an_object_store(environment, customers, monkeypatch):
+    """fsspec's in-memory filesystem stands in for S3 (which cannot run here), registered the way
+    a provider registers its store: the same ObjectStoragePath code path as any remote store."""
+    from airflow.sdk.io import fs
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from airlock.config import Environment
+
+    monkeypatch.setitem(fs._register_filesystems(), "memory", lambda conn_id, options: MemoryFileSystem())
+
+    remote = Environment.model_validate(
+        {
+            **environment.model_dump(),
+            "backup": {**environment.backup.model_dump(), "destination": "memory://airlock-backups/sandbox"},
+        }
+    )
+    store = BackupStore.of(remote)
+    assert store.local_root is None
+
+    backup = take_backup(remote, kind="manual")
+    verified = verify_backup(remote, backup.name)
+    names = [b.name for b in store.backups()]
+    plan = apply_retention(remote, dry_run=False)
+
+    assert names == [backup.name]
+    assert verified.verified
+    assert store.manifest(backup.name).verified
+    assert (store.root / backup.name / backup.dump_path).exists()
+    assert plan["remove"] == []
+    store.remove(backup.name)
+    assert store.backups() == []
+
+
+def test_a_directory_format_backup_is_dumped_in_parallel_and_verifies(environment, customers, store):
+    from airlock.config import Environment
+
+    parallel = Environment.model_validate(
+        {**environment.model_dump(), "backup": {**environment.backup.model_dump(), "format": "directory"}}
+    )
+
+    backup = take_backup(parallel, kind="manual")
+    verified = verify_backup(parallel, backup.name)
+
+    assert verified.verified
+    assert backup.dump_path == "dump"
+    assert "dump/toc.dat" in backup.files
+    assert len(backup.files) == 1 + len(backup.row_counts)  # the table of contents, a file per table
+    store.remove(backup.name)

@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -221,9 +222,9 @@ class BackupStore:
             _fsync_directory(local)
             return
         target = self.root / manifest.name
-        for path in sorted(staged.rglob("*")):
-            if path.is_file() and path.name != MANIFEST:
-                ObjectStoragePath(f"file://{path}").copy(target / path.relative_to(staged).as_posix())
+        for relative in manifest.files:
+            with (staged / relative).open("rb") as source, (target / relative).open("wb") as upload:
+                shutil.copyfileobj(source, upload, _CHUNK)
         (target / MANIFEST).write_text(manifest.to_json())
 
     def write_manifest(self, manifest: BackupManifest) -> None:
@@ -246,12 +247,12 @@ class BackupStore:
             return
         directory = Path(tempfile.mkdtemp(prefix=f"airlock-restore-{name}-"))
         try:
-            source = self.root / name
-            for path in source.rglob("*"):
-                if path.is_file():
-                    target = directory / path.relative_to(source)
-                    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    path.copy(ObjectStoragePath(f"file://{target}"))
+            manifest = self.manifest(name)
+            for relative in [*manifest.files, MANIFEST]:
+                target = directory / relative
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                with (self.root / name / relative).open("rb") as source, target.open("wb") as copy:
+                    shutil.copyfileobj(source, copy, _CHUNK)
             yield directory
         finally:
             shutil.rmtree(directory, ignore_errors=True)
@@ -265,7 +266,7 @@ class BackupStore:
         if local is not None:
             shutil.rmtree(local / name, ignore_errors=True)
         else:
-            directory.rmdir(recursive=True)
+            directory.fs.rm(directory.path, recursive=True)
 
     def stale_incomplete(self, older_than: timedelta, now: datetime) -> list[str]:
         """Local staging directories left by killed runs, older than ``older_than``."""
@@ -429,6 +430,10 @@ def take_backup(
     pg_dump = _tool("pg_dump")
     started = clock()
     name = backup_name(environment.name, started, kind)
+    while (store.root / name).exists():  # names have one-second resolution: never reuse one
+        time.sleep(0.2)
+        started = clock()
+        name = backup_name(environment.name, started, kind)
     with store.staging(name) as staged:
         output = staged / ("dump" if settings.format == "directory" else "database.dump")
         argv = [
