@@ -321,3 +321,31 @@ def test_a_directory_format_backup_is_dumped_in_parallel_and_verifies(environmen
     assert "dump/toc.dat" in backup.files
     assert len(backup.files) == 1 + len(backup.row_counts)  # the table of contents, a file per table
     store.remove(backup.name)
+
+
+def test_a_failed_backup_is_announced_in_slack_with_the_step_and_the_reason(
+    environment, customers, store, slack_messages, monkeypatch
+):
+    before = [b.name for b in store.backups()]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AIRLOCK_DEMO_DB",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": 5432,
+                "login": "postgres",
+                "schema": "airlock_no_such_database",
+            }
+        ),
+    )
+
+    _, states, _ = run_dag(load_dag(f"backup_{environment.name}"), {})
+
+    assert states["dump"] == "failed"
+    assert states["verify"] == "upstream_failed"
+    assert [b.name for b in store.backups()] == before
+    assert slack_messages.wait_for(lambda texts: any("task dump failed" in text for text in texts))
+    [message] = [text for text in slack_messages.texts() if "task dump failed" in text]
+    assert "backup_sandbox" in message
+    assert "airlock_no_such_database" in message
