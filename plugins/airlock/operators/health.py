@@ -532,7 +532,8 @@ def check_airflow(environment: Environment) -> list[CheckResult]:
         heartbeat = info.get(f"latest_{component}_heartbeat")
         age = None
         if heartbeat:
-            age = (now - datetime.fromisoformat(heartbeat)).total_seconds()
+            beat = datetime.fromisoformat(heartbeat)
+            age = (now - (beat if beat.tzinfo else beat.replace(tzinfo=UTC))).total_seconds()
         seen = f", last heartbeat {age:.0f} s ago" if age is not None else ""
         if status == "healthy":
             results.append(
@@ -613,7 +614,10 @@ def record_results(
 
 
 def previous_from_history(environment: Environment, *, run_id: str) -> dict[tuple[str, str], AlertState]:
-    """Each check's latest status before ``run_id`` and since when it has had it, from history."""
+    """Each check's latest status before ``run_id`` and since when it has had it, from history.
+
+    Only the last ``STATE_TTL`` counts: a check silent for longer is as good as new.
+    """
     from psycopg import sql
 
     statement = sql.SQL(
@@ -631,11 +635,12 @@ def previous_from_history(environment: Environment, *, run_id: str) -> dict[tupl
                     '-infinity')) AS since
         FROM {schema}.health_checks AS latest
         WHERE latest.environment = %(environment)s AND latest.run_id <> %(run_id)s
+          AND latest.checked_at > now() - %(window)s
         ORDER BY latest.check_name, latest.target, latest.checked_at DESC
         """
     ).format(schema=_schema(environment))
     with ops_cursor(environment) as cursor:
-        cursor.execute(statement, {"environment": environment.name, "run_id": run_id})
+        cursor.execute(statement, {"environment": environment.name, "run_id": run_id, "window": STATE_TTL})
         rows = cursor.fetchall()
     return {
         (check, target): AlertState(
