@@ -41,6 +41,7 @@ DEMO_DAGS = (
     "migrate_demo",
     "backup_demo",
     "restore_demo",
+    "health_demo",
 )
 INITIAL_VERSION = "1.0.0"
 COMPONENTS = {
@@ -182,6 +183,7 @@ class AirlockStack:
         return {
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRLOCK_DEMO_HOME": str(self.home.resolve()),
+            "AIRLOCK_API_URL": self.api_url,
             "AIRLOCK_ENVIRONMENTS_DIR": str(self.environments_dir),
             "AIRLOCK_ARTIFACT_CACHE": str(self.home / "cache" / "artifacts"),
             "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
