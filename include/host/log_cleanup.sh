@@ -7,10 +7,10 @@
 #
 # For each directory, in one pass of find: delete the files matching a pattern + .gz last
 # written more than DELETE_MINUTES ago, and gzip the regular files whose name matches a pattern
-# (not already *.gz) last written more than COMPRESS_MINUTES ago. find -P never follows a symbolic link,
-# -xdev never enters another filesystem, -type f touches only regular files; a directory that
-# is, or lies behind, a symbolic link is refused. Files a process holds open (seen through
-# /proc/<pid>/fd) are left alone.
+# (not already *.gz) last written more than COMPRESS_MINUTES ago. find -P never follows a
+# symbolic link, -xdev never enters another filesystem, -type f touches only regular files; a
+# directory that is, or lies behind, a symbolic link is refused. Files a process holds open
+# (seen through /proc/<pid>/fd) are reported and left alone.
 #
 # Output, one record a line, fields separated by tabs (in paths, newline arrives as \001):
 #   tools     <missing tools, comma separated>           (then exit 3)
@@ -28,7 +28,7 @@ shift "$pattern_count"
 directories=("$@")
 
 missing=()
-for tool in find gzip stat awk tr; do
+for tool in find gzip stat awk tr xargs sort; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]} == 0)) && ! find /dev/null -maxdepth 0 -printf '' >/dev/null 2>&1; then
