@@ -110,10 +110,18 @@ def test_the_report_lists_the_unused_index_and_the_would_be_vacuum(churned, envi
 def test_a_transaction_left_open_is_reported_and_its_held_back_tuples_reach_slack(
     churned, environment, postgres_url, slack_messages
 ):
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(
+            in_schema("CREATE TABLE {schema}.held (id int) WITH (autovacuum_enabled = off)", churned)
+        )
+        connection.execute(in_schema("INSERT INTO {schema}.held SELECT generate_series(1, 30000)", churned))
     with psycopg.connect(postgres_url) as idle:
         idle.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        held = in_schema("SELECT count(*) FROM {schema}.quiet", churned)
-        idle.execute(held).fetchone()  # the transaction now holds a snapshot
+        held = in_schema("SELECT count(*) FROM {schema}.held", churned)
+        idle.execute(held).fetchone()  # its snapshot still sees every row deleted below
+        with psycopg.connect(postgres_url, autocommit=True) as connection:
+            connection.execute(in_schema("DELETE FROM {schema}.held WHERE id > 5000", churned))
+        wait_for_dead_tuples(postgres_url, churned, "held", 25000)
         time.sleep(1.2)
         configured = environment.model_copy(
             update={
@@ -131,8 +139,9 @@ def test_a_transaction_left_open_is_reported_and_its_held_back_tuples_reach_slac
     assert [s["query"] for s in sessions] == [held.as_string()]
     assert any("idle in transaction" in item for item in reported["attention"]), reported["attention"]
     assert states["report"] == "success", states
+    assert table_stats(postgres_url, churned, "orders")["n_dead_tup"] == 0
     [message] = [text for text in slack_messages.texts() if "database maintenance needs attention" in text]
-    assert f"{churned}.orders still has 25000 dead tuples after VACUUM" in message
+    assert f"{churned}.held still has 25000 dead tuples after VACUUM" in message
     assert "log" in message
 
 
