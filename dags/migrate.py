@@ -7,14 +7,13 @@ applying them ahead of a release (expand/contract) or checking what is pending. 
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, get_current_context, setup, task
+from airflow.sdk import DAG, Param, get_current_context, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
-from airlock.operators.environment_tasks import triggering_user, unlock_task
-from airlock.operators.release import validate_version
+from airlock.operators.environment_tasks import lock_task, unlock_task
 
 
 def migrate_dag(environment: Environment) -> DAG:
@@ -35,17 +34,6 @@ def migrate_dag(environment: Environment) -> DAG:
             ),
         },
     ) as dag:
-
-        @setup
-        @task(retries=3)
-        def lock(params=None, dag_run=None):
-            """The environment's lock: never migrate while a release or rollback runs."""
-            return steps.lock(
-                environment,
-                run_id=dag_run.run_id,
-                purpose=f"migrations of {validate_version(params['version'])}",
-                triggered_by=triggering_user(get_current_context()),
-            )
 
         @task(retries=3)
         def plan(params=None):
@@ -71,7 +59,7 @@ def migrate_dag(environment: Environment) -> DAG:
                 environment, version=params["version"], run_id=get_current_context()["run_id"]
             )
 
-        taken = lock()
+        taken = lock_task(environment, purpose="migrations of {{ params.version }}")
         planned = plan()
         taken >> planned
         gate = proceed(planned)

@@ -7,7 +7,7 @@ lives in ``airlock.operators.release_steps``.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, get_current_context, setup, task
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, get_current_context, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
@@ -15,6 +15,7 @@ from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
 from airlock.operators.environment_tasks import (
     check_hosts_task,
+    lock_task,
     run_task_states,
     triggering_user,
     unlock_task,
@@ -42,18 +43,6 @@ def release_dag(environment: Environment) -> DAG:
         def validate_request(params=None, dag_run=None):
             """Refuse unknown keys, unsafe versions and bad types before anything is touched."""
             return steps.validate(dag_run.conf, params)
-
-        @setup
-        @task(retries=3)
-        def lock(request: dict):
-            """Take the environment's lock; a second release fails here and names the holder."""
-            context = get_current_context()
-            return steps.lock(
-                environment,
-                run_id=context["run_id"],
-                purpose=f"release {request['version']}",
-                triggered_by=triggering_user(context),
-            )
 
         @task(retries=3)
         def check_artifact(request: dict):
@@ -157,7 +146,8 @@ def release_dag(environment: Environment) -> DAG:
             )
 
         request = validate_request()
-        taken = lock(request)
+        taken = lock_task(environment, purpose="release {{ params.version }}")
+        request >> taken
         artifact = check_artifact(request)
         database = check_database()
         hosts = check_hosts_task(environment)

@@ -7,7 +7,7 @@ documentation; the logic lives in ``airlock.operators.restore``.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, get_current_context, setup, task
+from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment, load_environments
@@ -16,7 +16,7 @@ from airlock.notifications.slack import post, render
 from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
 from airlock.operators.backups import BackupError, take_backup
-from airlock.operators.environment_tasks import triggering_user, unlock_task
+from airlock.operators.environment_tasks import lock_task, triggering_user, unlock_task
 from airlock.operators.restore import RestorePlan, choose_backup, restore_database
 
 BACKUP_NAME_PATTERN = r"^$|^[a-z0-9][a-z0-9-]{0,30}-[0-9]{8}T[0-9]{6}Z(-pre-release|-pre-restore)?$"
@@ -42,18 +42,6 @@ def restore_dag(environment: Environment) -> DAG:
             "reason": Param("", type="string", maxLength=500, description="Why (shown to the approvers)"),
         },
     ) as dag:
-
-        @setup
-        @task(retries=3)
-        def lock():
-            """The environment's lock: no release, rollback or migration while the database changes."""
-            context = get_current_context()
-            return steps.lock(
-                environment,
-                run_id=context["run_id"],
-                purpose="database restore",
-                triggered_by=triggering_user(context),
-            )
 
         @task(retries=2)
         def plan(params=None):
@@ -102,7 +90,7 @@ def restore_dag(environment: Environment) -> DAG:
                 ),
             )
 
-        taken = lock()
+        taken = lock_task(environment, purpose="database restore")
         planned = plan()
         taken >> planned
         gate = planned

@@ -7,7 +7,7 @@ Runs under the same lock as ``release_<env>`` and with the same approval gate. T
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, TriggerRule, chain, get_current_context, setup, task
+from airflow.sdk import DAG, Param, TriggerRule, chain, get_current_context, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
@@ -15,6 +15,7 @@ from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
 from airlock.operators.environment_tasks import (
     check_hosts_task,
+    lock_task,
     run_task_states,
     triggering_user,
     unlock_task,
@@ -40,20 +41,6 @@ def rollback_dag(environment: Environment) -> DAG:
             "reason": Param("", type="string", maxLength=500, description="Why (kept in the audit trail)"),
         },
     ) as dag:
-
-        @setup
-        @task(retries=3)
-        def lock():
-            """Take the environment's lock: no release and rollback at the same time."""
-            context = get_current_context()
-            dag_run = context["dag_run"]
-            target = context["params"].get("to_version") or "previous releases"
-            return steps.lock(
-                environment,
-                run_id=dag_run.run_id,
-                purpose=f"rollback to {target}",
-                triggered_by=triggering_user(get_current_context()),
-            )
 
         @task(retries=0)
         def plan(host_states: list, params=None, dag_run=None):
@@ -91,7 +78,7 @@ def rollback_dag(environment: Environment) -> DAG:
                 started_at=dag_run.start_date,
             )
 
-        taken = lock()
+        taken = lock_task(environment, purpose="rollback to {{ params.to_version or 'previous releases' }}")
         states = check_hosts_task(environment)
         planned = plan(states)
         taken >> states

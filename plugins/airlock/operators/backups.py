@@ -20,7 +20,6 @@ backups taken before releases and restores for ``retention.safety``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from airflow.sdk import ObjectStoragePath
 from psycopg import sql
 
 from airlock.config import PROJECT_ROOT, BackupRetention, BackupSettings, Environment
+from airlock.hooks.artifacts import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +133,6 @@ class BackupManifest:
 def backup_name(environment: str, moment: datetime, kind: str) -> str:
     stamp = moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{environment}-{stamp}" if kind in ("scheduled", "manual") else f"{environment}-{stamp}-{kind}"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- where backups live ---------------------------------------------------------------------------

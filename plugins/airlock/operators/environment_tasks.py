@@ -1,4 +1,4 @@
-"""Tasks every environment DAG shares (release, rollback, migrate), built once here.
+"""Tasks every environment DAG shares (release, rollback, migrate, restore), built once here.
 
 Each builder must be called inside a ``with DAG(...)`` block; it returns the task (or mapped
 task) wired to that DAG.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import get_current_context, task, teardown
+from airflow.sdk import get_current_context, setup, task, teardown
 
 from airlock.config import Environment
 from airlock.operators import release_steps as steps
@@ -22,6 +22,23 @@ def run_task_states(context: Any) -> dict[str, str]:
     """Task id (``task_id_<map_index>`` for mapped ones) -> state, for this run."""
     ti = context["ti"]
     return ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+
+
+def lock_task(environment: Environment, purpose: str):
+    """The setup task taking the environment's lock; a competing run fails fast naming this one.
+
+    ``purpose`` is templated, e.g. ``"release {{ params.version }}"``.
+    """
+
+    @setup
+    @task(retries=3)
+    def lock(purpose: str):
+        context = get_current_context()
+        return steps.lock(
+            environment, run_id=context["run_id"], purpose=purpose, triggered_by=triggering_user(context)
+        )
+
+    return lock(purpose)
 
 
 def unlock_task(environment: Environment):
