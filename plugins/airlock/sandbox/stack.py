@@ -42,6 +42,9 @@ DEMO_DAGS = (
     "backup_demo",
     "restore_demo",
     "health_demo",
+    "log_cleanup_demo",
+    "db_maintenance_demo",
+    "airflow_housekeeping",
 )
 INITIAL_VERSION = "1.0.0"
 COMPONENTS = {
@@ -171,6 +174,11 @@ class AirlockStack:
                 "host": "127.0.0.1",
                 "port": 6379,
                 "extra": {"db": self.redis_db},
+            },
+            # airflow_housekeeping trims the metadata database through this connection.
+            "AIRFLOW_CONN_AIRFLOW_METADATA_DB": {
+                "conn_type": "sqlite",
+                "host": f"{self.airflow_home.resolve()}/airflow.db",
             },
             "AIRFLOW_CONN_AIRLOCK_DEMO_DB": {
                 "conn_type": "postgres",
