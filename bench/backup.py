@@ -52,8 +52,10 @@ def generate(gigabytes: float) -> int:
         while (size := database_size(connection)) < gigabytes * 2**30:
             start = connection.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
             connection.execute(
-                "INSERT INTO events SELECT i, (i %% 100000)::int, (ARRAY['login','click','buy','view'])[1 + i %% 4], "
-                "md5(i::text) || md5((i * 7)::text) || repeat(chr((97 + i %% 26)::int), (40 + i %% 60)::int), "
+                "INSERT INTO events SELECT i, (i %% 100000)::int, "
+                "(ARRAY['login','click','buy','view'])[1 + i %% 4], "
+                "md5(i::text) || md5((i * 7)::text) "
+                "|| repeat(chr((97 + i %% 26)::int), (40 + i %% 60)::int), "
                 "timestamptz '2026-01-01' + i * interval '1 second' "
                 "FROM generate_series(%s::bigint + 1, %s::bigint + 1000000) AS i",
                 (start, start),
