@@ -77,7 +77,7 @@ def release_dag(environment: Environment) -> DAG:
             """The version's migrations, validated against the database: pending ones are planned."""
             return steps.check_migrations(environment, request["version"])
 
-        @task(retries=1)
+        @task(retries=1, execution_timeout=environment.backup.timeout if environment.backup else None)
         def backup():
             """Pre-release backup, after approval and before migrations: the way back for the data."""
             dag_run = get_current_context()["dag_run"]
@@ -123,7 +123,11 @@ def release_dag(environment: Environment) -> DAG:
             context = get_current_context()
             planned = context["ti"].xcom_pull(task_ids="plan")
             return steps.roll_back(
-                environment, planned=planned, task_states=run_task_states(context), run_id=context["run_id"]
+                environment,
+                planned=planned,
+                task_states=run_task_states(context),
+                run_id=context["run_id"],
+                backup=context["ti"].xcom_pull(task_ids="backup"),
             )
 
         @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
@@ -140,6 +144,7 @@ def release_dag(environment: Environment) -> DAG:
                 planned=ti.xcom_pull(task_ids="plan"),
                 approval=ti.xcom_pull(task_ids="approve"),
                 rollback=ti.xcom_pull(task_ids="rollback"),
+                backup=ti.xcom_pull(task_ids="backup"),
                 task_states=run_task_states(context),
                 started_at=dag_run.start_date,
                 triggered_by=who,

@@ -63,6 +63,7 @@ def restore_dag(environment: Environment) -> DAG:
         def safety_backup():
             """A backup of the database as it is now: the way back from this restore."""
             dag_run = get_current_context()["dag_run"]
+            steps.hold_lock(environment, dag_run.run_id)  # the approval may have taken hours
             return take_backup(
                 environment, kind="pre-restore", dag_id=dag_run.dag_id, run_id=dag_run.run_id
             ).summary()

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -119,6 +120,10 @@ def test_the_verified_backup_asset_is_updated_with_the_backup_name(environment, 
 def test_restore_brings_back_exactly_the_backed_up_data_after_a_safety_backup(
     environment, customers, store, slack_messages
 ):
+    reader = f"airlock_test_reader_{uuid.uuid4().hex[:8]}"  # the application's role and its grant
+    with psycopg.connect(customers, autocommit=True) as connection:
+        connection.execute(f"CREATE ROLE {reader}")
+        connection.execute(f"GRANT SELECT ON customers TO {reader}")
     backup = take_backup(environment, kind="manual")
     verify_backup(environment, backup.name)
     original = table_fingerprints(customers)
@@ -138,6 +143,10 @@ def test_restore_brings_back_exactly_the_backed_up_data_after_a_safety_backup(
     assert answered == {"ok": True}
     assert states["restore"] == "success", states
     assert table_fingerprints(customers) == original
+    with psycopg.connect(customers, autocommit=True) as connection:
+        granted = connection.execute("SELECT has_table_privilege(%s, 'customers', 'SELECT')", (reader,))
+        assert granted.fetchone()[0], "grants come back with the tables"
+        connection.execute(f"REVOKE ALL ON customers FROM {reader}")
     safety = [b for b in store.backups() if b.kind == "pre-restore" and b.run_id == run_id]
     assert len(safety) == 1
     assert safety[0].row_counts["public.written_after_backup"] == 0
@@ -150,6 +159,31 @@ def test_restore_brings_back_exactly_the_backed_up_data_after_a_safety_backup(
     assert any(f"restored from backup {backup.name}" in text for text in texts), texts
     assert any("needs approval" in text for text in texts)
     drop_database(kept)
+    with psycopg.connect(customers, autocommit=True) as connection:
+        connection.execute(f"DROP ROLE {reader}")
+
+
+def test_environments_sharing_a_destination_never_see_each_others_backups(environment, customers, store):
+    from airlock.config import Environment
+    from airlock.operators.backups import BackupError
+
+    mine = take_backup(environment, kind="manual")
+    other = Environment.model_validate({**environment.model_dump(), "name": "other"})
+
+    assert mine.name in [b.name for b in store.backups()]
+    assert BackupStore.of(other).backups() == []
+    with pytest.raises(BackupError, match="is a backup of sandbox"):
+        BackupStore.of(other).manifest(mine.name)
+    store.remove(mine.name)
+
+
+def test_names_beside_a_long_database_name_stay_within_postgresqls_limit():
+    from airlock.operators.restore import _sibling
+
+    name = _sibling("d" * 63, "_before_restore_20261126120000")
+
+    assert len(name.encode()) == 63
+    assert name.endswith("_before_restore_20261126120000")
 
 
 def test_a_rejected_restore_changes_nothing(environment, customers, store):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -46,6 +47,7 @@ from airlock.hooks.artifacts import sha256_of
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+MANIFEST_TEMPORARY = f".{MANIFEST}."  # a manifest being replaced: never part of the backup
 INCOMPLETE_PREFIX = ".incomplete-"
 ROW_COUNT_TABLES = (PROJECT_ROOT / "include" / "sql" / "backup_tables.sql").read_text()
 Kind = Literal["scheduled", "manual", "pre-release", "pre-restore"]
@@ -141,19 +143,27 @@ def backup_name(environment: str, moment: datetime, kind: str) -> str:
 class BackupStore:
     """The backup directory of one environment, reached through ``ObjectStoragePath``.
 
+    Only the environment's own backups are listed (and so ever restored or pruned), even when
+    several environments share one destination.
+
     :param destination: URL of the directory (``file:///...``, ``s3://bucket/prefix``, ...)
+    :param environment: name of the environment whose backups these are
     :param conn_id: Airflow connection of a remote store; none for ``file://``
     """
 
-    def __init__(self, destination: str, conn_id: str | None = None) -> None:
+    def __init__(self, destination: str, environment: str, conn_id: str | None = None) -> None:
         self.destination = destination
+        self.environment = environment
         self.conn_id = conn_id
         self.root = ObjectStoragePath(destination, conn_id=conn_id)
 
     @classmethod
     def of(cls, environment: Environment) -> BackupStore:
         settings = backup_settings(environment)
-        return cls(settings.destination, settings.conn_id)
+        return cls(settings.destination, environment.name, settings.conn_id)
+
+    def owns(self, directory_name: str, manifest: BackupManifest) -> bool:
+        return manifest.environment == self.environment and manifest.name == directory_name
 
     @property
     def local_root(self) -> Path | None:
@@ -174,9 +184,12 @@ class BackupStore:
             if not manifest_path.exists():
                 continue
             try:
-                manifests.append(BackupManifest.from_json(manifest_path.read_text()))
+                manifest = BackupManifest.from_json(manifest_path.read_text())
             except (ValueError, TypeError, KeyError) as error:
                 log.warning("Ignoring %s: unreadable manifest (%s)", manifest_path, error)
+                continue
+            if self.owns(entry.name, manifest):
+                manifests.append(manifest)
         return sorted(manifests, key=lambda m: (m.finished_at, m.name))
 
     def manifest(self, name: str) -> BackupManifest:
@@ -184,7 +197,13 @@ class BackupStore:
         if not path.exists():
             known = ", ".join(m.name for m in self.backups()[-5:]) or "none"
             raise BackupError(f"No backup {name!r} in {self.destination} (newest: {known})")
-        return BackupManifest.from_json(path.read_text())
+        manifest = BackupManifest.from_json(path.read_text())
+        if not self.owns(name, manifest):
+            raise BackupError(
+                f"{self.destination}/{name} is a backup of {manifest.environment} ({manifest.name}), "
+                f"not of {self.environment}"
+            )
+        return manifest
 
     @contextmanager
     def staging(self, name: str) -> Iterator[Path]:
@@ -224,9 +243,12 @@ class BackupStore:
         directory = self.root / manifest.name
         local = self.local_root
         if local is not None:
-            temporary = local / manifest.name / f".{MANIFEST}.{uuid.uuid4().hex}"
-            _write_private(temporary, manifest.to_json())
-            os.replace(temporary, local / manifest.name / MANIFEST)
+            temporary = local / manifest.name / f"{MANIFEST_TEMPORARY}{uuid.uuid4().hex}"
+            try:
+                _write_private(temporary, manifest.to_json())
+                os.replace(temporary, local / manifest.name / MANIFEST)
+            finally:
+                temporary.unlink(missing_ok=True)
             return
         (directory / MANIFEST).write_text(manifest.to_json())
 
@@ -265,11 +287,13 @@ class BackupStore:
         local = self.local_root
         if local is None or not local.is_dir():
             return []
+        ours = re.compile(rf"^{re.escape(INCOMPLETE_PREFIX + self.environment)}-\d{{8}}T\d{{6}}Z(-[a-z-]+)?$")
         stale = []
         for entry in local.iterdir():
-            if entry.name.startswith(INCOMPLETE_PREFIX) and entry.is_dir():
-                modified = datetime.fromtimestamp(entry.stat().st_mtime, UTC)
-                if now - modified > older_than:
+            if ours.match(entry.name) and entry.is_dir():
+                # A dump in progress keeps writing its files: their newest change counts.
+                newest = max(path.stat().st_mtime for path in [entry, *entry.rglob("*")])
+                if now - datetime.fromtimestamp(newest, UTC) > older_than:
                     stale.append(entry.name)
         return sorted(stale)
 
@@ -311,7 +335,7 @@ class DatabaseAddress:
     host: str
     port: int
     user: str
-    password: str | None
+    password: str | None = field(repr=False)
     dbname: str
     sslmode: str | None = None
 
@@ -505,7 +529,11 @@ def _version_of(tool: str) -> str:
 def check_files(directory: Path, manifest: BackupManifest) -> None:
     """Every file of the manifest is there with its size and SHA-256; nothing else is."""
     problems = []
-    present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+    present = {
+        p.relative_to(directory).as_posix()
+        for p in directory.rglob("*")
+        if p.is_file() and not p.name.startswith(MANIFEST_TEMPORARY)
+    }
     for relative, expected in manifest.files.items():
         path = directory / relative
         if relative not in present:
@@ -536,15 +564,27 @@ def scratch_database(server: DatabaseAddress, label: str) -> Iterator[DatabaseAd
             )
 
 
-def restore_into(directory: Path, manifest: BackupManifest, target: DatabaseAddress, jobs: int, timeout):
-    """``pg_restore`` the backup into the (empty) database ``target``, stopping at the first error."""
+def restore_into(
+    directory: Path,
+    manifest: BackupManifest,
+    target: DatabaseAddress,
+    *,
+    jobs: int,
+    timeout: timedelta,
+    keep_ownership: bool,
+) -> None:
+    """``pg_restore`` the backup into the (empty) database ``target``, stopping at the first error.
+
+    ``keep_ownership``: restore owners and grants as dumped (a real restore); without it every
+    object belongs to the restoring role (a scratch copy for verification).
+    """
+    privileges = [] if keep_ownership else ["--no-owner", "--no-acl"]
     _run_tool(
         [
             _tool("pg_restore"),
             "--no-password",
             "--exit-on-error",
-            "--no-owner",
-            "--no-acl",
+            *privileges,
             f"--jobs={jobs}",
             f"--dbname={target.dbname}",
             str(directory / manifest.dump_path),
@@ -600,7 +640,14 @@ def verify_backup(environment: Environment, name: str, *, verified_by: str | Non
         files_checked = checksums.submit(check_files, directory, manifest)
         with scratch_database(server, "verify") as scratch:
             try:
-                restore_into(directory, manifest, scratch, settings.jobs, settings.timeout)
+                restore_into(
+                    directory,
+                    manifest,
+                    scratch,
+                    jobs=settings.jobs,
+                    timeout=settings.timeout,
+                    keep_ownership=False,
+                )
             except BackupError:
                 files_checked.result()  # a damaged file explains the failure better
                 raise

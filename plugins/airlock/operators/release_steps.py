@@ -271,8 +271,12 @@ def roll_back(
     planned: Mapping[str, Any] | None,
     task_states: Mapping[str, str],
     run_id: str,
+    backup: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Put every host this run switched back on its previous release; skip when nothing failed."""
+    """Put every host this run switched back on its previous release; skip when nothing failed.
+
+    Code only: migrations stay applied; the message names the pre-release backup for the data.
+    """
     if planned is None:
         raise AirflowSkipException("no plan: the run stopped before any host could change")
     release_plan = ReleasePlan.from_dict(planned["plan"])
@@ -312,7 +316,7 @@ def roll_back(
             version=release_plan.version,
             failed=failed,
             hosts=hosts,
-            detail="",
+            detail=f"Database not rolled back; pre-release backup: {backup['name']}." if backup else "",
         ),
     )
     return {"failed": failed, "hosts": outcomes}
@@ -330,8 +334,13 @@ def conclude(
     task_states: Mapping[str, str],
     started_at: datetime | None,
     triggered_by: str,
+    backup: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Prune and celebrate, or record why not; the run ends failed unless the release went out."""
+    """Prune and celebrate, or record why not; the run ends failed unless the release went out.
+
+    ``backup`` is the pre-release backup's summary, named in the record of a failed release:
+    restoring it is the way back for the data.
+    """
     release_plan = ReleasePlan.from_dict(planned["plan"]) if planned else None
     version = release_plan.version if release_plan else str(params.get("version"))
     responded = (approval or {}).get("responded_by_user") or {}
@@ -354,6 +363,8 @@ def conclude(
             "failed",
             f"failed at {describe_failed(task_states, environment)}; no host was switched",
         )
+    if backup and result in ("rolled_back", "failed"):
+        detail = f"{detail}; pre-release backup {backup['name']}"
 
     if release_plan is not None:
         write_audit_record(
@@ -399,12 +410,12 @@ def conclude(
                 environment=environment.name,
                 version=version,
                 failed=describe_failed(task_states, environment),
-                detail="",
+                detail=f"Pre-release backup: {backup['name']}." if backup else "",
             ),
         )
     if result not in ("succeeded", "planned"):
         raise AirflowFailException(f"Release {version} to {environment.name}: {result} ({detail})")
-    return {"result": result, "version": version}
+    return {"result": result, "version": version, "backup": backup["name"] if backup else None}
 
 
 def plan_rollback(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from time import monotonic, sleep
 from typing import Any
 
 from psycopg import sql
@@ -92,27 +93,55 @@ def _database_owner(admin: DatabaseAddress, database: str) -> str:
     return row[0]
 
 
-def _rename_live(admin: DatabaseAddress, renames: list[tuple[str, str]], closing: str) -> None:
-    """Close ``closing`` to new connections, end its sessions, apply ``renames`` in order."""
+def _sibling(database: str, suffix: str) -> str:
+    """``<database><suffix>`` within PostgreSQL's 63-byte limit (it would cut the name silently)."""
+    return database.encode()[: 63 - len(suffix.encode())].decode(errors="ignore") + suffix
+
+
+def _swap(admin: DatabaseAddress, closing: str, renames: list[tuple[str, str]]) -> None:
+    """Close ``closing`` to new sessions, end its sessions, apply ``renames`` in one transaction.
+
+    Either every rename happens or none does; whatever name ``closing`` ends up with, it is open
+    to connections again afterwards (found by its OID, not by a name that may not exist).
+    """
     with admin.connect(autocommit=True) as connection:
-        closed = sql.Identifier(closing)
-        connection.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(closed))
+        row = connection.execute("SELECT oid FROM pg_database WHERE datname = %s", (closing,)).fetchone()
+        if row is None:
+            raise BackupError(f"Database {closing} does not exist")
+        oid = row[0]
+        connection.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(closing))
+        )
         try:
-            connection.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                (closing,),
-            )
-            for source, target in renames:
-                connection.execute(
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                        sql.Identifier(source), sql.Identifier(target)
+            renamed = [source for source, _ in renames]
+            deadline = monotonic() + 30
+            while connection.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()",
+                (renamed,),
+            ).fetchone()[0]:
+                if monotonic() > deadline:
+                    raise BackupError(
+                        f"Sessions of {', '.join(renamed)} did not end within 30 s; nothing was renamed"
                     )
+                connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (closing,),
                 )
+                sleep(0.2)
+            with connection.transaction():
+                for source, target in renames:
+                    connection.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(source), sql.Identifier(target)
+                        )
+                    )
         finally:
-            reopened = dict(renames).get(closing, closing)
+            (current,) = connection.execute(
+                "SELECT datname FROM pg_database WHERE oid = %s", (oid,)
+            ).fetchone()
             connection.execute(
-                sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(reopened))
+                sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(current))
             )
 
 
@@ -124,8 +153,8 @@ def restore_database(environment: Environment, name: str, *, now: datetime | Non
     live = DatabaseAddress.of(environment.database.conn_id)
     admin = live.on("postgres")
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
-    restored_name = f"{live.dbname[:40]}_restore_{stamp}"
-    kept_name = f"{live.dbname[:40]}_before_restore_{stamp}"
+    restored_name = _sibling(live.dbname, f"_restore_{stamp}")
+    kept_name = _sibling(live.dbname, f"_before_restore_{stamp}")
     owner = _database_owner(admin, live.dbname)
 
     with store.local_copy(name) as directory:
@@ -137,7 +166,14 @@ def restore_database(environment: Environment, name: str, *, now: datetime | Non
                 )
             )
         try:
-            restore_into(directory, manifest, live.on(restored_name), settings.jobs, settings.timeout)
+            restore_into(
+                directory,
+                manifest,
+                live.on(restored_name),
+                jobs=settings.jobs,
+                timeout=settings.timeout,
+                keep_ownership=True,  # the application's grants come back with its tables
+            )
             compare_row_counts(manifest, count_rows(live.on(restored_name), settings.jobs))
         except BaseException:
             with admin.connect(autocommit=True) as connection:
@@ -147,7 +183,7 @@ def restore_database(environment: Environment, name: str, *, now: datetime | Non
             raise
     log.info("Backup %s restored into %s with equal row counts; swapping", name, restored_name)
 
-    _rename_live(admin, [(live.dbname, kept_name), (restored_name, live.dbname)], closing=live.dbname)
+    _swap(admin, live.dbname, [(live.dbname, kept_name), (restored_name, live.dbname)])
     log.info("%s now holds backup %s; the previous database is kept as %s", live.dbname, name, kept_name)
 
     results = [
@@ -157,8 +193,8 @@ def restore_database(environment: Environment, name: str, *, now: datetime | Non
     ]
     failures = [r for r in results if not r.passed]
     if failures:
-        failed_name = f"{live.dbname[:40]}_failed_restore_{stamp}"
-        _rename_live(admin, [(live.dbname, failed_name), (kept_name, live.dbname)], closing=live.dbname)
+        failed_name = _sibling(live.dbname, f"_failed_restore_{stamp}")
+        _swap(admin, live.dbname, [(live.dbname, failed_name), (kept_name, live.dbname)])
         raise SmokeTestFailed(
             f"SQL smoke test(s) failed on the restored database, so the swap was undone: {live.dbname} "
             f"is as before and the restored copy is kept as {failed_name}: "
