@@ -163,6 +163,8 @@ def test_a_broken_version_is_rolled_back_on_every_switched_host(
     rolled_back = [t for t in slack_messages.texts() if "failed at wave_1.deploy (web-1)" in t]
     assert rolled_back, slack_messages.texts()
     assert "web-1 (back on 1.0.0)" in rolled_back[0]
+    [pre_release] = [b for b in BackupStore.of(environment).backups() if b.run_id == run_id]
+    assert f"Database not rolled back; pre-release backup: {pre_release.name}." in rolled_back[0]
     assert any(
         "wave_1.deploy [web-1] failed" in t and "not healthy on 2.1.0-broken" in t
         for t in slack_messages.texts()
