@@ -183,6 +183,7 @@ def test_no_verified_backup_is_critical(environment, newest_backup):
 def test_backups_and_airflow_checks_are_skipped_not_ok_when_not_configured(tmp_path):
     document = demo_document()
     del document["backup"]
+    del document["health"]["airflow_api_url"]
     environment = write_environment(tmp_path / "demo.yaml", document)
 
     [backup] = check_backup(environment)
@@ -249,3 +250,46 @@ def test_with_redis_unreachable_the_history_decides_and_alerts_still_go_out_on_c
     assert sent == delivered
     [alert] = sent
     assert "load on web-2 is WARN (was ok)" in alert
+
+
+class DictRedis:
+    def __init__(self):
+        self.values: dict[str, str] = {}
+
+    def mget(self, keys):
+        return [self.values.get(key) for key in keys]
+
+    def set(self, key, value, ex=None):
+        self.values[key] = value
+
+
+def test_a_message_slack_did_not_take_is_sent_again_next_run(environment):
+    store, outage, delivered = DictRedis(), [True], []
+
+    def deliver(conn_id, text):
+        if outage[0]:
+            return False
+        delivered.append(text)
+        return True
+
+    def run(status: Status, minutes: int) -> list[str]:
+        return send_alerts(
+            environment,
+            [result(status)],
+            run_id=f"run-{minutes}",
+            now=NOW + timedelta(minutes=minutes),
+            redis_client=store,
+            history=dict,
+            deliver=deliver,
+        )
+
+    assert run(Status.CRITICAL, 0) == []
+    outage[0] = False
+    [alert] = run(Status.CRITICAL, 5)
+    assert "is CRITICAL (was ok)" in alert
+    outage[0] = True
+    assert run(Status.OK, 10) == []
+    outage[0] = False
+    [resolved] = run(Status.OK, 15)
+    assert delivered == [alert, resolved]
+    assert run(Status.OK, 20) == []
