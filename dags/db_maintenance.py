@@ -1,9 +1,10 @@
 """``db_maintenance_<env>``: VACUUM (ANALYZE) where autovacuum fell behind, bloat and session report.
 
 ``inspect`` reads the statistics (read-only), ``vacuum`` runs plain ``VACUUM (ANALYZE,
-SKIP_LOCKED)`` on the tables above the dead tuple limits, ``reindex`` rebuilds bloated B-tree
-indexes concurrently when ``db_maintenance.reindex_bloat_percent`` is set, and ``report`` writes
-the report to the task log (and to Slack when something needs a person). The runbook
+SKIP_LOCKED, TRUNCATE false)`` on the tables above the dead tuple limits, ``reindex`` rebuilds
+bloated B-tree indexes concurrently when ``db_maintenance.reindex_bloat_percent`` is set, and
+``report`` writes the report to the task log (and to Slack when something needs a person); it runs
+when vacuum or reindex failed too, and says so. The runbook
 (``docs/runbooks/database-maintenance.md``) is the DAG's documentation.
 """
 
@@ -42,7 +43,7 @@ def db_maintenance_dag(environment: Environment) -> DAG:
 
         @task(retries=1)
         def vacuum(inspection: dict, params=None):
-            """Plain VACUUM (ANALYZE, SKIP_LOCKED) per table above the limits: writes go on."""
+            """Plain VACUUM (ANALYZE, SKIP_LOCKED, TRUNCATE false) per table over the limits: writes go on."""
             if params["dry_run"]:
                 return None
             return maintenance.vacuum_tables(environment, inspection["vacuum_candidates"])
@@ -55,9 +56,13 @@ def db_maintenance_dag(environment: Environment) -> DAG:
                 return None
             return maintenance.reindex_concurrently(environment, indexes)
 
-        @task(retries=1)
-        def report(inspection: dict, vacuumed, reindexed, params=None):
-            """The report in the task log; Slack only when something needs a person."""
+        @task(retries=1, trigger_rule="all_done")
+        def report(inspection: dict | None, vacuumed, reindexed, params=None):
+            """The report in the task log; Slack only when something needs a person.
+
+            Runs when vacuum or reindex failed too (their result is then None, and the report says
+            so); the run still ends failed through the failed task.
+            """
             result = maintenance.maintenance_report(
                 environment, inspection, vacuumed, reindexed, dry_run=params["dry_run"]
             )

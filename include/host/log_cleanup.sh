@@ -10,11 +10,14 @@
 # (not already *.gz) last written more than COMPRESS_MINUTES ago. find -P never follows a
 # symbolic link, -xdev never enters another filesystem, -type f touches only regular files; a
 # directory that is, or lies behind, a symbolic link is refused. Files a process holds open
-# (seen through /proc/<pid>/fd) are reported and left alone.
+# (seen through /proc/<pid>/fd) are reported and left alone. gzip runs through -execdir: on the
+# file's name inside the directory find itself traversed, so a parent directory swapped for a
+# symbolic link after find checked it is never followed (-delete works the same way).
 #
 # Output, one record a line, fields separated by tabs (in paths, newline arrives as \001):
 #   tools     <missing tools, comma separated>           (then exit 3)
 #   open      <proc|partial|unchecked> <unreadable processes>
+#             (partial with 0: /proc hides other users' processes, hidepid=2 or invisible)
 #   dir       <index> <ok|missing|symlink|not-directory|too-broad>
 #   file      <index> <compress|delete|open> <bytes> <path relative to the directory>
 #   total     <index> <compress|delete|open> <files> <bytes>
@@ -66,7 +69,20 @@ if [[ -d /proc/self/fd ]]; then
                 awk '$3 == "regular" { print $1, $2 }' | sort -u
         )
     fi
-    if ((unreadable)); then printf 'open\tpartial\t%d\n' "$unreadable"; else printf 'open\tproc\t0\n'; fi
+    # hidepid=2 (invisible) or ptraceable: other users' processes are missing, not unreadable.
+    # PID 1 always exists, so not seeing it means processes are hidden; root sees them all, so a
+    # hidepid mount counts only for others (as does a PID 1 run by this very user).
+    hidden=0
+    [[ -e /proc/1 ]] || hidden=1
+    if ((EUID != 0)) && awk '$2 == "/proc" && $3 == "proc" && $4 ~ /(^|,)hidepid=(2|4|invisible|ptraceable)(,|$)/ { found = 1 }
+            END { exit !found }' /proc/mounts 2>/dev/null; then
+        hidden=1
+    fi
+    if ((unreadable || hidden)); then
+        printf 'open\tpartial\t%d\n' "$unreadable"
+    else
+        printf 'open\tproc\t0\n'
+    fi
 else
     printf 'open\tunchecked\t0\n'
 fi
@@ -119,8 +135,9 @@ for directory in "${directories[@]}"; do
     if [[ $mode == apply ]]; then
         delete_action=(-delete)
         # gzip keeps the mtime and refuses links, hard-linked files and existing .gz targets
-        # (saying so on stderr); only the files it compressed are counted.
-        compress_action=(-exec gzip -- {} \;)
+        # (saying so on stderr); only the files it compressed are counted. -execdir: gzip gets
+        # ./<name> and runs in the directory find traversed, never re-walking the full path.
+        compress_action=(-execdir gzip -- {} \;)
     else
         delete_action=() compress_action=()
     fi

@@ -16,6 +16,7 @@ import pytest
 from psycopg import sql
 
 from airlock.operators.db_maintenance import (
+    drop_reindex_leftovers,
     indexes_to_rebuild,
     inspect_database,
     maintenance_report,
@@ -172,3 +173,61 @@ def test_an_index_over_the_bloat_limit_is_rebuilt_concurrently(postgres_url, env
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as connection:
             connection.execute(in_schema("DROP SCHEMA {schema} CASCADE", schema))
+
+
+def test_only_invalid_leftovers_of_a_failed_rebuild_are_dropped(postgres_url):
+    """``_ccnew1`` and ``_ccold`` left invalid go; a valid ``_ccnew`` and another index stay."""
+    schema = f"leftover_{uuid.uuid4().hex[:8]}"
+
+    def indexes(connection) -> set[str]:
+        rows = connection.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(in_schema("CREATE SCHEMA {schema}", schema))
+        connection.execute(in_schema("CREATE TABLE {schema}.t (v int)", schema))
+        connection.execute(in_schema("INSERT INTO {schema}.t VALUES (1), (1)", schema))
+        for name in ("t_v", "t_v_ccnew", "t_v_ccnewer"):
+            connection.execute(in_schema(f"CREATE INDEX {name} ON {{schema}}.t (v)", schema))
+        for name in ("t_v_ccnew1", "t_v_ccold", "other_ccnew"):
+            # Duplicates make a unique build fail half-way: the index is left invalid.
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                connection.execute(
+                    in_schema(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON {{schema}}.t (v)", schema)
+                )
+    try:
+        with psycopg.connect(postgres_url, autocommit=True, row_factory=psycopg.rows.dict_row) as connection:
+            assert drop_reindex_leftovers(connection, schema, "t_v") == ""
+        with psycopg.connect(postgres_url) as connection:
+            assert indexes(connection) == {"t_v", "t_v_ccnew", "t_v_ccnewer", "other_ccnew"}
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as connection:
+            connection.execute(in_schema("DROP SCHEMA {schema} CASCADE", schema))
+
+
+def test_the_report_says_when_vacuum_or_reindex_failed(environment):
+    settings = environment.db_maintenance.model_copy(update={"reindex_bloat_percent": 50.0})
+    configured = environment.model_copy(update={"db_maintenance": settings})
+    bloated = {"schema": "s", "table": "t", "index": "t_id", "bytes": 1 << 20, "bloat_percent": 80.0}
+    inspection = {
+        "database": "app",
+        "vacuum_candidates": [{"schema": "s", "table": "t", "dead_tuples": 50000}],
+        "sessions": [],
+        "invalid_indexes": [],
+        "unused_indexes": [],
+        "pgstattuple": True,
+        "table_bloat": [],
+        "index_bloat": [bloated],
+        "bloat_error": None,
+    }
+
+    failed = maintenance_report(configured, inspection, None, None, dry_run=False)
+    dry = maintenance_report(configured, inspection, None, None, dry_run=True)
+    nothing = maintenance_report(configured, None, None, None, dry_run=False)
+
+    assert any("vacuum task failed" in item for item in failed["attention"])
+    assert any("REINDEX CONCURRENTLY did not run" in item for item in failed["attention"])
+    assert dry["attention"] == []
+    assert any("inspect task failed" in item for item in nothing["attention"])

@@ -8,7 +8,13 @@ import pytest
 from pydantic import ValidationError
 
 from airlock.config import LogSettings
-from airlock.operators.log_cleanup import SAMPLE_LIMIT, SCRIPT, cleanup_command, parse_report
+from airlock.operators.log_cleanup import (
+    SAMPLE_LIMIT,
+    SCRIPT,
+    cleanup_command,
+    describe_open_files_check,
+    parse_report,
+)
 
 
 def test_every_setting_reaches_the_host_as_its_own_argument_never_as_code():
@@ -56,3 +62,20 @@ def test_a_report_reads_totals_samples_and_names_with_newlines():
     assert report.directories[0].samples["delete"] == [(10, "sub/two\nlines.log.gz")]
     assert [d.path for d in report.refused()] == ["/b"]
     assert (report.open_files_check, report.unreadable_processes) == ("partial", 3)
+
+
+def test_processes_hidden_by_hidepid_make_the_check_partial_not_checked():
+    hidden = parse_report("web-1", ["/a"], "open\tpartial\t0\ndir\t0\tok\n", dry_run=False)
+    unreadable = parse_report("web-1", ["/a"], "open\tpartial\t3\ndir\t0\tok\n", dry_run=False)
+
+    assert "hidepid" in describe_open_files_check(hidden)
+    assert "3 processes" in describe_open_files_check(unreadable)
+
+
+def test_the_script_reports_hidden_processes_and_gzips_through_execdir():
+    script = SCRIPT.read_text()
+
+    assert "[[ -e /proc/1 ]] || hidden=1" in script
+    assert "hidepid=(2|4|invisible|ptraceable)" in script
+    assert "-execdir gzip -- {}" in script
+    assert "-exec gzip" not in script

@@ -6,8 +6,9 @@ tables autovacuum has fallen behind on, optionally rebuilds bloated B-tree index
 before and after, table and index bloat estimates, unused indexes, invalid indexes and long or
 idle-in-transaction sessions.
 
-What keeps production writing: only plain ``VACUUM (ANALYZE, SKIP_LOCKED)`` (its lock lets reads
-and writes go on; a table someone holds locked is skipped, not waited for), never ``VACUUM FULL``,
+What keeps production writing: only plain ``VACUUM (ANALYZE, SKIP_LOCKED, TRUNCATE false)`` (its
+lock lets reads and writes go on; a table someone holds locked is skipped, not waited for; it never
+takes the exclusive lock that truncating empty pages at the table's end needs), never ``VACUUM FULL``,
 ``CLUSTER`` or plain ``REINDEX``; every session sets ``lock_timeout`` and ``statement_timeout``
 from ``db_maintenance``. Queries live in ``include/sql/db_maintenance/``; identifiers go through
 ``psycopg.sql``.
@@ -116,7 +117,8 @@ def inspect_database(environment: Environment) -> dict[str, Any]:
 
 
 def vacuum_tables(environment: Environment, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``VACUUM (ANALYZE, SKIP_LOCKED)`` each candidate; dead tuples before and after, or why not."""
+    """``VACUUM (ANALYZE, SKIP_LOCKED, TRUNCATE false)`` each candidate; dead tuples before and after,
+    or why not. ``TRUNCATE false``: no exclusive lock to cut empty pages off the table's end."""
     settings = environment.db_maintenance
     results = []
     with maintenance_connection(environment.database.conn_id, settings) as connection:
@@ -128,7 +130,7 @@ def vacuum_tables(environment: Environment, candidates: list[dict[str, Any]]) ->
             result = {"table": name, "dead_tuples_before": table["dead_tuples"], "outcome": "vacuumed"}
             try:
                 connection.execute(
-                    sql.SQL("VACUUM (ANALYZE, SKIP_LOCKED) {}").format(
+                    sql.SQL("VACUUM (ANALYZE, SKIP_LOCKED, TRUNCATE false) {}").format(
                         sql.Identifier(table["schema"], table["table"])
                     )
                 )
@@ -175,8 +177,9 @@ def indexes_to_rebuild(
 def reindex_concurrently(environment: Environment, indexes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``REINDEX INDEX CONCURRENTLY`` one index at a time; a failure is reported, not retried.
 
-    A failed rebuild leaves an invalid ``<index>_ccnew`` index; it is dropped concurrently so
-    the next run can try again.
+    A failed rebuild leaves an invalid ``<index>_ccnew`` (``_ccnew1``... when the name is taken)
+    or, failing after the swap, ``<index>_ccold`` index; :func:`drop_reindex_leftovers` drops
+    those, and only those that are invalid, concurrently so the next run can try again.
     """
     results = []
     with maintenance_connection(environment.database.conn_id, environment.db_maintenance) as connection:
@@ -196,14 +199,43 @@ def reindex_concurrently(environment: Environment, indexes: list[dict[str, Any]]
             except psycopg.Error as error:
                 result.update(outcome="failed", detail=str(error).strip())
                 log.warning("REINDEX CONCURRENTLY %s failed: %s", result["index"], result["detail"])
-                leftover = sql.Identifier(index["schema"], f"{index['index']}_ccnew")
-                try:
-                    connection.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(leftover))
-                except psycopg.Error as drop_error:
-                    result["detail"] += f"; could not drop {leftover.as_string(connection)}: {drop_error}"
+                result["detail"] += drop_reindex_leftovers(connection, index["schema"], index["index"])
             results.append(result)
             log.info("REINDEX INDEX CONCURRENTLY %s: %s", result["index"], result["outcome"])
     return results
+
+
+LEFTOVER_INDEXES = """
+SELECT c.relname AS index
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND NOT i.indisvalid
+  AND left(c.relname, length(%(index)s)) = %(index)s
+  AND substr(c.relname, length(%(index)s) + 1) ~ '^_cc(new|old)[0-9]*$'
+ORDER BY c.relname
+"""
+
+
+def drop_reindex_leftovers(connection: psycopg.Connection[Any], schema: str, index: str) -> str:
+    """Drop the invalid ``<index>_ccnew[N]``/``<index>_ccold[N]`` a failed REINDEX CONCURRENTLY
+    left in ``schema``; a valid index of such a name is never touched. Returns text for the
+    failure detail (empty when everything found was dropped)."""
+    problems = ""
+    try:
+        leftovers = [
+            row["index"] for row in connection.execute(LEFTOVER_INDEXES, {"schema": schema, "index": index})
+        ]
+    except psycopg.Error as error:
+        return f"; could not look for invalid leftovers of {qualified(schema, index)}: {error}"
+    for name in leftovers:
+        leftover = sql.Identifier(schema, name)
+        try:
+            connection.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(leftover))
+            log.info("Dropped invalid index %s left by the failed rebuild", qualified(schema, name))
+        except psycopg.Error as drop_error:
+            problems += f"; could not drop {qualified(schema, name)}: {drop_error}"
+    return problems
 
 
 def _size(value: int | None) -> str:
@@ -218,15 +250,25 @@ def _size(value: int | None) -> str:
 
 def maintenance_report(
     environment: Environment,
-    inspection: dict[str, Any],
+    inspection: dict[str, Any] | None,
     vacuumed: list[dict[str, Any]] | None,
     reindexed: list[dict[str, Any]] | None,
     *,
     dry_run: bool,
 ) -> dict[str, Any]:
-    """The report as Markdown, and the list of what needs a person (empty: no Slack message)."""
+    """The report as Markdown, and the list of what needs a person (empty: no Slack message).
+
+    The report runs whatever happened before it: ``inspection`` None means the inspect task
+    failed; ``vacuumed``/``reindexed`` None outside a dry run mean that task failed or never ran.
+    """
     settings = environment.db_maintenance
     attention: list[str] = []
+    if inspection is None:
+        attention.append("the inspect task failed: nothing was vacuumed or rebuilt (see its log)")
+        lines = [f"# Database maintenance of {environment.name}", "", f"- {attention[0]}"]
+        for line in lines:
+            log.info("%s", line)
+        return {"markdown": "\n".join(lines), "attention": attention}
     lines = [
         f"# Database maintenance of {environment.name} ({inspection['database']})"
         + (" - dry run, nothing changed" if dry_run else ""),
@@ -251,7 +293,10 @@ def maintenance_report(
                 f"{result['table']} still has {result['dead_tuples_after']} dead tuples after VACUUM: "
                 "an old transaction holds them back (see sessions)"
             )
-    if not inspection["vacuum_candidates"]:
+    if vacuumed is None and not dry_run:
+        lines.append("- the vacuum task failed: see its log")
+        attention.append("the vacuum task failed: tables may not have been vacuumed (see its log)")
+    elif not inspection["vacuum_candidates"]:
         lines.append("- none needed")
 
     lines += ["", "## Long-running and idle-in-transaction sessions"]
@@ -293,6 +338,11 @@ def maintenance_report(
         if not rebuild:
             lines.append(
                 "- none" if inspection["pgstattuple"] else "- not measured: pgstattuple is not installed"
+            )
+        elif reindexed is None and not dry_run:
+            lines.append("- the reindex task failed or did not run (vacuum failed): see its log")
+            attention.append(
+                f"REINDEX CONCURRENTLY did not run or failed: {len(rebuild)} index(es) over the limit"
             )
         if dry_run:
             lines += [f"- would rebuild {name}" for name in sorted(rebuild)]

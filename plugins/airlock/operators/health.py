@@ -13,7 +13,9 @@ told about it. Slack hears about a change only: ok -> warn/critical (alert), war
 warn/critical -> ok (resolved), still failing after ``health.reminder_interval`` (reminder). If a
 key is lost (Redis flushed or restarted without persistence), the previous status comes from the
 history table instead, so a check that was already failing stays quiet: losing the state never
-re-fires an alert, and a check sends at most one message per run in every case.
+re-fires an alert, and a check sends at most one message per run in every case. A message Slack
+did not accept (outage, webhook error) is not recorded as sent: the stored state stays what Slack
+was last told, so the next run sends it again (alert, reminder or resolved).
 """
 
 from __future__ import annotations
@@ -291,7 +293,7 @@ def check_host(environment: Environment, host_name: str) -> list[CheckResult]:
 
 DATABASE_STATS = """
 SELECT
-    (SELECT count(*) FROM pg_stat_activity) AS connections,
+    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS connections,
     current_setting('max_connections')::int AS max_connections,
     pg_database_size(current_database()) AS size_bytes,
     (SELECT count(*) FROM pg_stat_activity
@@ -754,8 +756,10 @@ def send_alerts(
 ) -> list[str]:
     """Compare each result with its stored state, update the state, send what changed.
 
-    Returns the texts sent. State missing from Redis is taken from the history table (read at
-    most once per run, and only when some key is missing). When Redis itself is unreachable,
+    Returns the texts delivered; a message that was not delivered leaves the state as it was, so
+    the next run retries it (unless no Slack connection is configured: nothing to retry).
+    State missing from Redis is taken from the history table (read at most once per run, and only
+    when some key is missing). When Redis itself is unreachable,
     every state comes from the history for this run and nothing is saved: alerts still go out
     on change only, reminders wait until Redis is back.
     """
@@ -801,12 +805,18 @@ def send_alerts(
             if previous is not None:
                 previous = AlertState(previous.status, previous.since, now.isoformat())
         state, notification = decide(result, previous, now, environment.health.reminder_interval)
-        if state is not None and redis_client is not None:
-            redis_client.set(key, state.to_json(), ex=int(STATE_TTL.total_seconds()))
         if notification is not None:
             text = render_notification(environment, notification, now)
-            deliver(environment.slack_conn_id, text)
-            sent.append(text)
+            if deliver(environment.slack_conn_id, text):
+                sent.append(text)
+            elif environment.slack_conn_id:
+                # Not delivered: keep what Slack was last told, so the next run sends it again.
+                # An explicit ok state when there was none, so the history (which will hold this
+                # run's failing result) cannot make the alert look already announced.
+                log.warning("Slack message not delivered; %s/%s will be retried next run", *result.key)
+                state = previous or AlertState(Status.OK, now.isoformat(), now.isoformat())
+        if state is not None and redis_client is not None:
+            redis_client.set(key, state.to_json(), ex=int(STATE_TTL.total_seconds()))
     return sent
 
 

@@ -9,6 +9,8 @@ Safety rules (enforced by the script, tested on real sshd hosts):
 
 - only regular files (``find -P -type f``: symbolic links are never followed nor touched),
   only below a configured directory (``-xdev``: never another filesystem mounted inside it);
+  ``gzip`` runs through ``-execdir`` and deletion through ``-delete``, both on the name inside the
+  directory find walked, so a parent swapped for a symbolic link mid-run is never followed;
 - a configured directory that is a symbolic link, or lies behind one, is refused: configure the
   real path instead; ``/`` is refused as too broad;
 - only names matching ``logs.patterns`` are compressed, only names matching a pattern + ``.gz``
@@ -128,6 +130,11 @@ class HostCleanupReport:
 def describe_open_files_check(report: HostCleanupReport) -> str:
     if report.open_files_check == "proc":
         return "checked through /proc: files held open were left alone"
+    if report.open_files_check == "partial" and not report.unreadable_processes:
+        return (
+            "partly checked: /proc hides other users' processes (mounted with hidepid); connect as "
+            "root or as the logs' owner, or their open files may have been touched"
+        )
     if report.open_files_check == "partial":
         return (
             f"partly checked: {report.unreadable_processes} processes of other users were not visible "
