@@ -33,8 +33,11 @@ NEXT_STEPS = """
     4. Then trigger 2.1.0-broken and watch the automatic rollback.
     5. rollback_demo goes back to the previous release; migrate_demo plans (dry_run) or applies
        a version's database migrations on their own (2.0.0 brought V1 and V2).
-    6. backup_demo ran once at start (and runs hourly): see .demo/backups/. restore_demo puts
-       a backup back after approval (a safety backup of the current database comes first).
+    6. A verified backup was taken at start (backup_demo runs hourly; trigger it any time):
+       see .demo/backups/. restore_demo puts a backup back after approval (a safety backup of
+       the current database comes first). health_demo checks everything every 5 minutes:
+       stop an app (.demo/hosts/web-2/srv/demo-app/current/bin/demo-app --root
+       .demo/hosts/web-2/srv/demo-app stop) and watch one alert, then one "ok again".
 
   Ctrl-C stops everything.
 """

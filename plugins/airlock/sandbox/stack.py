@@ -23,6 +23,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -385,10 +386,20 @@ class AirlockStack:
         raise RuntimeError(f"{dag_id} run {run_id} did not finish within {timeout:.0f}s")
 
     def take_first_backup(self) -> None:
-        """Run backup_demo once: releases need a verified backup younger than backup.max_age."""
-        state = self.wait_for_run("backup_demo", self.trigger("backup_demo"))
-        if state != "success":
-            raise RuntimeError(f"backup_demo ended {state}; see the run's logs in the UI")
+        """A verified backup before Airflow starts, unless a fresh one exists.
+
+        Releases need one younger than ``backup.max_age``, and ``health_demo`` (which runs as
+        soon as the scheduler starts) would otherwise greet a newcomer with a critical alert.
+        It is the same code ``backup_demo`` runs; the end-to-end tests run that DAG itself.
+        """
+        from airlock.operators.backups import newest_verified, take_backup, verify_backup
+
+        environment = self.environment()
+        with self.own_settings(("AIRLOCK_", "AIRFLOW_CONN_")):
+            newest = newest_verified(environment)
+            if newest and datetime.now(UTC) - newest.finished_at < environment.backup.max_age / 2:
+                return
+            verify_backup(environment, take_backup(environment, kind="manual").name)
 
     def start(self, dag_ids: tuple[str, ...] = DEMO_DAGS) -> None:
         steps = [
@@ -399,10 +410,10 @@ class AirlockStack:
             ("starting Slack receiver", self._start_slack),
             (f"starting {len(self.ports.ssh)} sandbox hosts (sshd)", self.start_hosts),
             (f"serving demo app {INITIAL_VERSION} on the hosts", self.serve_initial_release),
+            ("taking a verified backup of the demo database (if none is fresh)", self.take_first_backup),
             ("migrating the Airflow metadata database", self.migrate_metadata),
             ("starting api-server, scheduler, dag-processor, triggerer", self.start_airflow),
             ("waiting for the API and the DAGs", lambda: self.wait_until_ready(dag_ids)),
-            ("taking a first verified backup (backup_demo)", self.take_first_backup),
         ]
         self.home.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
