@@ -33,6 +33,8 @@ from host_layout import HostLayout, Release, read_app_settings, read_release
 log = logging.getLogger("demo-app.worker")
 
 DATABASE_CONNECT_TIMEOUT_SECONDS = 2
+# A query stuck behind a lock must not hold a request (and so the worker's shutdown) forever.
+DATABASE_STATEMENT_TIMEOUT_MS = 5000
 REQUEST_TIMEOUT_SECONDS = 30
 ITEM_COLUMNS = ("id", "name", "created_at", "category")
 
@@ -72,7 +74,10 @@ def fetch_items(database_url: str | None) -> list[dict[str, Any]]:
         ) from None
     try:
         with psycopg.connect(
-            database_url, connect_timeout=DATABASE_CONNECT_TIMEOUT_SECONDS, autocommit=True
+            database_url,
+            connect_timeout=DATABASE_CONNECT_TIMEOUT_SECONDS,
+            autocommit=True,
+            options=f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS}",
         ) as conn:
             conn.execute("SELECT 1")
             present = {
