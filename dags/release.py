@@ -13,13 +13,7 @@ from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
-from airlock.operators.environment_tasks import (
-    check_hosts_task,
-    lock_task,
-    run_task_states,
-    triggering_user,
-    unlock_task,
-)
+from airlock.operators.environment_tasks import check_hosts_task, lock_task, unlock_task
 
 
 def release_dag(environment: Environment) -> DAG:
@@ -60,7 +54,7 @@ def release_dag(environment: Environment) -> DAG:
         @task(retries=0)
         def plan(request: dict, artifact: dict, host_states: list, database: dict, migrations: list, backup):
             """Build the release plan: the approver's reading and a dry run's whole output."""
-            who = triggering_user(get_current_context())
+            who = steps.triggering_user(get_current_context())
             return steps.plan(
                 environment,
                 request=request,
@@ -120,35 +114,12 @@ def release_dag(environment: Environment) -> DAG:
         @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
         def rollback():
             """If a wave failed: every host this run switched goes back to its previous release."""
-            context = get_current_context()
-            planned = context["ti"].xcom_pull(task_ids="plan")
-            return steps.roll_back(
-                environment,
-                planned=planned,
-                task_states=run_task_states(context),
-                run_id=context["run_id"],
-                backup=context["ti"].xcom_pull(task_ids="backup"),
-            )
+            return steps.roll_back_run(environment, get_current_context())
 
         @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
         def conclude():
             """Audit record, prune old releases, Slack; the run fails unless the release went out."""
-            context = get_current_context()
-            dag_run, who = context["dag_run"], triggering_user(context)
-            ti = context["ti"]
-            return steps.conclude(
-                environment,
-                dag_id=dag_run.dag_id,
-                run_id=dag_run.run_id,
-                params=context["params"],
-                planned=ti.xcom_pull(task_ids="plan"),
-                approval=ti.xcom_pull(task_ids="approve"),
-                rollback=ti.xcom_pull(task_ids="rollback"),
-                backup=ti.xcom_pull(task_ids="backup"),
-                task_states=run_task_states(context),
-                started_at=dag_run.start_date,
-                triggered_by=who,
-            )
+            return steps.conclude_run(environment, get_current_context())
 
         request = validate_request()
         taken = lock_task(environment, purpose="release {{ params.version }}")
@@ -160,22 +131,22 @@ def release_dag(environment: Environment) -> DAG:
         backups = check_backup()
         taken >> [artifact, database, hosts, migrations, backups]
         planned = plan(request, artifact, hosts, database, migrations, backups)
-        gate = [proceed(planned)]
+        # After the plan, one after another: announce (a dry run stops here), approve,
+        # pre-release backup, migrations; then the waves.
+        gates = [proceed(planned)]
         if environment.approval.required:
-            approve = approval_gate(
-                environment,
-                subject=f"Release {{{{ params.version }}}} to {environment.name}?",
-                change="release {{ params.version }}",
+            gates.append(
+                approval_gate(
+                    environment,
+                    subject=f"Release {{{{ params.version }}}} to {environment.name}?",
+                    change="release {{ params.version }}",
+                )
             )
-            gate[-1] >> approve
-            gate.append(approve)
-
-        migrated = migrate(request)
         if steps.takes_pre_release_backup(environment):
-            gate.append(backup())
-            gate[-2] >> gate[-1]
-        gate[-1] >> migrated
-        previous = migrated
+            gates.append(backup())
+        gates.append(migrate(request))
+        chain(*gates)
+        previous = gates[-1]
         wave_tasks = []
         for wave in environment.waves:
             names = [host.name for host in wave.hosts]

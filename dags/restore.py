@@ -16,7 +16,7 @@ from airlock.notifications.slack import post, render
 from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
 from airlock.operators.backups import BackupError, take_backup
-from airlock.operators.environment_tasks import lock_task, triggering_user, unlock_task
+from airlock.operators.environment_tasks import lock_task, unlock_task
 from airlock.operators.restore import RestorePlan, choose_backup, restore_database
 
 BACKUP_NAME_PATTERN = r"^$|^[a-z0-9][a-z0-9-]{0,30}-[0-9]{8}T[0-9]{6}Z(-pre-release|-pre-restore)?$"
@@ -54,7 +54,7 @@ def restore_dag(environment: Environment) -> DAG:
                 environment=environment.name,
                 database=backup.database,
                 backup=backup.summary(),
-                triggered_by=triggering_user(get_current_context()),
+                triggered_by=steps.triggering_user(get_current_context()),
                 reason=params["reason"],
             )
             return {"backup": backup.name, "markdown": restore_plan.to_markdown()}
@@ -87,7 +87,7 @@ def restore_dag(environment: Environment) -> DAG:
                     finished_at=restored["backup"]["finished_at"],
                     kept_as=restored["previous_kept_as"],
                     safety=restored["safety_backup"],
-                    triggered_by=triggering_user(get_current_context()),
+                    triggered_by=steps.triggering_user(get_current_context()),
                 ),
             )
 

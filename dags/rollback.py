@@ -13,13 +13,7 @@ from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
-from airlock.operators.environment_tasks import (
-    check_hosts_task,
-    lock_task,
-    run_task_states,
-    triggering_user,
-    unlock_task,
-)
+from airlock.operators.environment_tasks import check_hosts_task, lock_task, unlock_task
 
 
 def rollback_dag(environment: Environment) -> DAG:
@@ -50,7 +44,7 @@ def rollback_dag(environment: Environment) -> DAG:
                 conf=dag_run.conf,
                 params=params,
                 host_states=list(host_states),
-                triggered_by=triggering_user(get_current_context()),
+                triggered_by=steps.triggering_user(get_current_context()),
             )
 
         @task(retries=2, map_index_template="{{ host_name }}")
@@ -65,18 +59,7 @@ def rollback_dag(environment: Environment) -> DAG:
         @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
         def conclude():
             """Audit record and Slack; the run fails unless every host is back."""
-            context = get_current_context()
-            ti, dag_run = context["ti"], context["dag_run"]
-            states = run_task_states(context)
-            return steps.conclude_rollback(
-                environment,
-                dag_id=dag_run.dag_id,
-                run_id=dag_run.run_id,
-                planned=ti.xcom_pull(task_ids="plan"),
-                approval=ti.xcom_pull(task_ids="approve"),
-                task_states=states,
-                started_at=dag_run.start_date,
-            )
+            return steps.conclude_rollback_run(environment, get_current_context())
 
         taken = lock_task(environment, purpose="rollback to {{ params.to_version or 'previous releases' }}")
         states = check_hosts_task(environment)

@@ -6,22 +6,10 @@ task) wired to that DAG.
 
 from __future__ import annotations
 
-from typing import Any
-
 from airflow.sdk import get_current_context, setup, task, teardown
 
 from airlock.config import Environment
 from airlock.operators import release_steps as steps
-
-
-def triggering_user(context: Any) -> str:
-    return context["dag_run"].triggering_user_name or "unknown"
-
-
-def run_task_states(context: Any) -> dict[str, str]:
-    """Task id (``task_id_<map_index>`` for mapped ones) -> state, for this run."""
-    ti = context["ti"]
-    return ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
 
 
 def lock_task(environment: Environment, purpose: str):
@@ -35,7 +23,10 @@ def lock_task(environment: Environment, purpose: str):
     def lock(purpose: str):
         context = get_current_context()
         return steps.lock(
-            environment, run_id=context["run_id"], purpose=purpose, triggered_by=triggering_user(context)
+            environment,
+            run_id=context["run_id"],
+            purpose=purpose,
+            triggered_by=steps.triggering_user(context),
         )
 
     return lock(purpose)

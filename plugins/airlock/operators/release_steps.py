@@ -50,6 +50,16 @@ log = logging.getLogger(__name__)
 ATTEMPTED = {"success", "failed", "up_for_retry", "running", "upstream_failed_after_run"}
 
 
+def triggering_user(context: Any) -> str:
+    return context["dag_run"].triggering_user_name or "unknown"
+
+
+def run_task_states(context: Any) -> dict[str, str]:
+    """Task id (``task_id_<map_index>`` for mapped ones) -> state, for this run."""
+    ti = context["ti"]
+    return ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+
+
 def environment_lock(environment: Environment) -> EnvironmentLock:
     return EnvironmentLock(
         environment=environment.name, redis_conn_id=environment.redis_conn_id, ttl=environment.lock_ttl
@@ -554,3 +564,50 @@ def migrate(environment: Environment, *, version: str, run_id: str) -> list[str]
             raise AirflowFailException(str(error)) from None
     log.info("Applied migrations: %s", ", ".join(applied) or "none pending")
     return applied
+
+
+# -- the ALL_DONE tasks read what the run produced from its context --------------------------------
+
+
+def roll_back_run(environment: Environment, context: Any) -> dict[str, Any]:
+    """``release_<env>``'s ``rollback`` task: this run's plan, task states and pre-release backup."""
+    ti = context["ti"]
+    return roll_back(
+        environment,
+        planned=ti.xcom_pull(task_ids="plan"),
+        task_states=run_task_states(context),
+        run_id=context["run_id"],
+        backup=ti.xcom_pull(task_ids="backup"),
+    )
+
+
+def conclude_run(environment: Environment, context: Any) -> dict[str, Any]:
+    """``release_<env>``'s ``conclude`` task, from what the run's tasks returned."""
+    ti, dag_run = context["ti"], context["dag_run"]
+    return conclude(
+        environment,
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        params=context["params"],
+        planned=ti.xcom_pull(task_ids="plan"),
+        approval=ti.xcom_pull(task_ids="approve"),
+        rollback=ti.xcom_pull(task_ids="rollback"),
+        backup=ti.xcom_pull(task_ids="backup"),
+        task_states=run_task_states(context),
+        started_at=dag_run.start_date,
+        triggered_by=triggering_user(context),
+    )
+
+
+def conclude_rollback_run(environment: Environment, context: Any) -> dict[str, Any]:
+    """``rollback_<env>``'s ``conclude`` task, from what the run's tasks returned."""
+    ti, dag_run = context["ti"], context["dag_run"]
+    return conclude_rollback(
+        environment,
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        planned=ti.xcom_pull(task_ids="plan"),
+        approval=ti.xcom_pull(task_ids="approve"),
+        task_states=run_task_states(context),
+        started_at=dag_run.start_date,
+    )
