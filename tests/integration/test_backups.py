@@ -163,6 +163,71 @@ def test_restore_brings_back_exactly_the_backed_up_data_after_a_safety_backup(
         connection.execute(f"DROP ROLE {reader}")
 
 
+def test_a_restore_whose_smoke_test_fails_is_swapped_back_and_the_live_database_stays(
+    environment, customers, store
+):
+    from airlock.config import Environment
+    from airlock.operators.restore import restore_database
+    from airlock.operators.smoke import SmokeTestFailed
+
+    backup = take_backup(environment, kind="manual")
+    with psycopg.connect(customers, autocommit=True) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS needed_by_the_app (id int)")
+    before = table_fingerprints(customers)
+    # The smoke test needs a table the backup does not have: the restored database fails it.
+    strict = Environment.model_validate(
+        {
+            **environment.model_dump(),
+            "smoke_tests": [
+                {
+                    "kind": "sql",
+                    "name": "app-table",
+                    "query": "SELECT to_regclass('public.needed_by_the_app') IS NOT NULL",
+                    "expect": True,
+                }
+            ],
+        }
+    )
+
+    with pytest.raises(SmokeTestFailed, match="the swap was undone"):
+        restore_database(strict, backup.name)
+
+    assert table_fingerprints(customers) == before  # the live database is the one it was
+    database = customers.rsplit("/", 1)[1]
+    [failed] = databases_like(f"{database}_failed_restore_")
+    assert "public.needed_by_the_app" not in table_fingerprints(customers.rsplit("/", 1)[0] + "/" + failed)
+    assert databases_like(f"{database}_before_restore_") == []
+    with psycopg.connect(customers) as connection:  # and open to connections again
+        assert connection.execute("SELECT 1").fetchone() == (1,)
+    drop_database(failed)
+    store.remove(backup.name)
+
+
+def test_retention_removes_only_staging_leftovers_that_stopped_changing(environment, customers, store):
+    from datetime import UTC, datetime, timedelta
+
+    verify_backup(environment, take_backup(environment, kind="manual").name)
+    old = (datetime.now(UTC) - environment.backup.timeout - timedelta(hours=1)).timestamp()
+    abandoned = store.local_root / ".incomplete-sandbox-20260101T000000Z"
+    growing = store.local_root / ".incomplete-sandbox-20260101T010000Z"
+    other = store.local_root / ".incomplete-sandbox-eu-20260101T000000Z"  # another environment's
+    for directory in (abandoned, growing, other):
+        directory.mkdir()
+        (directory / "database.dump").write_bytes(b"partial")
+        os.utime(directory / "database.dump", (old, old))
+        os.utime(directory, (old, old))
+    os.utime(growing / "database.dump")  # pg_dump is still writing here
+
+    result = apply_retention(environment, dry_run=False)
+
+    assert result["incomplete_removed"] == [abandoned.name]
+    assert not abandoned.exists()
+    assert growing.exists()
+    assert other.exists()
+    for directory in (growing, other):
+        subprocess.run(["rm", "-rf", str(directory)], check=True)
+
+
 def test_environments_sharing_a_destination_never_see_each_others_backups(environment, customers, store):
     from airlock.config import Environment
     from airlock.operators.backups import BackupError
