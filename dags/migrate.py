@@ -7,7 +7,7 @@ applying them ahead of a release (expand/contract) or checking what is pending. 
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param, chain, get_current_context, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
@@ -62,17 +62,13 @@ def migrate_dag(environment: Environment) -> DAG:
         taken = lock_task(environment, purpose="migrations of {{ params.version }}")
         planned = plan()
         taken >> planned
-        gate = proceed(planned)
-        if environment.approval.required:
-            approve = approval_gate(
-                environment,
-                subject=f"Apply migrations of {{{{ params.version }}}} on {environment.name}?",
-                change="migrations of {{ params.version }}",
-            )
-            gate >> approve
-            gate = approve
         applied = apply()
-        gate >> applied
+        gate = approval_gate(
+            environment,
+            subject=f"Apply migrations of {{{{ params.version }}}} on {environment.name}?",
+            change="migrations of {{ params.version }}",
+        )
+        chain(proceed(planned), *gate, applied)
         released = unlock_task(environment)
         applied >> released
         taken >> released

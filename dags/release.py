@@ -133,15 +133,14 @@ def release_dag(environment: Environment) -> DAG:
         planned = plan(request, artifact, hosts, database, migrations, backups)
         # After the plan, one after another: announce (a dry run stops here), approve,
         # pre-release backup, migrations; then the waves.
-        gates = [proceed(planned)]
-        if environment.approval.required:
-            gates.append(
-                approval_gate(
-                    environment,
-                    subject=f"Release {{{{ params.version }}}} to {environment.name}?",
-                    change="release {{ params.version }}",
-                )
-            )
+        gates = [
+            proceed(planned),
+            *approval_gate(
+                environment,
+                subject=f"Release {{{{ params.version }}}} to {environment.name}?",
+                change="release {{ params.version }}",
+            ),
+        ]
         if steps.takes_pre_release_backup(environment):
             gates.append(backup())
         gates.append(migrate(request))

@@ -7,7 +7,7 @@ documentation; the logic lives in ``airlock.operators.restore``.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param, chain, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment, load_environments
@@ -94,16 +94,13 @@ def restore_dag(environment: Environment) -> DAG:
         taken = lock_task(environment, purpose="database restore")
         planned = plan()
         taken >> planned
-        gate = planned
-        if environment.approval.required:
-            gate = approval_gate(
-                environment,
-                subject=f"Restore the {environment.name} database?",
-                change="restore of backup {{ ti.xcom_pull(task_ids='plan')['backup'] }}",
-            )
-            planned >> gate
         safety = safety_backup()
-        gate >> safety
+        gate = approval_gate(
+            environment,
+            subject=f"Restore the {environment.name} database?",
+            change="restore of backup {{ ti.xcom_pull(task_ids='plan')['backup'] }}",
+        )
+        chain(planned, *gate, safety)
         restored = restore(planned, safety)
         released = unlock_task(environment)
         announce(restored) >> released

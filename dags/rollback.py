@@ -65,18 +65,15 @@ def rollback_dag(environment: Environment) -> DAG:
         states = check_hosts_task(environment)
         planned = plan(states)
         taken >> states
-        gate = planned
-        if environment.approval.required:
-            gate = approval_gate(
-                environment,
-                subject=f"Roll back {environment.name}?",
-                change="rollback to {{ params.to_version or 'previous releases' }}",
-            )
-            planned >> gate
         switched = roll_back_host.partial(planned=planned).expand(
             host_name=[h.name for h in environment.hosts]
         )
-        gate >> switched
+        gate = approval_gate(
+            environment,
+            subject=f"Roll back {environment.name}?",
+            change="rollback to {{ params.to_version or 'previous releases' }}",
+        )
+        chain(planned, *gate, switched)
         released = unlock_task(environment)
         chain(switched, conclude(), released)
         taken >> released

@@ -106,3 +106,26 @@ def test_a_broken_environment_is_an_import_error_naming_file_and_field_and_other
     assert "staging.yaml: rollout.waves: the last wave reaches 1 of 3 hosts" in message
     assert any(dag_id.endswith("_demo") for dag_id in parsed["dags"])
     assert not any(dag_id.endswith("_staging") for dag_id in parsed["dags"])
+
+
+def test_without_required_approval_the_steps_chain_straight_on(tmp_path, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.support import write_environment
+
+    document = demo_document()
+    document["approval"] = {"required": False}
+    document["ssh"]["known_hosts"] = str(tmp_path / "known_hosts")
+    write_environment(tmp_path / "environments" / "solo.yaml", document)
+    monkeypatch.setenv("AIRLOCK_ENVIRONMENTS_DIR", str(tmp_path / "environments"))
+    dags = {}
+    for name in ("release", "rollback", "migrate", "restore"):
+        bag = DagBag(dag_folder=PROJECT / "dags" / f"{name}.py")
+        assert not bag.import_errors, bag.import_errors
+        dags[name] = bag.dags[f"{name}_solo"]
+
+    assert not any("approve" in dag.task_ids for dag in dags.values())
+    assert dags["release"].get_task("backup").upstream_task_ids == {"proceed"}
+    assert dags["rollback"].get_task("roll_back_host").upstream_task_ids == {"plan"}
+    assert dags["migrate"].get_task("apply").upstream_task_ids == {"proceed"}
+    assert dags["restore"].get_task("safety_backup").upstream_task_ids == {"plan"}

@@ -121,10 +121,13 @@ class ReleaseApprovalOperator(ApprovalOperator):
 PLAN_MARKDOWN = "{{ ti.xcom_pull(task_ids='plan')['markdown'] }}"
 
 
-def approval_gate(environment: Environment, *, subject: str, change: str) -> ReleaseApprovalOperator:
-    """The ``approve`` task of an environment's DAG: its approvers, timeout and Slack; the body is
-    the Markdown the DAG's ``plan`` task returned."""
-    return ReleaseApprovalOperator(
+def approval_gate(environment: Environment, *, subject: str, change: str) -> list[ReleaseApprovalOperator]:
+    """The ``approve`` task of an environment's DAG, as a list to splice into ``chain(...)``: empty
+    when the environment needs no approval. Its approvers, timeout and Slack come from the
+    environment; the body is the Markdown the DAG's ``plan`` task returned."""
+    if not environment.approval.required:
+        return []
+    gate = ReleaseApprovalOperator(
         task_id="approve",
         subject=subject,
         body=PLAN_MARKDOWN,
@@ -135,3 +138,4 @@ def approval_gate(environment: Environment, *, subject: str, change: str) -> Rel
         slack_conn_id=environment.slack_conn_id,
         response_timeout=environment.approval.timeout,
     )
+    return [gate]
