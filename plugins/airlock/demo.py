@@ -37,7 +37,8 @@ NEXT_STEPS = """
        see .demo/backups/. restore_demo puts a backup back after approval (a safety backup of
        the current database comes first). health_demo checks everything every 5 minutes:
        stop an app (.demo/hosts/web-2/srv/demo-app/current/bin/demo-app --root
-       .demo/hosts/web-2/srv/demo-app stop) and watch one alert, then one "ok again".
+       .demo/hosts/web-2/srv/demo-app stop) and Slack gets one alert; `start` it again
+       (same command) and the next run sends one "ok again".
 
   Ctrl-C stops everything.
 """
