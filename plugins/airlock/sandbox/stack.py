@@ -210,6 +210,8 @@ class AirlockStack:
             "AIRFLOW__API__SECRET_KEY": self._secret("api_secret_key"),
             "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home.resolve()}/airflow.db",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "airlock.sandbox.sqlite.CONNECT_ARGS",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "airlock.sandbox.sqlite.ASYNC_CONNECT_ARGS",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
