@@ -79,17 +79,21 @@ def task_states(dag_id: str, run_id: str) -> dict[str, str]:
 
 
 def pending_approval(dag_id: str):
-    """The task instance waiting for a human answer in ``dag_id``, if any."""
+    """The unanswered human-in-the-loop request of ``dag_id``, as soon as it is listed, if any.
+
+    Listed means what ``GET .../hitlDetails?response_received=false`` shows: the request exists,
+    whether or not the task has parked yet. An answer at that moment must count.
+    """
     from airflow.models import TaskInstance
+    from airflow.models.hitl import HITLDetail
     from airflow.utils.session import create_session
-    from airflow.utils.state import TaskInstanceState
     from sqlalchemy import select
 
     with create_session() as session:
         return session.execute(
-            select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index).where(
-                TaskInstance.dag_id == dag_id, TaskInstance.state == TaskInstanceState.AWAITING_INPUT
-            )
+            select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index)
+            .join(HITLDetail, HITLDetail.ti_id == TaskInstance.id)
+            .where(TaskInstance.dag_id == dag_id, HITLDetail.responded_at.is_(None))
         ).first()
 
 
@@ -114,8 +118,10 @@ def respond_to_approval(dag_id: str, run_id: str, task_id: str, option: str, use
         )
 
 
-def run_dag(dag, conf: dict, *, answer: str | None = None, as_user: str = "admin", timeout: float = 300):
+def run_dag(dag, conf: dict, *, answer=None, as_user: str = "admin", timeout: float = 300):
     """``dag.test()`` with ``conf``; answer the approval request (``Approve``/``Reject``) if asked.
+
+    ``answer`` may also be a callable ``(dag_id, run_id, task_id)`` that answers some other way.
 
     Returns the finished run's id and its task states.
     """
@@ -130,28 +136,56 @@ def run_dag(dag, conf: dict, *, answer: str | None = None, as_user: str = "admin
             pending = pending_approval(dag.dag_id)
             if pending is not None:
                 try:
-                    respond_to_approval(dag.dag_id, pending[0], pending[1], answer, as_user)
+                    if callable(answer):
+                        answered["result"] = answer(dag.dag_id, pending[0], pending[1])
+                    else:
+                        respond_to_approval(dag.dag_id, pending[0], pending[1], answer, as_user)
                     answered["ok"] = True
                 except Exception as error:  # surfaced by the test through `answered`
                     answered["error"] = error
-                    from airflow.models import TaskInstance
-                    from airflow.utils.session import create_session
-                    from airflow.utils.state import TaskInstanceState
-                    from sqlalchemy import update
-
-                    # Unblock dag.test(): a refused answer leaves the request pending forever.
-                    with create_session() as session:
-                        session.execute(
-                            update(TaskInstance)
-                            .where(
-                                TaskInstance.dag_id == dag.dag_id,
-                                TaskInstance.run_id == pending[0],
-                                TaskInstance.task_id == pending[1],
-                            )
-                            .values(state=TaskInstanceState.FAILED)
-                        )
+                    fail_when_parked(dag.dag_id, pending[0], pending[1], deadline)
+                    return
+                play_the_scheduler_guard(deadline)
                 return
-            time.sleep(0.3)
+            time.sleep(0.05)
+
+    def play_the_scheduler_guard(deadline: float) -> None:
+        """What the scheduler's Airlock thread does every second, for as long as the run goes on.
+
+        ``dag.test()`` has no scheduler. It also records a task's state from the task process
+        after the park, so an answer given before the park (which Airflow resumes at once) is
+        parked again by ``dag.test()`` itself; the guard resumes it, as it would in production.
+        """
+        from airflow.utils.session import create_session
+
+        from airlock.listeners.stranded_approvals import resume_stranded_approvals
+
+        while time.monotonic() < deadline and not stop.is_set():
+            with create_session() as session:
+                answered.setdefault("resumed", []).extend(resume_stranded_approvals(session))
+            time.sleep(0.1)
+
+    def fail_when_parked(dag_id: str, run_id: str, task_id: str, deadline: float) -> None:
+        """Unblock ``dag.test()`` after a refused answer, which leaves the request pending forever."""
+        from airflow.models import TaskInstance
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import update
+
+        this_task = (
+            TaskInstance.dag_id == dag_id,
+            TaskInstance.run_id == run_id,
+            TaskInstance.task_id == task_id,
+            TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+        )
+        while time.monotonic() < deadline and not stop.is_set():
+            with create_session() as session:
+                failed = session.execute(
+                    update(TaskInstance).where(*this_task).values(state=TaskInstanceState.FAILED)
+                ).rowcount
+            if failed:
+                return
+            time.sleep(0.05)
 
     # Import in this thread what either thread will need: two threads importing Airflow's
     # models at once deadlock on the import lock and SQLAlchemy's mapper configuration.

@@ -1,7 +1,10 @@
 """``make demo``: Airlock with three sandbox hosts, in the foreground until Ctrl-C.
 
-Everything lives under ``.demo/`` (git-ignored); running it again reuses that state. Ctrl-C
-stops every process it started (Airflow's components, sshd hosts, the demo apps, Slack).
+Everything lives under ``.demo/`` (git-ignored) and in two PostgreSQL databases named after the
+checkout's installation id (``.demo/installation_id``): the demo app's and Airflow's metadata.
+Running it again reuses that state. Ctrl-C stops every process it started (Airflow's
+components, sshd hosts, the demo apps, Slack). ``python -m airlock.demo clean`` (``make clean``)
+drops the two databases.
 """
 
 from __future__ import annotations
@@ -39,9 +42,31 @@ NEXT_STEPS = """
        stop an app (.demo/hosts/web-2/srv/demo-app/current/bin/demo-app --root
        .demo/hosts/web-2/srv/demo-app stop) and Slack gets one alert; `start` it again
        (same command) and the next run sends one "ok again".
+    7. One release at a time: a run finding the lock held by a live run fails at once naming it;
+       a lock left by a run that ended (or by a demo in another clone that is gone) is broken
+       by the next run, which says so in Slack. unlock_demo breaks one by hand, after approval.
 
   Ctrl-C stops everything.
 """
+
+
+DEMO_HOME = PROJECT_ROOT / ".demo"
+
+
+def clean() -> int:
+    """Drop the demo's databases (``make clean`` then removes ``.demo/``); refused while it runs."""
+    if not (DEMO_HOME / "installation_id").exists():
+        say("no demo databases to drop (.demo/installation_id is absent)")
+        return 0
+    stack = AirlockStack.demo(DEMO_HOME, Ports(api=int(os.environ.get("AIRLOCK_PORT", "8080"))))
+    try:
+        stack.check_ports()
+    except SandboxError as error:
+        say(f"not cleaning while the demo may be running: {error}")
+        return 1
+    dropped = stack.drop_databases()
+    say(f"dropped PostgreSQL databases: {', '.join(dropped) or 'none (already gone)'}")
+    return 0
 
 
 def main() -> int:
@@ -50,7 +75,7 @@ def main() -> int:
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     logging.disable(logging.INFO)
     port = int(os.environ.get("AIRLOCK_PORT", "8080"))
-    stack = AirlockStack(home=PROJECT_ROOT / ".demo", ports=Ports(api=port))
+    stack = AirlockStack.demo(DEMO_HOME, Ports(api=port))
 
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -76,4 +101,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(clean() if sys.argv[1:] == ["clean"] else main())

@@ -54,17 +54,14 @@ def start_trigger_script(stack, version: str, *extra: str) -> subprocess.Popen:
 
 
 def pending_approval(api, timeout: float = 120):
-    """The pending approval request (the human-in-the-loop detail), once it appears."""
+    """The pending approval request (the human-in-the-loop detail), the moment it is listed."""
     tasks = TaskInstanceApi(api)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         details = tasks.get_hitl_details("~", "~", response_received=False).hitl_details
-        if details and str(getattr(details[0].task_instance.state, "value", "")) == "awaiting_input":
-            # An answer in the instant between the request being written and the task being
-            # parked is lost by Airflow 3.3 (the task then fails); a person never answers that fast.
-            time.sleep(2)
+        if details:
             return details[0]
-        time.sleep(1)
+        time.sleep(0.05)
     raise AssertionError("no approval request appeared")
 
 

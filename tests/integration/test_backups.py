@@ -140,7 +140,7 @@ def test_restore_brings_back_exactly_the_backed_up_data_after_a_safety_backup(
         answer="Approve",
     )
 
-    assert answered == {"ok": True}
+    assert answered["ok"] is True
     assert states["restore"] == "success", states
     assert table_fingerprints(customers) == original
     with psycopg.connect(customers, autocommit=True) as connection:

@@ -7,78 +7,28 @@ version each host serves, the audit trail, the lock, and what Slack received.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 from airflow.exceptions import ParamValidationError
 from airflow.sdk.exceptions import AirflowFailException
 
-from airlock.hooks.artifacts import fetch_artifact
 from airlock.hooks.lock import EnvironmentLock
 from airlock.operators import release_steps
-from airlock.operators.backups import BackupStore, take_backup, verify_backup
-from airlock.operators.hosts import HostLayout, deploy_to_host, host_hook, serving_version
-from include.demo_app.build import artifact_files, build_artifact, tarball_bytes
+from airlock.operators.backups import BackupStore
+from airlock.operators.hosts import HostLayout, host_hook
+from tests.integration.releases import (
+    BAD_MIGRATION,
+    BROKEN,
+    GOOD_MIGRATION,
+    NEW,
+    OLD,
+    on_every_host,
+    served_versions,
+)
 from tests.support import load_dag, run_dag
-
-OLD, NEW, BROKEN, BAD_MIGRATION, GOOD_MIGRATION = "1.0.0", "2.0.0", "2.1.0-broken", "2.2.0", "2.4.0"
-
-
-@pytest.fixture(scope="module")
-def artifacts(environment) -> Path:
-    directory = Path(urlsplit(environment.deploy.artifact_url).path).parent
-    for version in (OLD, NEW, BROKEN):
-        build_artifact(version, directory)
-    # A version whose new migration fails half-way: the release must stop before any host.
-    files = artifact_files(BAD_MIGRATION)
-    files["migrations/V3__add_broken_index.sql"] = (
-        b"CREATE TABLE release_marker (id int);\nCREATE INDEX ON items (no_such_column);\n"
-    )
-    tarball = directory / f"demo-app-{BAD_MIGRATION}.tar.gz"
-    tarball.write_bytes(tarball_bytes(files))
-    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
-    Path(f"{tarball}.sha256").write_text(f"{digest}  {tarball.name}\n")
-    files = artifact_files(GOOD_MIGRATION)
-    files["migrations/V4__add_release_notes.sql"] = b"CREATE TABLE release_notes (id int, note text);\n"
-    tarball = directory / f"demo-app-{GOOD_MIGRATION}.tar.gz"
-    tarball.write_bytes(tarball_bytes(files))
-    digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
-    Path(f"{tarball}.sha256").write_text(f"{digest}  {tarball.name}\n")
-    return directory
-
-
-def on_every_host(environment, version: str) -> None:
-    artifact = fetch_artifact(
-        environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
-    )
-    for host in environment.hosts:
-        deploy_to_host(environment, host, version, artifact)
-
-
-def served_versions(environment) -> dict[str, str | None]:
-    return {host.name: serving_version(environment, host)[1] for host in environment.hosts}
-
-
-@pytest.fixture(scope="module")
-def verified_backup(environment, postgres_url) -> str:
-    """A fresh verified backup: release preflight refuses to go on without one."""
-    backup = take_backup(environment, kind="manual")
-    verify_backup(environment, backup.name)
-    return backup.name
-
-
-@pytest.fixture
-def hosts_on_old(sandbox, environment, artifacts, redis_client, slack_messages, verified_backup):
-    """Every host serving 1.0.0, the lock free and a fresh verified backup, as before a release."""
-    on_every_host(environment, OLD)
-    redis_client.delete(f"airlock:lock:{environment.name}")
-    slack_messages.clear()
-    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
-    return environment
 
 
 @pytest.fixture
@@ -113,7 +63,7 @@ def test_an_approved_release_switches_every_host_in_waves(
         release, {"version": NEW, "reason": "ship it"}, answer="Approve", as_user="admin"
     )
 
-    assert answered == {"ok": True}
+    assert answered["ok"] is True
     assert states["conclude"] == "success", states
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], NEW)
     [(version, result, previous, _who, approver, reason)] = audit_rows(postgres_url, run_id)

@@ -1,22 +1,44 @@
-"""One release per environment at a time: a Redis lock with an owner token and a TTL.
+"""One release per environment at a time: a Redis lock with an owner token, a TTL and a live holder.
 
 Taken with ``SET key value NX PX ttl`` so exactly one run wins; the value records who holds it
-(run id, version, who triggered, since when) so the loser can say whom to wait for. Released
-with compare-and-delete (a Lua script), so a run can only free its own lock, never one that
-expired and was taken by somebody else. A run that crashed without releasing leaves a lock that
-expires after ``lock_ttl``; to break it sooner see the deployment runbook
-(``redis-cli DEL airlock:lock:<env>``).
+(DAG and run id, what for, who triggered, since when, and the Airflow installation the run
+belongs to) so the loser can say whom to wait for. Released with compare-and-delete (a Lua
+script), so a run can only free its own lock, never one that expired and was taken by somebody
+else.
+
+A held lock is only as good as its holder. Before refusing, the taker asks whether the holder is
+still alive (:func:`stale_reason`):
+
+- a run of this installation: its state, from Airflow (a run that ended, or that this Airflow
+  never heard of, is dead; queued or running, however long it waits for approval, is alive);
+- a run of another installation sharing this Redis: that installation's sign of life
+  (:class:`InstallationPresence`, kept up by its scheduler every 15 s; silent for
+  :data:`PRESENCE_TIMEOUT`, or stopped cleanly, is dead).
+
+A dead holder's lock is broken with compare-and-delete on its exact value, so a lock that a
+live run took meanwhile is never broken; of two takers racing for one stale lock exactly one
+wins. ``unlock_<env>`` breaks a lock by hand, behind approval, with a reason in the audit trail.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
 from airflow.providers.redis.hooks.redis import RedisHook
+
+#: How long an installation may stay silent before another one may break its runs' locks.
+PRESENCE_TIMEOUT = timedelta(seconds=90)
+#: How often a scheduler renews its installation's sign of life.
+PRESENCE_INTERVAL = timedelta(seconds=15)
+#: Run states in which a run will never release a lock again.
+ENDED = ("success", "failed")
 
 _RELEASE_IF_OWNER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -42,6 +64,22 @@ class LockHeldError(RuntimeError):
     """Another run holds the environment's lock."""
 
 
+def installation_id() -> str:
+    """The stable id of this Airflow installation, the same in every component and worker.
+
+    ``AIRLOCK_INSTALLATION_ID`` when set (the demo sets it); otherwise derived from
+    ``[api_auth] jwt_secret``, which every component of one installation must share and two
+    installations do not (a one-way hash: the secret is not recoverable from it).
+    """
+    configured = os.environ.get("AIRLOCK_INSTALLATION_ID", "").strip()
+    if configured:
+        return configured
+    from airflow.configuration import conf
+
+    secret = conf.get("api_auth", "jwt_secret", fallback="") or ""
+    return "jwt-" + hashlib.sha256(b"airlock-installation:" + secret.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class LockHolder:
     token: str
@@ -49,9 +87,88 @@ class LockHolder:
     purpose: str
     triggered_by: str
     since: str
+    dag_id: str | None = None
+    installation: str | None = None
 
     def describe(self) -> str:
         return f"{self.purpose} (run {self.run_id}, by {self.triggered_by}, since {self.since})"
+
+
+@dataclass(frozen=True)
+class Presence:
+    """An installation's last sign of life."""
+
+    seen: datetime
+    stopped: bool
+
+
+class InstallationPresence:
+    """Each installation's sign of life in Redis: ``airlock:installation:<id>`` (kept 7 days)."""
+
+    KEEP = timedelta(days=7)
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    @staticmethod
+    def key(installation: str) -> str:
+        return f"airlock:installation:{installation}"
+
+    def beat(self, installation: str, *, stopped: bool = False, now: datetime | None = None) -> None:
+        seen = (now or datetime.now(UTC)).isoformat(timespec="seconds")
+        value = json.dumps({"seen": seen, "stopped": stopped})
+        self.client.set(self.key(installation), value, ex=int(self.KEEP.total_seconds()))
+
+    def last(self, installation: str) -> Presence | None:
+        raw = self.client.get(self.key(installation))
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return Presence(seen=datetime.fromisoformat(value["seen"]), stopped=bool(value["stopped"]))
+
+
+def stale_reason(
+    holder: LockHolder,
+    *,
+    installation: str,
+    run_state: Callable[[str, str], str | None],
+    presence: Callable[[str], Presence | None],
+    now: datetime,
+) -> str | None:
+    """Why ``holder`` is dead, or None while it may be alive (then its lock stays).
+
+    :param installation: the taker's installation id.
+    :param run_state: this installation's state of a run (``dag_id``, ``run_id``); None when it
+        does not know the run.
+    :param presence: another installation's last sign of life, None when it has none.
+    """
+    if holder.dag_id is None or holder.installation is None:
+        return None  # written by an Airlock that did not record its holder: cannot tell
+    if holder.installation == installation:
+        state = run_state(holder.dag_id, holder.run_id)
+        if state is None:
+            return f"run {holder.run_id} of {holder.dag_id} is unknown to this Airflow installation"
+        if state in ENDED:
+            return f"run {holder.run_id} of {holder.dag_id} ended {state}"
+        return None
+    last = presence(holder.installation)
+    if last is None:
+        days = InstallationPresence.KEEP.days
+        return f"its installation {holder.installation} has left no sign of life for {days} days"
+    if last.stopped:
+        return f"its installation {holder.installation} stopped at {last.seen.isoformat()}"
+    if now - last.seen > PRESENCE_TIMEOUT:
+        return f"its installation {holder.installation} has been silent since {last.seen.isoformat()}"
+    return None
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """The lock this run now holds, and the stale one it broke to get it (if any)."""
+
+    holder: LockHolder
+    broke: LockHolder | None = None
+    broke_because: str | None = None
 
 
 class EnvironmentLock:
@@ -79,33 +196,75 @@ class EnvironmentLock:
             return None
         return LockHolder(**json.loads(raw))
 
-    def acquire(self, *, run_id: str, purpose: str, triggered_by: str) -> LockHolder:
-        """Take the lock or raise :class:`LockHeldError` naming the holder.
+    def acquire(
+        self,
+        *,
+        run_id: str,
+        purpose: str,
+        triggered_by: str,
+        dag_id: str | None = None,
+        installation: str | None = None,
+        run_state: Callable[[str, str], str | None] | None = None,
+    ) -> Acquired:
+        """Take the lock, breaking a dead holder's; raise :class:`LockHeldError` naming a live one.
 
         Idempotent for the same run: a retried setup task finds its own lock and keeps it.
+
+        :param run_state: this installation's state of a run, to judge a holder of this
+            installation; without it (and ``installation``) no lock is ever broken.
         """
         current = self.holder()
-        if current is not None and current.run_id == run_id:
-            return current
+        if current is not None and current.run_id == run_id and current.dag_id in (None, dag_id):
+            return Acquired(current)
         holder = LockHolder(
             token=secrets.token_hex(16),
             run_id=run_id,
             purpose=purpose,
             triggered_by=triggered_by,
             since=datetime.now(UTC).isoformat(timespec="seconds"),
+            dag_id=dag_id,
+            installation=installation,
         )
-        taken = self.client.set(
-            self.key, json.dumps(asdict(holder)), nx=True, px=int(self.ttl.total_seconds() * 1000)
-        )
-        if not taken:
-            current = self.holder()
-            described = current.describe() if current else "another run (it just finished; retry)"
-            raise LockHeldError(
-                f"Environment {self.environment} is locked by {described}. Wait for it to finish; "
-                f"if that run is dead, the lock expires by itself or can be broken with "
-                f"`redis-cli DEL {self.key}` (see the deployment runbook)."
+        if self._take(holder):
+            return Acquired(holder)
+        raw = self.client.get(self.key)
+        current = LockHolder(**json.loads(raw)) if raw else None
+        if current is not None and installation is not None and run_state is not None:
+            reason = stale_reason(
+                current,
+                installation=installation,
+                run_state=run_state,
+                presence=InstallationPresence(self.client).last,
+                now=datetime.now(UTC),
             )
-        return holder
+            if (
+                reason is not None
+                and self.client.eval(_RELEASE_IF_OWNER, 1, self.key, raw)
+                and self._take(holder)
+            ):
+                return Acquired(holder, broke=current, broke_because=reason)
+            current = self.holder()
+        described = current.describe() if current else "another run (it just finished; retry)"
+        raise LockHeldError(
+            f"Environment {self.environment} is locked by {described}, which is still alive. Wait "
+            f"for it to finish, or stop that run; if it is stuck for good, trigger "
+            f"unlock_{self.environment} with a reason (see the deployment runbook)."
+        )
+
+    def _take(self, holder: LockHolder) -> bool:
+        ttl = int(self.ttl.total_seconds() * 1000)
+        return bool(self.client.set(self.key, json.dumps(asdict(holder)), nx=True, px=ttl))
+
+    def break_holder(self, token: str) -> LockHolder | None:
+        """Break the lock if it is still held with ``token`` (what ``unlock_<env>`` planned to
+        break); returns the holder broken, or None when the lock has changed hands or is free."""
+        raw = self.client.get(self.key)
+        if raw is None:
+            return None
+        current = LockHolder(**json.loads(raw))
+        if current.token != token or not self.client.eval(_RELEASE_IF_OWNER, 1, self.key, raw):
+            return None
+        return current
 
     def extend_for_run(self, run_id: str) -> None:
         """Restart the TTL of the lock held by ``run_id``; raise :class:`LockLostError` if it is not.

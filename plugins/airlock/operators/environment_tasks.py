@@ -24,9 +24,11 @@ def lock_task(environment: Environment, purpose: str):
         context = get_current_context()
         return steps.lock(
             environment,
+            dag_id=context["dag"].dag_id,
             run_id=context["run_id"],
             purpose=purpose,
             triggered_by=steps.triggering_user(context),
+            run_state=steps.dag_run_state(context),
         )
 
     return lock(purpose)

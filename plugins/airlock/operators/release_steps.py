@@ -6,10 +6,11 @@ JSON), does one thing, and returns plain JSON. Each is safe to run again after a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airlock.config import Environment
 from airlock.hooks.artifacts import fetch_artifact
-from airlock.hooks.lock import EnvironmentLock, LockHeldError, LockLostError
+from airlock.hooks.lock import EnvironmentLock, LockHeldError, LockHolder, LockLostError, installation_id
 from airlock.hooks.ssh import HostKeyError
 from airlock.notifications.slack import post, render, summarize_error
 from airlock.operators.audit import AuditRecord, write_audit_record
@@ -74,15 +75,96 @@ def validate(conf: Mapping[str, Any] | None, params: Mapping[str, Any]) -> dict[
     return {"version": request.version, "dry_run": request.dry_run, "reason": request.reason}
 
 
-def lock(environment: Environment, *, run_id: str, purpose: str, triggered_by: str) -> dict[str, Any]:
+def lock(
+    environment: Environment,
+    *,
+    dag_id: str,
+    run_id: str,
+    purpose: str,
+    triggered_by: str,
+    run_state: Callable[[str, str], str | None],
+) -> dict[str, Any]:
+    """Take the environment's lock for this run; a dead holder's lock is broken and said so."""
     try:
-        holder = environment_lock(environment).acquire(
-            run_id=run_id, purpose=purpose, triggered_by=triggered_by
+        acquired = environment_lock(environment).acquire(
+            dag_id=dag_id,
+            run_id=run_id,
+            purpose=purpose,
+            triggered_by=triggered_by,
+            installation=installation_id(),
+            run_state=run_state,
         )
     except LockHeldError as error:
         raise AirflowFailException(str(error)) from None  # waiting is the holder's business: fail fast
+    holder = acquired.holder
+    if acquired.broke is not None:
+        record_broken_lock(
+            environment,
+            stale=acquired.broke,
+            why=f"stale lock: {acquired.broke_because}",
+            dag_id=dag_id,
+            run_id=run_id,
+            who=triggered_by,
+            message=render(
+                "lock_broken",
+                environment=environment.name,
+                holder=acquired.broke.describe(),
+                why=acquired.broke_because,
+                taker=f"{purpose} (run {run_id})",
+            ),
+        )
     log.info("Locked environment %s for %s", environment.name, holder.describe())
     return {"run_id": holder.run_id, "since": holder.since}
+
+
+def _http_status(error: Exception) -> int | None:
+    """The execution API's HTTP status behind a Task SDK error: ``AirflowRuntimeError`` in a
+    worker (the supervisor forwards it), ``ServerResponseError`` in-process (``dag.test()``)."""
+    response = getattr(error, "response", None)
+    if response is not None:
+        return response.status_code
+    detail = getattr(getattr(error, "error", None), "detail", None)
+    return detail.get("status_code") if isinstance(detail, dict) else None
+
+
+def record_broken_lock(
+    environment: Environment, *, stale: LockHolder, why: str, dag_id: str, run_id: str, who: str, message: str
+) -> None:
+    """Say that a lock was broken: the log, Slack, and an audit row (``action = 'break_lock'``)."""
+    log.warning("Broke the lock of %s held by %s: %s", environment.name, stale.describe(), why)
+    post(environment.slack_conn_id, message)
+    write_audit_record(
+        environment,
+        AuditRecord(
+            dag_id=dag_id,
+            run_id=run_id,
+            action="break_lock",
+            version=stale.purpose,
+            previous={"run_id": stale.run_id, "dag_id": stale.dag_id, "installation": stale.installation},
+            triggered_by=who,
+            approved_by=None,
+            reason=why,
+            started_at=None,
+            result="broken",
+            detail=stale.describe(),
+        ),
+    )
+
+
+def dag_run_state(context: Any) -> Callable[[str, str], str | None]:
+    """This installation's state of a DAG run, asked through the Task SDK; None for a run it
+    does not know. Any other failure to ask propagates: a lock is never broken on a guess."""
+    ti = context["ti"]
+
+    def state_of(dag_id: str, run_id: str) -> str | None:
+        try:
+            return str(ti.get_dagrun_state(dag_id=dag_id, run_id=run_id))
+        except Exception as error:
+            if _http_status(error) == 404:
+                return None
+            raise
+
+    return state_of
 
 
 def unlock(environment: Environment, *, run_id: str) -> None:
@@ -611,3 +693,54 @@ def conclude_rollback_run(environment: Environment, context: Any) -> dict[str, A
         task_states=run_task_states(context),
         started_at=dag_run.start_date,
     )
+
+
+def plan_unlock(environment: Environment, *, reason: str) -> dict[str, Any]:
+    """What ``unlock_<env>`` would break: the current holder, for the approver to read."""
+    reason = " ".join(reason.split())
+    if not reason:
+        raise AirflowFailException("Give a reason: it is kept in the audit trail")
+    holder = environment_lock(environment).holder()
+    if holder is None:
+        raise AirflowSkipException(f"The lock of {environment.name} is free; nothing to break")
+    lines = [
+        f"## Break the lock of {environment.name}",
+        "",
+        f"- Held by: {holder.describe()}",
+        f"- DAG: {holder.dag_id or '(not recorded)'}",
+        f"- Installation: {holder.installation or '(not recorded)'}",
+        f"- Reason given: {reason}",
+        "",
+        "Breaking it lets the next release, rollback, migration or restore start while that run"
+        " may still be changing things: make sure it is dead or stopped first.",
+    ]
+    return {"holder": dataclasses.asdict(holder), "reason": reason, "markdown": "\n".join(lines)}
+
+
+def break_lock(
+    environment: Environment, *, planned: Mapping[str, Any], dag_id: str, run_id: str, who: str
+) -> str:
+    """Break exactly the lock the plan showed (compare-and-delete on its token), with an audit row."""
+    broken = environment_lock(environment).break_holder(planned["holder"]["token"])
+    if broken is None:
+        current = environment_lock(environment).holder()
+        now = f"it is now held by {current.describe()}" if current else "it is free now"
+        raise AirflowFailException(
+            f"The lock of {environment.name} changed hands since the plan ({now}); nothing was broken"
+        )
+    record_broken_lock(
+        environment,
+        stale=broken,
+        why=planned["reason"],
+        dag_id=dag_id,
+        run_id=run_id,
+        who=who,
+        message=render(
+            "lock_broken_by_hand",
+            environment=environment.name,
+            who=who,
+            holder=broken.describe(),
+            why=planned["reason"],
+        ),
+    )
+    return broken.describe()

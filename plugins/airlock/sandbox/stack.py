@@ -3,7 +3,12 @@
 One implementation serves ``make demo`` (fixed ports, ``.demo/``) and the end-to-end tests (free
 ports, a temporary directory). Airflow runs as separate components bound to loopback, never
 ``airflow standalone`` (whose log servers listen on every interface): api-server, scheduler,
-dag-processor and triggerer, with the LocalExecutor and a SQLite metadata database.
+dag-processor and triggerer, with Airlock's LocalExecutor and a PostgreSQL metadata database.
+
+Two databases on the local PostgreSQL server (127.0.0.1:5432) belong to a stack: the demo app's
+(``database``, also Airlock's ops tables) and Airflow's metadata (``metadata_database``). Both are
+created when missing; the demo keeps them between runs (``make clean`` drops them), the disposable
+stacks of the tests and benchmarks get fresh ones and drop them afterwards.
 """
 
 from __future__ import annotations
@@ -46,14 +51,40 @@ DEMO_DAGS = (
     "log_cleanup_demo",
     "db_maintenance_demo",
     "airflow_housekeeping",
+    "unlock_demo",
 )
 INITIAL_VERSION = "1.0.0"
+ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 COMPONENTS = {
     "api-server": ["api-server", "--host", "127.0.0.1", "--port", "{port}"],
     "scheduler": ["scheduler", "--skip-serve-logs"],
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer", "--skip-serve-logs"],
 }
+
+
+def installation_id(home: Path) -> str:
+    """The stable id of the Airflow installation rooted at ``home``: made once, then kept."""
+    path = home / "installation_id"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(uuid.uuid4().hex + "\n")
+    return path.read_text().strip()
+
+
+def descendants(roots: list[int]) -> list[int]:
+    """Every process below ``roots`` (children, grandchildren, ...), read from ``ps``."""
+    listing = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True)
+    children: dict[int, list[int]] = {}
+    for line in listing.stdout.splitlines():
+        pid, ppid = (int(field) for field in line.split())
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def say(message: str) -> None:
@@ -76,6 +107,7 @@ class AirlockStack:
     :param home: directory for all state (``.demo`` for the demo).
     :param ports: loopback ports of the API, Slack receiver, sshd hosts and demo app.
     :param database: name of the demo app's PostgreSQL database on 127.0.0.1:5432.
+    :param metadata_database: name of Airflow's metadata database on the same server.
     :param redis_db: Redis database number on 127.0.0.1:6379.
     :param echo_slack: print Slack messages on the console.
     :param overrides: top-level settings replaced in the generated demo environment (not with
@@ -85,6 +117,7 @@ class AirlockStack:
     home: Path
     ports: Ports = field(default_factory=Ports)
     database: str = "airlock_demo"
+    metadata_database: str = "airlock_demo_airflow"
     redis_db: int = 0
     echo_slack: bool = True
     overrides: dict = field(default_factory=dict)
@@ -111,6 +144,10 @@ class AirlockStack:
     def database_url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:5432/{self.database}"
 
+    @property
+    def metadata_url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.metadata_database}"
+
     @contextlib.contextmanager
     def own_settings(self, prefixes: tuple[str, ...] = ("AIRLOCK_",)):
         """This stack's variables (``AIRLOCK_*`` by default) in ``os.environ``, only for the block.
@@ -127,6 +164,21 @@ class AirlockStack:
         finally:
             os.environ.clear()
             os.environ.update(saved)
+
+    @classmethod
+    def demo(cls, home: Path, ports: Ports) -> AirlockStack:
+        """``make demo``'s stack: its databases are named after this checkout's installation id.
+
+        A fresh clone never inherits an earlier clone's DAG runs or data; the same clone finds its
+        own again on the next ``make demo``.
+        """
+        suffix = installation_id(home)[:8]
+        return cls(
+            home=home,
+            ports=ports,
+            database=f"airlock_demo_{suffix}",
+            metadata_database=f"airlock_demo_{suffix}_airflow",
+        )
 
     def environment(self) -> Environment:
         with self.own_settings():
@@ -178,8 +230,11 @@ class AirlockStack:
             },
             # airflow_housekeeping trims the metadata database through this connection.
             "AIRFLOW_CONN_AIRFLOW_METADATA_DB": {
-                "conn_type": "sqlite",
-                "host": f"{self.airflow_home.resolve()}/airflow.db",
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": 5432,
+                "login": "postgres",
+                "schema": self.metadata_database,
             },
             "AIRFLOW_CONN_AIRLOCK_DEMO_DB": {
                 "conn_type": "postgres",
@@ -192,6 +247,7 @@ class AirlockStack:
         return {
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRLOCK_DEMO_HOME": str(self.home.resolve()),
+            "AIRLOCK_INSTALLATION_ID": installation_id(self.home),
             "AIRLOCK_API_URL": self.api_url,
             "AIRLOCK_ENVIRONMENTS_DIR": str(self.environments_dir),
             "AIRLOCK_ARTIFACT_CACHE": str(self.home / "cache" / "artifacts"),
@@ -199,7 +255,8 @@ class AirlockStack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # LocalExecutor, minus the false failure of a task resumed within a second of pausing.
+            "AIRFLOW__CORE__EXECUTOR": "airlock.executors.local.ResumeSafeLocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "8",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,operator:op",
@@ -209,11 +266,18 @@ class AirlockStack:
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__SECRET_KEY": self._secret("api_secret_key"),
             "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.airflow_home.resolve()}/airflow.db",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "airlock.sandbox.sqlite.CONNECT_ARGS",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "airlock.sandbox.sqlite.ASYNC_CONNECT_ARGS",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.metadata_url,
+            # Four components, each with a sync pool (the api-server an async one too), on 2 cores:
+            # 3 kept + 5 on demand each stays far below PostgreSQL's 100 connections with two
+            # stacks and a test session side by side.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": "3",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "5",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_RECYCLE": "1800",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # A task cut off by a hard stop is failed (or retried) 90 s after its last heartbeat,
+            # not the default 5 minutes; its teardown then frees the environment's lock.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "90",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             **{name: json.dumps(value) for name, value in connections.items() if value},
@@ -241,16 +305,33 @@ class AirlockStack:
                 + ". Is another `make demo` running? Stop it, or set AIRLOCK_PORT for the API."
             )
 
-    def prepare_database(self) -> None:
+    def prepare_databases(self) -> None:
+        """The demo app's and Airflow's databases, created when missing (kept when present)."""
         import psycopg
         from psycopg import sql
 
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
-            exists = connection.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
-            ).fetchone()
-            if not exists:
-                connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+        with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
+            for name in (self.database, self.metadata_database):
+                exists = connection.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+                ).fetchone()
+                if not exists:
+                    connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def drop_databases(self) -> list[str]:
+        """Drop both databases (connections are closed first); returns the names that existed."""
+        import psycopg
+        from psycopg import sql
+
+        dropped = []
+        with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
+            for name in (self.database, self.metadata_database):
+                if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                    connection.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                    )
+                    dropped.append(name)
+        return dropped
 
     def build_artifacts(self) -> None:
         sys.path.insert(0, str(PROJECT_ROOT))
@@ -407,7 +488,7 @@ class AirlockStack:
         steps = [
             ("checking ports", self.check_ports),
             ("preparing the demo environment", self._write_environment),
-            ("creating the demo database (if missing)", self.prepare_database),
+            ("creating the demo and Airflow databases (if missing)", self.prepare_databases),
             ("building demo app artifacts " + ", ".join(DEMO_VERSIONS), self.build_artifacts),
             ("starting Slack receiver", self._start_slack),
             (f"starting {len(self.ports.ssh)} sandbox hosts (sshd)", self.start_hosts),
@@ -430,12 +511,17 @@ class AirlockStack:
         )
         self.slack.start()
 
-    def stop(self) -> None:
-        """Stop every process this stack started; safe to call twice."""
+    def stop_airflow(self, *, kill: bool = False) -> None:
+        """Stop Airflow's components: SIGTERM and a wait, or SIGKILL of every process (a hard stop,
+        task processes included, as a power cut would)."""
+        if kill:  # task processes run in process groups of their own: kill every descendant
+            for pid in descendants([process.pid for process in self.processes.values()]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         for process in self.processes.values():
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
+                    os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
         for name, process in self.processes.items():
             try:
                 process.wait(timeout=20)
@@ -445,6 +531,16 @@ class AirlockStack:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=5)
         self.processes.clear()
+
+    def restart_airflow(self, *, kill: bool = False, dag_ids: tuple[str, ...] = DEMO_DAGS) -> None:
+        """Stop Airflow's components (``kill``: hard) and start them again on the same state."""
+        self.stop_airflow(kill=kill)
+        self.start_airflow()
+        self.wait_until_ready(dag_ids)
+
+    def stop(self) -> None:
+        """Stop every process this stack started; safe to call twice."""
+        self.stop_airflow()
         if self.sandbox is not None:
             self.sandbox.stop()
         if self.slack is not None:
@@ -458,13 +554,12 @@ class AirlockStack:
 
 @contextlib.contextmanager
 def disposable_stack(*, hosts: int = 3, redis_db: int, prefix: str = "airlock-", **options):
-    """A started stack on free ports in a temporary directory, with its own PostgreSQL database.
+    """A started stack on free ports in a temporary directory, with its own PostgreSQL databases.
 
     Airlock's keys in Redis database ``redis_db`` are removed before and after; the database,
     the directory and every process are gone afterwards. Used by the end-to-end tests, the
     benchmarks and the screenshot script.
     """
-    import psycopg
     import redis
 
     from airlock.sandbox.hosts import free_port
@@ -481,6 +576,7 @@ def disposable_stack(*, hosts: int = 3, redis_db: int, prefix: str = "airlock-",
             app=[free_port() for _ in range(hosts)],
         ),
         database=database,
+        metadata_database=f"{database}_airflow",
         redis_db=redis_db,
         echo_slack=False,
         **options,
@@ -498,6 +594,5 @@ def disposable_stack(*, hosts: int = 3, redis_db: int, prefix: str = "airlock-",
         stack.stop()
         clear_keys()
         keys.close()
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        stack.drop_databases()
         shutil.rmtree(home, ignore_errors=True)

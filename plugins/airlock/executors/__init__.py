@@ -1,0 +1,1 @@
+"""Executors Airlock's stacks run with (``[core] executor``)."""

@@ -1,0 +1,1 @@
+"""Listeners Airlock's plugin registers with Airflow (``airlock_plugin.py``)."""

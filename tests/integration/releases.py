@@ -1,0 +1,20 @@
+"""What the release DAG tests share: the versions they ship and how they check the hosts."""
+
+from __future__ import annotations
+
+from airlock.hooks.artifacts import fetch_artifact
+from airlock.operators.hosts import deploy_to_host, serving_version
+
+OLD, NEW, BROKEN, BAD_MIGRATION, GOOD_MIGRATION = "1.0.0", "2.0.0", "2.1.0-broken", "2.2.0", "2.4.0"
+
+
+def on_every_host(environment, version: str) -> None:
+    artifact = fetch_artifact(
+        environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
+    )
+    for host in environment.hosts:
+        deploy_to_host(environment, host, version, artifact)
+
+
+def served_versions(environment) -> dict[str, str | None]:
+    return {host.name: serving_version(environment, host)[1] for host in environment.hosts}
