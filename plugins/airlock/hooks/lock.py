@@ -229,6 +229,8 @@ class EnvironmentLock:
             return Acquired(holder)
         raw = self.client.get(self.key)
         current = LockHolder(**json.loads(raw)) if raw else None
+        judged = installation is not None and run_state is not None and current is not None
+        judged = judged and current.installation is not None
         if current is not None and installation is not None and run_state is not None:
             reason = stale_reason(
                 current,
@@ -245,10 +247,15 @@ class EnvironmentLock:
                 return Acquired(holder, broke=current, broke_because=reason)
             current = self.holder()
         described = current.describe() if current else "another run (it just finished; retry)"
+        alive = (
+            "It is still alive"
+            if judged
+            else "Airlock cannot tell whether it is alive (no installation recorded)"
+        )
         raise LockHeldError(
-            f"Environment {self.environment} is locked by {described}, which is still alive. Wait "
-            f"for it to finish, or stop that run; if it is stuck for good, trigger "
-            f"unlock_{self.environment} with a reason (see the deployment runbook)."
+            f"Environment {self.environment} is locked by {described}. {alive}: wait for it to "
+            f"finish, or stop that run; if it is stuck for good, trigger unlock_{self.environment} "
+            f"with a reason (see the deployment runbook)."
         )
 
     def _take(self, holder: LockHolder) -> bool:
