@@ -8,9 +8,7 @@ goes through the REST API. The browser steps are the ones ``scripts/screenshots.
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,17 +20,10 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from scripts.screenshots import approve, launch_chromium, log_in, open_approval_request, open_page
 from scripts.trigger_release import follow
+from tests.e2e.rest import served
 
 DAG_ID = "release_demo"
 RUN_PAGE = re.compile(rf"/dags/{DAG_ID}/runs/(?P<run_id>[^/?#]+)$")
-
-
-def versions_served(stack) -> list[str]:
-    versions = []
-    for port in stack.ports.app:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=5) as response:
-            versions.append(json.loads(response.read())["version"])
-    return versions
 
 
 @contextmanager
@@ -77,9 +68,9 @@ def trigger_in_form(page: Page, version: str, reason: str) -> str:
 
 
 def test_an_operator_triggers_and_approves_a_release_in_the_airflow_ui(stack, api, tmp_path):
-    served = versions_served(stack)
-    assert len(set(served)) == 1, f"the hosts disagree before the release: {served}"
-    current = served[0]
+    before = served(stack)
+    assert len(set(before)) == 1, f"the hosts disagree before the release: {before}"
+    current = before[0]
     version = "1.1.0" if current == "2.0.0" else "2.0.0"
 
     with browser_page(tmp_path / "last.png") as page:
@@ -91,4 +82,4 @@ def test_an_operator_triggers_and_approves_a_release_in_the_airflow_ui(stack, ap
         approve(page)
 
     assert follow(api, DAG_ID, run_id, timeout=120) == "success"
-    assert versions_served(stack) == [version] * 3
+    assert served(stack) == [version] * 3
