@@ -70,6 +70,30 @@ def test_the_next_run_breaks_the_lock_of_a_run_this_airflow_never_heard_of(
     assert redis_client.get(f"airlock:lock:{environment.name}") is None
 
 
+def test_the_next_run_breaks_the_lock_of_a_run_of_this_airflow_that_ended(
+    hosts_on_old, slack_messages, redis_client, postgres_url
+):
+    environment = hosts_on_old
+    migrate = load_dag(f"migrate_{environment.name}")
+    ended, _, _ = run_dag(migrate, {"version": GOOD_MIGRATION, "dry_run": True})
+    hold(
+        redis_client,
+        environment,
+        run_id=ended,
+        dag_id=f"migrate_{environment.name}",
+        installation=installation_id(),
+    )
+
+    run_id, states, _ = run_dag(
+        load_dag(f"migrate_{environment.name}"), {"version": GOOD_MIGRATION, "dry_run": True}
+    )
+
+    assert states["lock"] == "success", states
+    [broke] = [t for t in slack_messages.texts() if "broke the stale lock" in t]
+    assert f"run {ended} of migrate_{environment.name} ended success" in broke
+    assert audit(postgres_url, run_id)[0][:2] == ("break_lock", "release 9.9.9")
+
+
 def test_unlock_breaks_exactly_the_lock_it_showed_after_approval(
     unlock, hosts_on_old, slack_messages, redis_client, postgres_url
 ):

@@ -158,11 +158,12 @@ def dag_run_state(context: Any) -> Callable[[str, str], str | None]:
 
     def state_of(dag_id: str, run_id: str) -> str | None:
         try:
-            return str(ti.get_dagrun_state(dag_id=dag_id, run_id=run_id))
+            state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
         except Exception as error:
             if _http_status(error) == 404:
                 return None
             raise
+        return str(getattr(state, "value", state))  # the Task SDK answers with an enum
 
     return state_of
 
