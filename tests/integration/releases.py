@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import psycopg
+from psycopg import sql
+
 from airlock.hooks.artifacts import fetch_artifact
 from airlock.operators.hosts import deploy_to_host, serving_version
 
@@ -18,3 +21,12 @@ def on_every_host(environment, version: str) -> None:
 
 def served_versions(environment) -> dict[str, str | None]:
     return {host.name: serving_version(environment, host)[1] for host in environment.hosts}
+
+
+def audit_rows(postgres_url: str, run_id: str, *columns: str) -> list[tuple]:
+    """The run's rows of the audit trail (``airlock.releases``), oldest first, with ``columns``."""
+    query = sql.SQL("SELECT {} FROM airlock.releases WHERE run_id = %s ORDER BY id").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    with psycopg.connect(postgres_url) as connection:
+        return connection.execute(query, (run_id,)).fetchall()

@@ -19,6 +19,7 @@ from airlock.hooks.lock import EnvironmentLock
 from airlock.operators import release_steps
 from airlock.operators.backups import BackupStore
 from airlock.operators.hosts import HostLayout, host_hook
+from tests.integration import releases
 from tests.integration.releases import (
     BAD_MIGRATION,
     BROKEN,
@@ -45,13 +46,11 @@ def migration_history(postgres_url: str) -> list[str]:
     return [version for (version,) in rows]
 
 
+RELEASE_COLUMNS = ("version", "result", "previous", "triggered_by", "approved_by", "reason")
+
+
 def audit_rows(postgres_url: str, run_id: str) -> list[tuple]:
-    with psycopg.connect(postgres_url) as connection:
-        return connection.execute(
-            "SELECT version, result, previous, triggered_by, approved_by, reason FROM airlock.releases "
-            "WHERE run_id = %s",
-            (run_id,),
-        ).fetchall()
+    return releases.audit_rows(postgres_url, run_id, *RELEASE_COLUMNS)
 
 
 def test_an_approved_release_switches_every_host_in_waves(

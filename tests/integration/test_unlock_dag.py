@@ -10,11 +10,10 @@ import json
 import secrets
 from datetime import UTC, datetime
 
-import psycopg
 import pytest
 
 from airlock.hooks.lock import installation_id
-from tests.integration.releases import GOOD_MIGRATION
+from tests.integration.releases import GOOD_MIGRATION, audit_rows
 from tests.support import load_dag, run_dag
 
 #: The triggering user ``dag.test()`` records for a run.
@@ -35,12 +34,7 @@ def hold(redis_client, environment, **fields) -> dict:
 
 
 def audit(postgres_url: str, run_id: str) -> list[tuple]:
-    with psycopg.connect(postgres_url) as connection:
-        return connection.execute(
-            "SELECT action, version, triggered_by, reason, result, detail FROM airlock.releases "
-            "WHERE run_id = %s ORDER BY id",
-            (run_id,),
-        ).fetchall()
+    return audit_rows(postgres_url, run_id, "action", "version", "triggered_by", "reason", "result", "detail")
 
 
 @pytest.fixture
