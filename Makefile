@@ -29,14 +29,14 @@ test: lint
 demo: $(STAMP)
 	@test -x /usr/sbin/sshd || { echo "[airlock] installing openssh-server"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
-	PYTHONPATH=plugins $(BIN)/python -m airlock.demo
+	PYTHONPATH=plugins:tools $(BIN)/python -m airlock_dev.demo
 
 bench: $(STAMP)
 	@for script in bench/*.py; do [ -e "$$script" ] || continue; echo "== $$script"; \
-		PYTHONPATH=plugins $(BIN)/python $$script || exit 1; done
+		PYTHONPATH=plugins:tools $(BIN)/python $$script || exit 1; done
 
 # Drops the demo's two PostgreSQL databases (refused while the demo runs), then removes local state.
 clean:
-	@if [ -x $(BIN)/python ] && [ -d .demo ]; then PYTHONPATH=plugins $(BIN)/python -m airlock.demo clean; fi
+	@if [ -x $(BIN)/python ] && [ -d .demo ]; then PYTHONPATH=plugins:tools $(BIN)/python -m airlock_dev.demo clean; fi
 	rm -rf .demo .cache .pytest_cache .ruff_cache
 	@echo "[airlock] removed .demo/ (demo hosts, backups, logs, Airflow home), .cache/ (the tests' metadata template), .pytest_cache/ and .ruff_cache/"

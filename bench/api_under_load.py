@@ -11,7 +11,7 @@ time.
 Prints p50/p99/max latency and the error count (HTTP 5xx, no answer within 30 s) of both, and
 the ratio of the p99s. Goal: 0 errors and p99 below 1 s under load.
 
-    PYTHONPATH=plugins .venv/bin/python bench/api_under_load.py [--seconds 120]
+    PYTHONPATH=plugins:tools .venv/bin/python bench/api_under_load.py [--seconds 120]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from airlock.sandbox.stack import AirlockStack, disposable_stack
+from airlock_dev.stack import AirlockStack, disposable_stack
 
 REDIS_DB = 11
 CLIENTS = 4

@@ -11,7 +11,7 @@ Each is measured ``--repeat`` times (default 2), alternating which runs first; t
 counts. Prints both ratios (goal <= 1.15 each). The generated database is dropped at the end
 unless ``--keep`` (it is reused when present: generating 1 GB takes about a minute).
 
-    PYTHONPATH=plugins .venv/bin/python bench/backup.py [--gigabytes 1.0] [--repeat 2] [--keep]
+    PYTHONPATH=plugins:tools .venv/bin/python bench/backup.py [--gigabytes 1.0] [--repeat 2] [--keep]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> int:
         }
     )
     sys.path.insert(0, str(PROJECT))
-    from airlock.operators.backups import BackupStore, take_backup, verify_backup
+    from airlock.tasks.backup import BackupStore, take_backup, verify_backup
     from tests.support import demo_document, write_environment
 
     try:

@@ -10,7 +10,7 @@ first; the trees are rebuilt (and synced to disk) for every round.
 
 Prints both times and the ratio. Goal: Airlock / find <= 1.2.
 
-    PYTHONPATH=plugins .venv/bin/python bench/log_cleanup.py
+    PYTHONPATH=plugins:tools .venv/bin/python bench/log_cleanup.py
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 import yaml
 
 from airlock.config import PROJECT_ROOT, LogSettings, load_environment
-from airlock.operators.hosts import host_hook
-from airlock.operators.log_cleanup import clean_host_logs
-from airlock.sandbox.hosts import Sandbox, free_port
+from airlock.hooks.hosts import host_hook
+from airlock.tasks.log_cleanup import clean_host_logs
+from airlock_dev.hosts import Sandbox, free_port
 
 FILES, OLD_SHARE, DIRECTORIES = 200_000, 0.75, 200
 DAY = 86400

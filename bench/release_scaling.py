@@ -9,7 +9,7 @@ system's ``scp``/``ssh`` (upload, unpack, switch ``current``, reload, wait for h
 Prints both ratios. Goals: 12 hosts / 3 hosts <= 1.3 (time grows with waves, not hosts);
 DAG / sequential script below 1.0 at 12 hosts.
 
-    PYTHONPATH=plugins .venv/bin/python bench/release_scaling.py
+    PYTHONPATH=plugins:tools .venv/bin/python bench/release_scaling.py
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
-from airlock.sandbox.stack import AirlockStack, disposable_stack
+from airlock_dev.stack import AirlockStack, disposable_stack
 
 WAVES = [1, "50%", "100%"]
 REDIS_DB = 12

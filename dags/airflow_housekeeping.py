@@ -14,7 +14,7 @@ from pathlib import Path
 from airflow.sdk import DAG, Param, conf, task
 
 from airlock.conventions import default_args, runbook
-from airlock.operators import housekeeping
+from airlock.tasks import housekeeping
 
 settings = housekeeping.load_housekeeping_settings()
 

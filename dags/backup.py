@@ -2,7 +2,7 @@
 
 Scheduled from ``backup.schedule`` in the environment file (and triggerable). Environments without
 a ``backup:`` section have no backup DAG. The runbook (``docs/runbooks/backup.md``) is the DAG's
-documentation; the logic lives in ``airlock.operators.backups``.
+documentation; the logic lives in ``airlock.tasks.backup``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from airflow.sdk import DAG, Asset, Param, get_current_context, task
 
 from airlock.config import Environment, load_environments
 from airlock.conventions import default_args, runbook
-from airlock.operators.backups import apply_retention, take_backup, verify_backup
+from airlock.tasks.backup import apply_retention, take_backup, verify_backup
 
 
 def verified_backup_asset(environment: Environment) -> Asset:

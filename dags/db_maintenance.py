@@ -17,7 +17,7 @@ from airflow.sdk import DAG, Param, get_current_context, task
 from airlock.config import Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.notifications.slack import post, render
-from airlock.operators import db_maintenance as maintenance
+from airlock.tasks import db_maintenance as maintenance
 
 
 def db_maintenance_dag(environment: Environment) -> DAG:

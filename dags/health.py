@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment, load_environments
 from airlock.conventions import default_args, runbook
-from airlock.operators import health
+from airlock.tasks import health
 
 CHECK_TIMEOUT = timedelta(minutes=3)
 

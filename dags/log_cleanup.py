@@ -14,7 +14,7 @@ from airflow.sdk import DAG, Param, get_current_context, task
 from airlock.config import Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.notifications.slack import post, render
-from airlock.operators.log_cleanup import clean_host_logs, summarize_cleanup
+from airlock.tasks.log_cleanup import clean_host_logs, summarize_cleanup
 
 
 def log_cleanup_dag(environment: Environment) -> DAG:

@@ -11,9 +11,9 @@ from airflow.sdk import DAG, Param, chain, get_current_context, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
-from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
-from airlock.operators.environment_tasks import lock_task, unlock_task
+from airlock.tasks import release as steps
+from airlock.tasks.environment import lock_task, unlock_task
 
 
 def migrate_dag(environment: Environment) -> DAG:

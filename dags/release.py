@@ -2,7 +2,7 @@
 
 One DAG per file in ``include/environments/``. The runbook (``docs/runbooks/deployment.md``) is
 the DAG's documentation; the steps below are its table of contents. The logic of every step
-lives in ``airlock.operators.release_steps``.
+lives in ``airlock.tasks.release``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, get_current_c
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
-from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
-from airlock.operators.environment_tasks import check_hosts_task, lock_task, unlock_task
+from airlock.tasks import release as steps
+from airlock.tasks.environment import check_hosts_task, lock_task, unlock_task
 
 
 def release_dag(environment: Environment) -> DAG:

@@ -2,7 +2,7 @@
 
 Manual only. A safety backup of the current database comes first; the live database is replaced
 by renaming and kept, never dropped. The runbook (``docs/runbooks/restore.md``) is the DAG's
-documentation; the logic lives in ``airlock.operators.restore``.
+documentation; the logic lives in ``airlock.tasks.restore``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from airflow.sdk.exceptions import AirflowFailException
 from airlock.config import Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.notifications.slack import post, render
-from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
-from airlock.operators.backups import BackupError, take_backup
-from airlock.operators.environment_tasks import lock_task, unlock_task
-from airlock.operators.restore import RestorePlan, choose_backup, restore_database
+from airlock.tasks import release as steps
+from airlock.tasks.backup import BackupError, take_backup
+from airlock.tasks.environment import lock_task, unlock_task
+from airlock.tasks.restore import RestorePlan, choose_backup, restore_database
 
 BACKUP_NAME_PATTERN = r"^$|^[a-z0-9][a-z0-9-]{0,30}-[0-9]{8}T[0-9]{6}Z(-pre-release|-pre-restore)?$"
 

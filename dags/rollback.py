@@ -2,7 +2,7 @@
 
 Runs under the same lock as ``release_<env>`` and with the same approval gate. The runbook
 (``docs/runbooks/rollback.md``) is the DAG's documentation; the logic lives in
-``airlock.operators.release_steps``.
+``airlock.tasks.release``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from airflow.sdk import DAG, Param, TriggerRule, chain, get_current_context, tas
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
-from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
-from airlock.operators.environment_tasks import check_hosts_task, lock_task, unlock_task
+from airlock.tasks import release as steps
+from airlock.tasks.environment import check_hosts_task, lock_task, unlock_task
 
 
 def rollback_dag(environment: Environment) -> DAG:

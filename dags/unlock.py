@@ -1,7 +1,7 @@
 """``unlock_<env>``: break an environment's lock by hand, behind approval, with a reason.
 
 For the lock a dead run left and Airlock could not judge dead by itself (see the runbook,
-``docs/runbooks/unlock.md``). The logic lives in ``airlock.operators.release_steps``.
+``docs/runbooks/unlock.md``). The logic lives in ``airlock.tasks.release``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from airflow.sdk import DAG, Param, chain, get_current_context, task
 
 from airlock.config import Environment, load_environments
 from airlock.conventions import default_args, runbook
-from airlock.operators import release_steps as steps
 from airlock.operators.approval import approval_gate
+from airlock.tasks import release as steps
 
 
 def unlock_dag(environment: Environment) -> DAG:

@@ -9,7 +9,7 @@ every notification is a real HTTP post. Each one is printed to stdout as one JSO
 Answers like Slack: ``200 ok`` for a JSON body (or a form-encoded ``payload=`` field, the
 legacy form), ``400 invalid_payload`` for anything else. ``GET /health`` is the healthcheck.
 Standard library only, so it runs on a plain ``python`` image. The same record shape as
-``airlock.sandbox.slack.SlackReceiver``, which serves the loopback demo and the tests.
+``airlock_dev.slack.SlackReceiver``, which serves the loopback demo and the tests.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ database, Redis keys (database 13) and directory are removed, also on failure or
 
 Needs Debian's ``chromium`` (``apt-get install chromium``), PostgreSQL and Redis on loopback::
 
-    PYTHONPATH=plugins .venv/bin/python scripts/screenshots.py
+    PYTHONPATH=plugins:tools .venv/bin/python scripts/screenshots.py
 
 The browser steps are shared with ``tests/e2e/test_release_in_browser.py``, which keeps them
 working against the Airflow UI this project pins.
@@ -33,7 +33,7 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from airlock.config import PROJECT_ROOT
-from airlock.sandbox.stack import AirlockStack, disposable_stack, say
+from airlock_dev.stack import AirlockStack, disposable_stack, say
 from scripts.trigger_release import follow, trigger
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -73,13 +73,13 @@ def _prepare_airflow_home() -> None:
     shutil.copy(_template_database(), AIRFLOW_HOME / "airflow.db")
     os.environ.update(_airflow_settings(AIRFLOW_HOME))
     os.environ["AIRLOCK_ENVIRONMENTS_DIR"] = str(ENVIRONMENTS)
-    sys.path.insert(0, str(PROJECT / "plugins"))
+    sys.path[:0] = [str(PROJECT / "plugins"), str(PROJECT / "tools")]
 
 
 _prepare_airflow_home()
 
-from airlock.sandbox.hosts import Sandbox, free_port  # noqa: E402 - after AIRFLOW_HOME is set
-from airlock.sandbox.slack import SlackReceiver  # noqa: E402
+from airlock_dev.hosts import Sandbox, free_port  # noqa: E402 - after AIRFLOW_HOME is set
+from airlock_dev.slack import SlackReceiver  # noqa: E402
 from tests.support import write_sandbox_environment  # noqa: E402
 
 

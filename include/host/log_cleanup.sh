@@ -1,5 +1,5 @@
 # Airlock log cleanup, run on a host by `bash -c "<this file>" log-cleanup ARGS...` over one
-# SSH session (airlock.operators.log_cleanup). Every value arrives as a quoted argument; none is
+# SSH session (airlock.tasks.log_cleanup). Every value arrives as a quoted argument; none is
 # ever pasted into this text.
 #
 # Arguments: MODE (apply | dry-run), COMPRESS_MINUTES, DELETE_MINUTES, SAMPLE_LIMIT,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from airlock.sandbox.stack import disposable_stack
+from airlock_dev.stack import disposable_stack
 
 E2E_REDIS_DB = 14
 

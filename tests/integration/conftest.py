@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from airlock.operators.backups import take_backup, verify_backup
+from airlock.tasks.backup import take_backup, verify_backup
 from include.demo_app.build import artifact_files, build_artifact, tarball_bytes
 from tests.integration.releases import (
     BAD_MIGRATION,

@@ -6,7 +6,7 @@ import psycopg
 from psycopg import sql
 
 from airlock.hooks.artifacts import fetch_artifact
-from airlock.operators.hosts import deploy_to_host, serving_version
+from airlock.hooks.hosts import deploy_to_host, serving_version
 
 OLD, NEW, BROKEN, BAD_MIGRATION, GOOD_MIGRATION = "1.0.0", "2.0.0", "2.1.0-broken", "2.2.0", "2.4.0"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from airlock.operators.backups import (
+from airlock.tasks.backup import (
     MANIFEST,
     BackupStore,
     BackupVerificationError,
@@ -167,8 +167,8 @@ def test_a_restore_whose_smoke_test_fails_is_swapped_back_and_the_live_database_
     environment, customers, store
 ):
     from airlock.config import Environment
-    from airlock.operators.restore import restore_database
-    from airlock.operators.smoke import SmokeTestFailed
+    from airlock.tasks.restore import restore_database
+    from airlock.tasks.smoke import SmokeTestFailed
 
     backup = take_backup(environment, kind="manual")
     with psycopg.connect(customers, autocommit=True) as connection:
@@ -230,7 +230,7 @@ def test_retention_removes_only_staging_leftovers_that_stopped_changing(environm
 
 def test_environments_sharing_a_destination_never_see_each_others_backups(environment, customers, store):
     from airlock.config import Environment
-    from airlock.operators.backups import BackupError
+    from airlock.tasks.backup import BackupError
 
     mine = take_backup(environment, kind="manual")
     other = Environment.model_validate({**environment.model_dump(), "name": "other"})
@@ -243,7 +243,7 @@ def test_environments_sharing_a_destination_never_see_each_others_backups(enviro
 
 
 def test_names_beside_a_long_database_name_stay_within_postgresqls_limit():
-    from airlock.operators.restore import _sibling
+    from airlock.tasks.restore import _sibling
 
     name = _sibling("d" * 63, "_before_restore_20261126120000")
 
@@ -284,7 +284,7 @@ def test_a_killed_dump_leaves_no_backup_that_looks_complete(environment, custome
     blocker.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
     script = (
         "import sys; sys.path.insert(0, 'plugins');"
-        "from airlock.config import load_environment; from airlock.operators.backups import take_backup;"
+        "from airlock.config import load_environment; from airlock.tasks.backup import take_backup;"
         f"take_backup(load_environment(__import__('pathlib').Path({str(environment_file())!r})))"
     )
     child = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT, start_new_session=True)
@@ -310,7 +310,7 @@ def test_release_preflight_refuses_a_stale_backup_and_names_it(environment, cust
 
     from airflow.sdk.exceptions import AirflowFailException
 
-    from airlock.operators import release_steps
+    from airlock.tasks import release as release_steps
 
     newest = verify_backup(environment, take_backup(environment, kind="manual").name)
     assert release_steps.check_backup(environment)["name"] == newest.name

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from airlock.operators.db_maintenance import (
+from airlock.tasks.db_maintenance import (
     drop_reindex_leftovers,
     indexes_to_rebuild,
     inspect_database,

@@ -23,8 +23,9 @@ import pytest
 import yaml
 
 from airlock.hooks.artifacts import fetch_artifact
-from airlock.operators.backups import newest_verified, take_backup, verify_backup
-from airlock.operators.health import (
+from airlock.hooks.hosts import deploy_to_host, host_hook, serving_version
+from airlock.tasks.backup import newest_verified, take_backup, verify_backup
+from airlock.tasks.health import (
     CheckResult,
     Status,
     check_airflow,
@@ -32,8 +33,7 @@ from airlock.operators.health import (
     check_database,
     send_alerts,
 )
-from airlock.operators.hosts import deploy_to_host, host_hook, serving_version
-from airlock.sandbox.hosts import free_port
+from airlock_dev.hosts import free_port
 from include.demo_app.build import build_artifact
 from tests.support import load_dag, run_dag, write_environment
 

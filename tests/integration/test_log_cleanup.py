@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from airlock.config import LogSettings
-from airlock.operators.log_cleanup import LogCleanupError, clean_host_logs
+from airlock.tasks.log_cleanup import LogCleanupError, clean_host_logs
 from tests.support import PROJECT, run_dag
 
 DAY = 86400

@@ -20,7 +20,7 @@ import pytest
 from psycopg import sql
 
 from airlock.config import MigrationSettings
-from airlock.operators.migrations import MigrationError, MigrationRunner, discover_migrations
+from airlock.hooks.migrations import MigrationError, MigrationRunner, discover_migrations
 
 HISTORY_TABLE = "schema_history"
 

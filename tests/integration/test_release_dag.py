@@ -15,10 +15,10 @@ import pytest
 from airflow.exceptions import ParamValidationError
 from airflow.sdk.exceptions import AirflowFailException
 
+from airlock.hooks.hosts import HostLayout, host_hook
 from airlock.hooks.lock import EnvironmentLock
-from airlock.operators import release_steps
-from airlock.operators.backups import BackupStore
-from airlock.operators.hosts import HostLayout, host_hook
+from airlock.tasks import release as release_steps
+from airlock.tasks.backup import BackupStore
 from tests.integration import releases
 from tests.integration.releases import (
     BAD_MIGRATION,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airlock.config import BackupRetention
-from airlock.operators.backups import PERIODS, BackupManifest, plan_retention
+from airlock.tasks.backup import PERIODS, BackupManifest, plan_retention
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airlock.reference import render
+from airlock_dev.reference import render
 from tests.support import PROJECT
 
 
@@ -10,7 +10,7 @@ def test_the_committed_reference_matches_the_model():
     committed = (PROJECT / "docs" / "environment-reference.md").read_text()
 
     assert committed == render(), (
-        "regenerate: PYTHONPATH=plugins python -m airlock.reference > docs/environment-reference.md"
+        "regenerate: PYTHONPATH=plugins:tools python -m airlock_dev.reference > docs/environment-reference.md"
     )
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from airlock.config import Thresholds
-from airlock.operators.health import (
+from airlock.tasks.health import (
     AlertState,
     CheckResult,
     Status,
@@ -149,11 +149,11 @@ class FakeManifest:
 
 @pytest.fixture
 def newest_backup(monkeypatch):
-    """Stand-in for ``airlock.operators.backups.newest_verified`` (its contract only)."""
+    """Stand-in for ``airlock.tasks.backup.newest_verified`` (its contract only)."""
     found: dict[str, FakeManifest | None] = {"manifest": None}
-    module = types.ModuleType("airlock.operators.backups")
+    module = types.ModuleType("airlock.tasks.backup")
     module.newest_verified = lambda environment: found["manifest"]
-    monkeypatch.setitem(sys.modules, "airlock.operators.backups", module)
+    monkeypatch.setitem(sys.modules, "airlock.tasks.backup", module)
     return found
 
 
@@ -230,7 +230,7 @@ def test_a_check_task_that_died_without_results_counts_as_critical(environment):
 def test_with_redis_unreachable_the_history_decides_and_alerts_still_go_out_on_change_only(environment):
     import redis
 
-    from airlock.sandbox.hosts import free_port
+    from airlock_dev.hosts import free_port
 
     unreachable = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
     previous = {("disk", "web-1:/"): state(Status.CRITICAL, NOW - timedelta(hours=1))}

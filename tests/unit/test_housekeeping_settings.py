@@ -7,7 +7,7 @@ import json
 import pytest
 
 from airlock.config import EnvironmentConfigError
-from airlock.operators.housekeeping import (
+from airlock.tasks.housekeeping import (
     SETTINGS_FILE,
     load_housekeeping_settings,
     metadata_database_url,

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from airlock.config import LogSettings
-from airlock.operators.log_cleanup import (
+from airlock.tasks.log_cleanup import (
     SAMPLE_LIMIT,
     SCRIPT,
     cleanup_command,

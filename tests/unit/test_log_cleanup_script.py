@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airlock.operators.log_cleanup import SCRIPT
+from airlock.tasks.log_cleanup import SCRIPT
 
 HOUR = 3600
 COMPRESS_DAYS, DELETE_DAYS = 2, 5

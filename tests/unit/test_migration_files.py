@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airlock.operators.migrations import (
+from airlock.hooks.migrations import (
     MigrationError,
     MigrationRunner,
     discover_migrations,

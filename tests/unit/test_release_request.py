@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airlock.operators.release import InvalidReleaseRequest, validate_request
+from airlock.core.release import InvalidReleaseRequest, validate_request
 
 
 @pytest.mark.parametrize("version", ["2.0.0", "1.0.0-rc.1", "2024.11.26+build.7", "a", "V" * 64])

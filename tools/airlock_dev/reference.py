@@ -1,6 +1,6 @@
 """The environment file reference (``docs/environment-reference.md``), generated from the model.
 
-``python -m airlock.reference > docs/environment-reference.md`` rewrites it; a unit test fails
+``python -m airlock_dev.reference > docs/environment-reference.md`` rewrites it; a unit test fails
 when the committed file and the model disagree, so the reference can never drift.
 """
 
@@ -22,7 +22,7 @@ Durations are written `30s`, `5m`, `4h`, `7d`, `2w`. Strings may use `${VAR}` or
 `${VAR:-default}`. Secrets never go here: `*conn_id` fields name Airflow connections.
 Examples: `include/environments/demo.yaml`, `include/environments/examples/`.
 
-Generated from `plugins/airlock/config.py` by `python -m airlock.reference`; do not edit by hand.
+Generated from `plugins/airlock/config.py` by `python -m airlock_dev.reference`; do not edit by hand.
 """
 
 

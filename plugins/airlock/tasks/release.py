@@ -20,21 +20,7 @@ from airflow.providers.postgres.hooks.postgres import PostgresHook
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airlock.config import Environment
-from airlock.hooks.artifacts import fetch_artifact
-from airlock.hooks.lock import EnvironmentLock, LockHeldError, LockHolder, LockLostError, installation_id
-from airlock.hooks.ssh import HostKeyError
-from airlock.notifications.slack import post, render, summarize_error
-from airlock.operators.audit import AuditRecord, write_audit_record
-from airlock.operators.backups import BackupError, require_fresh_backup, take_backup
-from airlock.operators.hosts import (
-    HostNotServingError,
-    deploy_to_host,
-    inspect_host,
-    prune_host,
-    roll_back_host,
-)
-from airlock.operators.migrations import Migration, MigrationError, MigrationRunner, discover_migrations
-from airlock.operators.release import (
+from airlock.core.release import (
     InvalidReleaseRequest,
     ReleasePlan,
     RollbackPlan,
@@ -43,7 +29,21 @@ from airlock.operators.release import (
     validate_request,
     validate_version,
 )
-from airlock.operators.smoke import run_smoke_tests
+from airlock.hooks.artifacts import fetch_artifact
+from airlock.hooks.hosts import (
+    HostNotServingError,
+    deploy_to_host,
+    inspect_host,
+    prune_host,
+    roll_back_host,
+)
+from airlock.hooks.lock import EnvironmentLock, LockHeldError, LockHolder, LockLostError, installation_id
+from airlock.hooks.migrations import Migration, MigrationError, MigrationRunner, discover_migrations
+from airlock.hooks.ops_store import AuditRecord, write_audit_record
+from airlock.hooks.ssh import HostKeyError
+from airlock.notifications.slack import post, render, summarize_error
+from airlock.tasks.backup import BackupError, require_fresh_backup, take_backup
+from airlock.tasks.smoke import run_smoke_tests
 
 log = logging.getLogger(__name__)
 

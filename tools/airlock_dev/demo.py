@@ -3,7 +3,7 @@
 Everything lives under ``.demo/`` (git-ignored) and in two PostgreSQL databases named after the
 checkout's installation id (``.demo/installation_id``): the demo app's and Airflow's metadata.
 Running it again reuses that state. Ctrl-C stops every process it started (Airflow's
-components, sshd hosts, the demo apps, Slack). ``python -m airlock.demo clean`` (``make clean``)
+components, sshd hosts, the demo apps, Slack). ``python -m airlock_dev.demo clean`` (``make clean``)
 drops the two databases.
 """
 
@@ -16,8 +16,8 @@ import sys
 import time
 
 from airlock.config import PROJECT_ROOT
-from airlock.sandbox.hosts import SandboxError
-from airlock.sandbox.stack import AirlockStack, Ports, say
+from airlock_dev.hosts import SandboxError
+from airlock_dev.stack import AirlockStack, Ports, say
 
 NEXT_STEPS = """
   Airlock is running.

@@ -264,7 +264,7 @@ def check_host_resources(environment: Environment, hook: Any, host: Host) -> lis
 
 def check_host(environment: Environment, host_name: str) -> list[CheckResult]:
     """Every check of one host: the app over HTTP, then SSH and the host's resources."""
-    from airlock.operators.hosts import host_hook
+    from airlock.hooks.hosts import host_hook
 
     host = environment.host(host_name)
     results = [check_app(environment, host)]
@@ -471,7 +471,7 @@ def check_backup(environment: Environment, now: datetime | None = None) -> list[
     if environment.backup is None:
         return [_skipped("backup_age", target, "not configured: the environment has no backup section")]
     try:
-        from airlock.operators.backups import newest_verified
+        from airlock.tasks.backup import newest_verified
     except ImportError:
         return [_skipped("backup_age", target, "not configured: the backup module is not installed")]
     timer = _Timer()

@@ -35,8 +35,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from airlock.config import PROJECT_ROOT, Environment, Host, load_environment
-from airlock.sandbox.hosts import Sandbox, SandboxError, port_is_free
-from airlock.sandbox.slack import SlackReceiver
+from airlock_dev.hosts import Sandbox, SandboxError, port_is_free
+from airlock_dev.slack import SlackReceiver
 
 DEMO_VERSIONS = ("1.0.0", "1.1.0", "2.0.0", "2.1.0-broken")
 #: Every DAG of the demo environment (and the environment-less ones): the stack is ready once
@@ -359,7 +359,7 @@ class AirlockStack:
 
     def _serve_on(self, environment: Environment, host: Host) -> None:
         from airlock.hooks.artifacts import fetch_artifact
-        from airlock.operators.hosts import HostLayout, deploy_to_host, host_hook
+        from airlock.hooks.hosts import HostLayout, deploy_to_host, host_hook
 
         hook = host_hook(environment, host)
         try:
@@ -475,7 +475,7 @@ class AirlockStack:
         soon as the scheduler starts) would otherwise greet a newcomer with a critical alert.
         It is the same code ``backup_demo`` runs; the end-to-end tests run that DAG itself.
         """
-        from airlock.operators.backups import newest_verified, take_backup, verify_backup
+        from airlock.tasks.backup import newest_verified, take_backup, verify_backup
 
         environment = self.environment()
         with self.own_settings(("AIRLOCK_", "AIRFLOW_CONN_")):
@@ -562,7 +562,7 @@ def disposable_stack(*, hosts: int = 3, redis_db: int, prefix: str = "airlock-",
     """
     import redis
 
-    from airlock.sandbox.hosts import free_port
+    from airlock_dev.hosts import free_port
 
     home = Path(tempfile.mkdtemp(prefix=prefix))
     database = f"airlock_{prefix.strip('-').replace('-', '_')}_{uuid.uuid4().hex[:8]}"

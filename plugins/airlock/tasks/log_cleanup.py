@@ -31,7 +31,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import PROJECT_ROOT, Environment, Host, LogSettings
-from airlock.operators.hosts import host_hook
+from airlock.hooks.hosts import host_hook
 
 log = logging.getLogger(__name__)
 

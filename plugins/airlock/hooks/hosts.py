@@ -12,16 +12,14 @@ failing or doing the work twice. Every command is assembled from ``shlex``-quote
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 from airlock.config import Environment, Host
 from airlock.hooks.artifacts import Artifact
+from airlock.hooks.http import UNREACHABLE, fetch_json
 from airlock.hooks.ssh import HostSSHHook
 
 RELEASE_MARKER = ".airlock-release"
@@ -184,28 +182,12 @@ class HostLayout:
         return doomed
 
 
-def fetch_json(url: str, timeout: float) -> tuple[int, dict | None, float]:
-    """GET ``url``: status, parsed JSON body (or None) and latency in seconds."""
-    started = time.monotonic()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            body = response.read()
-            status = response.status
-    except urllib.error.HTTPError as error:
-        body, status = error.read(), error.code
-    latency = time.monotonic() - started
-    try:
-        return status, json.loads(body), latency
-    except ValueError:
-        return status, None, latency
-
-
 def serving_version(environment: Environment, host: Host) -> tuple[bool, str | None, str]:
     """Whether the host is healthy, which version it reports, and what was seen."""
     try:
         health_status, _, _ = fetch_json(host.app_url + environment.deploy.health_path, timeout=5)
         version_status, body, _ = fetch_json(host.app_url + environment.deploy.version_path, timeout=5)
-    except (OSError, urllib.error.URLError) as error:
+    except UNREACHABLE as error:
         return False, None, f"not answering ({error})"
     version = (body or {}).get("version") if version_status == 200 else None
     return health_status == 200, version, f"health {health_status}, version {version!r}"

@@ -18,7 +18,7 @@ from typing import Any
 from psycopg import sql
 
 from airlock.config import Environment, SqlSmokeTest
-from airlock.operators.backups import (
+from airlock.tasks.backup import (
     BackupError,
     BackupManifest,
     BackupStore,
@@ -30,7 +30,7 @@ from airlock.operators.backups import (
     newest_verified,
     restore_into,
 )
-from airlock.operators.smoke import SmokeTestFailed, run_sql_test
+from airlock.tasks.smoke import SmokeTestFailed, run_sql_test
 
 log = logging.getLogger(__name__)
 

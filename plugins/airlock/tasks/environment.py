@@ -9,7 +9,7 @@ from __future__ import annotations
 from airflow.sdk import get_current_context, setup, task, teardown
 
 from airlock.config import Environment
-from airlock.operators import release_steps as steps
+from airlock.tasks import release as steps
 
 
 def lock_task(environment: Environment, purpose: str):
