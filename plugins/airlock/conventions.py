@@ -1,14 +1,17 @@
-"""What every Airlock DAG shares: its runbook as ``doc_md``, owner, retries and Slack on failure."""
+"""What every Airlock DAG shares: its runbook as ``doc_md``, owner, retries, Slack on failure, start date."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airlock.config import PROJECT_ROOT, Environment
 from airlock.notifications.slack import TaskFailureNotifier
 
 RUNBOOKS = PROJECT_ROOT / "docs" / "runbooks"
+# The start_date of every scheduled DAG: before the first release of Airlock, so no run is backfilled
+# (catchup is off everywhere) and the first scheduled run is the next interval.
+START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def runbook(name: str, **values: str) -> str:
