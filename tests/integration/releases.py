@@ -5,16 +5,14 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from airlock.hooks.artifacts import fetch_artifact
+from airlock.hooks.artifacts import release_artifact
 from airlock.hooks.hosts import deploy_to_host, serving_version
 
 OLD, NEW, BROKEN, BAD_MIGRATION, GOOD_MIGRATION = "1.0.0", "2.0.0", "2.1.0-broken", "2.2.0", "2.4.0"
 
 
 def on_every_host(environment, version: str) -> None:
-    artifact = fetch_artifact(
-        environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
-    )
+    artifact = release_artifact(environment.deploy, version)
     for host in environment.hosts:
         deploy_to_host(environment, host, version, artifact)
 

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 import yaml
 
-from airlock.hooks.artifacts import fetch_artifact
+from airlock.hooks.artifacts import release_artifact
 from airlock.hooks.hosts import deploy_to_host, host_hook, serving_version
 from airlock.tasks.backup import newest_verified, take_backup, verify_backup
 from airlock.tasks.health import (
@@ -59,9 +59,7 @@ def watched(environment, sandbox, postgres_url, redis_client, slack):
     """Every sandbox host serving 1.0.0, and the ``watched`` and ``strained`` environments."""
     directory = Path(urlsplit(environment.deploy.artifact_url).path).parent
     build_artifact(VERSION, directory)
-    artifact = fetch_artifact(
-        environment.deploy.artifact_url_for(VERSION), environment.deploy.checksum_url_for(VERSION)
-    )
+    artifact = release_artifact(environment.deploy, VERSION)
     for host in environment.hosts:
         deploy_to_host(environment, host, VERSION, artifact)
     watched = environment_file("watched")

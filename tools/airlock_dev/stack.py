@@ -358,7 +358,7 @@ class AirlockStack:
                 self._serve_on(environment, host)
 
     def _serve_on(self, environment: Environment, host: Host) -> None:
-        from airlock.hooks.artifacts import fetch_artifact
+        from airlock.hooks.artifacts import release_artifact
         from airlock.hooks.hosts import HostLayout, deploy_to_host, host_hook
 
         hook = host_hook(environment, host)
@@ -371,10 +371,7 @@ class AirlockStack:
                 return
         finally:
             hook.close()
-        artifact = fetch_artifact(
-            environment.deploy.artifact_url_for(INITIAL_VERSION),
-            environment.deploy.checksum_url_for(INITIAL_VERSION),
-        )
+        artifact = release_artifact(environment.deploy, INITIAL_VERSION)
         deploy_to_host(environment, host, INITIAL_VERSION, artifact)
 
     def airflow(self, *arguments: str, **kwargs) -> subprocess.CompletedProcess:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from airflow.sdk import ObjectStoragePath
 
+from airlock.config import DeploySettings
+
 CACHE_VARIABLE = "AIRLOCK_ARTIFACT_CACHE"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
@@ -96,3 +98,8 @@ def sha256_of(path: Path) -> str:
         while chunk := stream.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def release_artifact(deploy: DeploySettings, version: str) -> Artifact:
+    """The verified artifact of ``version``, from the environment's ``deploy`` settings."""
+    return fetch_artifact(deploy.artifact_url_for(version), deploy.checksum_url_for(version))

@@ -29,7 +29,7 @@ from airlock.core.release import (
     validate_request,
     validate_version,
 )
-from airlock.hooks.artifacts import fetch_artifact
+from airlock.hooks.artifacts import release_artifact
 from airlock.hooks.hosts import (
     HostNotServingError,
     deploy_to_host,
@@ -176,9 +176,7 @@ def unlock(environment: Environment, *, run_id: str) -> None:
 
 
 def check_artifact(environment: Environment, version: str) -> dict[str, Any]:
-    artifact = fetch_artifact(
-        environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
-    )
+    artifact = release_artifact(environment.deploy, version)
     log.info("Artifact %s verified: SHA-256 %s, %d bytes", artifact.url, artifact.sha256, artifact.size)
     return {"url": artifact.url, "sha256": artifact.sha256, "size": artifact.size}
 
@@ -312,9 +310,7 @@ def deploy(
     if host_name not in wave_hosts:
         raise AirflowFailException(f"host {host_name} is not part of this wave ({', '.join(wave_hosts)})")
     hold_lock(environment, run_id)
-    artifact = fetch_artifact(
-        environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
-    )
+    artifact = release_artifact(environment.deploy, version)
     try:
         release = deploy_to_host(environment, environment.host(host_name), version, artifact)
     except HostNotServingError as error:
@@ -608,9 +604,7 @@ def conclude_rollback(
 
 def artifact_migrations(environment: Environment, version: str, workdir: Path) -> list[Migration]:
     """The migrations shipped in ``migrations/`` of the version's artifact (fetched and verified)."""
-    artifact = fetch_artifact(
-        environment.deploy.artifact_url_for(version), environment.deploy.checksum_url_for(version)
-    )
+    artifact = release_artifact(environment.deploy, version)
     with tarfile.open(artifact.path) as archive:
         members = [m for m in archive.getmembers() if m.name.startswith("migrations/") and m.isfile()]
         archive.extractall(workdir, members=members, filter="data")
