@@ -38,6 +38,8 @@ for dag_id, dag in bag.dags.items():
         "tasks": {
             t.task_id: {
                 "retries": t.retries,
+                "backoff": bool(t.retry_exponential_backoff),
+                "max_retry_delay": t.max_retry_delay is not None,
                 "execution_timeout": t.execution_timeout is not None,
                 "is_hitl": type(t).__name__.endswith("ApprovalOperator"),
             }
@@ -83,8 +85,24 @@ def test_every_dag_has_a_runbook_an_owner_tags_and_no_catchup(shipped):
         assert dag["catchup"] is False, f"{dag_id} catches up"
 
 
+# The tasks that must run at most once, by DAG (the id without its environment) and task id, with
+# the reason. Every other task retries, with exponential backoff up to a bounded delay.
+RUN_ONCE = {
+    ("release", "validate_request"): "a rejected request does not get better by asking again",
+    ("release", "plan"): "the approver approves the plan they read, built once",
+    ("rollback", "plan"): "the approver approves the plan they read, built once",
+    ("unlock", "plan"): "the approver approves the holder they read",
+    ("unlock", "break_lock"): "breaking a lock twice could break the next holder's",
+    ("migrate", "proceed"): "a dry run stops here on purpose",
+    ("restore", "restore"): "a restore that failed halfway is read before it runs again (runbook)",
+    ("db_maintenance", "reindex"): "an interrupted REINDEX CONCURRENTLY leaves an invalid index to look at",
+    ("health", "verdict"): "the verdict only reports; the next run five minutes later checks again",
+}
+
+
 def test_every_task_has_an_execution_timeout_and_deliberate_retries(shipped):
     for dag_id, dag in shipped["dags"].items():
+        kind = dag_id.removesuffix("_demo")
         for task_id, task in dag["tasks"].items():
             where = f"{dag_id}.{task_id}"
             if task["is_hitl"]:
@@ -92,7 +110,12 @@ def test_every_task_has_an_execution_timeout_and_deliberate_retries(shipped):
                 assert task["retries"] == 0, f"{where}: an approval must not be asked twice"
                 continue
             assert task["execution_timeout"], f"{where} has no execution_timeout"
-            assert task["retries"] is not None, f"{where} leaves retries unset"
+            if (kind, task_id) in RUN_ONCE:
+                assert task["retries"] == 0, f"{where} retries: {RUN_ONCE[kind, task_id]}"
+            else:
+                assert task["retries"] > 0, f"{where} never retries, and it is not one that must run once"
+                assert task["backoff"], f"{where} retries without exponential backoff"
+                assert task["max_retry_delay"], f"{where} retries with an unbounded delay"
 
 
 def test_a_broken_environment_is_an_import_error_naming_file_and_field_and_others_still_load(tmp_path):
