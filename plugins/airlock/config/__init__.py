@@ -44,7 +44,6 @@ from airlock.config.environment import (
     load_environments,
     parse_duration,
 )
-from airlock.config.housekeeping import SETTINGS_FILE as HOUSEKEEPING_SETTINGS_FILE
 from airlock.config.housekeeping import HousekeepingSettings, load_housekeeping_settings
 from airlock.config.loader import (
     PROJECT_ROOT,
@@ -57,7 +56,6 @@ from airlock.config.loader import (
 
 __all__ = [
     "ENVIRONMENTS_DIR_VARIABLE",
-    "HOUSEKEEPING_SETTINGS_FILE",
     "NAME_PATTERN",
     "PROJECT_ROOT",
     "VERSION_PATTERN",

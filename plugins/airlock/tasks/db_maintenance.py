@@ -10,8 +10,9 @@ What keeps production writing: only plain ``VACUUM (ANALYZE, SKIP_LOCKED, TRUNCA
 lock lets reads and writes go on; a table someone holds locked is skipped, not waited for; it never
 takes the exclusive lock that truncating empty pages at the table's end needs), never ``VACUUM FULL``,
 ``CLUSTER`` or plain ``REINDEX``; every session sets ``lock_timeout`` and ``statement_timeout``
-from ``db_maintenance``. Queries live in ``include/sql/db_maintenance/``; identifiers go through
-``psycopg.sql``.
+from ``db_maintenance`` (sessions come from :func:`airlock.hooks.postgres.session`). Queries live
+in ``include/sql/db_maintenance/``; identifiers go through ``psycopg.sql``. Which indexes to
+rebuild and the report's Markdown are decided in :mod:`airlock.core.db_maintenance`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from airlock.config import PROJECT_ROOT, DatabaseMaintenanceSettings, Environmen
 from airlock.core.db_maintenance import indexes_to_rebuild, maintenance_report, qualified
 from airlock.hooks.postgres import session
 from airlock.notifications.slack import post, render
-
-__all__ = ["indexes_to_rebuild", "maintenance_report", "qualified"]  # lived here before the core split
 
 log = logging.getLogger(__name__)
 

@@ -27,18 +27,8 @@ from typing import Any
 from airflow.sdk import conf, get_current_context
 
 from airlock.config import HousekeepingSettings
-from airlock.config.housekeeping import SETTINGS_FILE, load_housekeeping_settings
 from airlock.core.housekeeping import purged_rows
-from airlock.hooks.metadata_db import ARCHIVE_PREFIX, archive_tables, metadata_database_url
-
-__all__ = [  # re-exported where they lived before the config/core/hooks split
-    "ARCHIVE_PREFIX",
-    "SETTINGS_FILE",
-    "archive_tables",
-    "load_housekeeping_settings",
-    "metadata_database_url",
-    "purged_rows",
-]
+from airlock.hooks.metadata_db import archive_tables, metadata_database_url
 
 log = logging.getLogger(__name__)
 

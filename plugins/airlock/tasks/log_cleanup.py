@@ -31,37 +31,16 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
 from airlock.core.log_cleanup import (
-    ACTIONS,
     REFUSED,
-    SAMPLE_LIMIT,
-    SCRIPT,
-    DirectoryReport,
     HostCleanupReport,
     MissingToolsError,
-    Tally,
     cleanup_command,
-    describe_open_files_check,
     host_directories,
     parse_report,
     summarize_cleanup,
 )
 from airlock.hooks.hosts import host_hook
 from airlock.notifications.slack import post, render
-
-__all__ = [  # re-exported where they lived before the core split
-    "ACTIONS",
-    "REFUSED",
-    "SAMPLE_LIMIT",
-    "SCRIPT",
-    "DirectoryReport",
-    "HostCleanupReport",
-    "Tally",
-    "cleanup_command",
-    "describe_open_files_check",
-    "host_directories",
-    "parse_report",
-    "summarize_cleanup",
-]
 
 log = logging.getLogger(__name__)
 

@@ -86,9 +86,9 @@ def test_the_script_reports_hidden_processes_and_gzips_through_execdir():
 
 def test_a_host_without_the_tools_is_named_with_what_to_install():
     with pytest.raises(
-        MissingToolsError, match=r"^Host web-2 lacks gzip find needed by the log cleanup: install"
+        MissingToolsError, match=r"^Host web-2 lacks gzip,find needed by the log cleanup: install"
     ):
-        parse_report("web-2", ["/a"], "tools\tgzip find\n", dry_run=False)
+        parse_report("web-2", ["/a"], "tools\tgzip,find\n", dry_run=False)
 
 
 def test_the_summary_adds_the_hosts_up_and_names_what_needs_attention():
