@@ -8,22 +8,21 @@ One DAG for the whole Airflow (not per environment); settings in ``include/house
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from airflow.sdk import DAG, Param, task
 
-from airflow.sdk import DAG, Param, conf, task
-
-from airlock.conventions import default_args, runbook
+from airlock.config import load_housekeeping_settings
+from airlock.conventions import START_DATE, default_args, runbook
 from airlock.tasks import housekeeping
+from airlock.tasks.housekeeping import TaskIds
 
-settings = housekeeping.load_housekeeping_settings()
+settings = load_housekeeping_settings()
 
 with DAG(
     dag_id="airflow_housekeeping",
     description="Delete old Airflow task logs and trim the metadata database with airflow db clean",
     doc_md=runbook("airflow-housekeeping"),
     schedule=settings.schedule,
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     tags=["airlock", "maintenance", "airflow"],
@@ -42,23 +41,15 @@ with DAG(
     },
 ):
 
-    @task(retries=2)
-    def delete_old_task_logs(params=None):
+    @task(task_id=TaskIds.DELETE_OLD_TASK_LOGS, retries=2)
+    def delete_old_task_logs():
         """Task log files older than the retention, then the directories left empty."""
-        folder = settings.log_folder or Path(conf.get("logging", "base_log_folder"))
-        return housekeeping.delete_old_task_logs(
-            folder, timedelta(days=params["log_retention_days"]), dry_run=params["dry_run"]
-        )
+        return housekeeping.delete_expired_task_logs(settings)
 
-    @task(retries=2)
-    def trim_metadata_database(params=None):
+    @task(task_id=TaskIds.TRIM_METADATA_DATABASE, retries=2)
+    def trim_metadata_database():
         """airflow db clean (no archive copies) through the metadata connection; archives dropped."""
-        return housekeeping.trim_metadata_database(
-            settings.metadata_conn_id,
-            timedelta(days=params["metadata_retention_days"]),
-            dry_run=params["dry_run"],
-            tables=settings.tables,
-        )
+        return housekeeping.trim_expired_metadata(settings)
 
     delete_old_task_logs()
     trim_metadata_database()

@@ -10,14 +10,12 @@ when vacuum or reindex failed too, and says so. The runbook
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param, TriggerRule, task
 
 from airlock.config import Environment, load_environments
-from airlock.conventions import default_args, runbook
-from airlock.notifications.slack import post, render
+from airlock.conventions import START_DATE, default_args, runbook
 from airlock.tasks import db_maintenance as maintenance
+from airlock.tasks.db_maintenance import TaskIds
 
 
 def db_maintenance_dag(environment: Environment) -> DAG:
@@ -26,7 +24,7 @@ def db_maintenance_dag(environment: Environment) -> DAG:
         description=f"VACUUM (ANALYZE), bloat, unused index and session report for {environment.name}",
         doc_md=runbook("database-maintenance", environment=environment.name),
         schedule=environment.db_maintenance.schedule,
-        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         tags=["airlock", "maintenance", "database", environment.name],
@@ -36,47 +34,29 @@ def db_maintenance_dag(environment: Environment) -> DAG:
         },
     ) as dag:
 
-        @task(retries=2)
+        @task(task_id=TaskIds.INSPECT, retries=2)
         def inspect():
             """Dead tuples, sessions, bloat, unused and invalid indexes; changes nothing."""
             return maintenance.inspect_database(environment)
 
-        @task(retries=1)
-        def vacuum(inspection: dict, params=None):
+        @task(task_id=TaskIds.VACUUM, retries=1)
+        def vacuum(inspection: dict):
             """Plain VACUUM (ANALYZE, SKIP_LOCKED, TRUNCATE false) per table over the limits: writes go on."""
-            if params["dry_run"]:
-                return None
-            return maintenance.vacuum_tables(environment, inspection["vacuum_candidates"])
+            return maintenance.vacuum(environment, inspection)
 
-        @task(retries=0)
-        def reindex(inspection: dict, params=None):
+        @task(task_id=TaskIds.REINDEX, retries=0)
+        def reindex(inspection: dict):
             """REINDEX INDEX CONCURRENTLY the indexes over the bloat limit, one at a time."""
-            indexes = maintenance.indexes_to_rebuild(environment.db_maintenance, inspection["index_bloat"])
-            if params["dry_run"]:
-                return None
-            return maintenance.reindex_concurrently(environment, indexes)
+            return maintenance.reindex(environment, inspection)
 
-        @task(retries=1, trigger_rule="all_done")
-        def report(inspection: dict | None, vacuumed, reindexed, params=None):
+        @task(task_id=TaskIds.REPORT, retries=1, trigger_rule=TriggerRule.ALL_DONE)
+        def report(inspection: dict | None, vacuumed, reindexed):
             """The report in the task log; Slack only when something needs a person.
 
             Runs when vacuum or reindex failed too (their result is then None, and the report says
             so); the run still ends failed through the failed task.
             """
-            result = maintenance.maintenance_report(
-                environment, inspection, vacuumed, reindexed, dry_run=params["dry_run"]
-            )
-            if result["attention"]:
-                post(
-                    environment.slack_conn_id,
-                    render(
-                        "db_maintenance_attention",
-                        environment=environment.name,
-                        items="\n".join(f"• {item}" for item in result["attention"]),
-                        log_url=getattr(get_current_context()["ti"], "log_url", ""),
-                    ),
-                )
-            return result
+            return maintenance.report(environment, inspection, vacuumed, reindexed)
 
         inspection = inspect()
         vacuumed = vacuum(inspection)

@@ -7,14 +7,12 @@ runbook (``docs/runbooks/log-cleanup.md``) is the DAG's documentation.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param, task
 
 from airlock.config import Environment, load_environments
-from airlock.conventions import default_args, runbook
-from airlock.notifications.slack import post, render
-from airlock.tasks.log_cleanup import clean_host_logs, summarize_cleanup
+from airlock.conventions import START_DATE, default_args, runbook
+from airlock.tasks import log_cleanup
+from airlock.tasks.log_cleanup import TaskIds
 
 
 def log_cleanup_dag(environment: Environment) -> DAG:
@@ -23,7 +21,7 @@ def log_cleanup_dag(environment: Environment) -> DAG:
         description=f"Compress and delete old application logs on the hosts of {environment.name}",
         doc_md=runbook("log-cleanup", environment=environment.name),
         schedule=environment.logs.schedule,
-        start_date=datetime(2026, 1, 1, tzinfo=UTC),
+        start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         tags=["airlock", "maintenance", "logs", environment.name],
@@ -35,26 +33,20 @@ def log_cleanup_dag(environment: Environment) -> DAG:
         },
     ) as dag:
 
-        @task(retries=2, map_index_template="{{ host_name }}", max_active_tis_per_dagrun=8)
-        def clean_host(host_name: str, params=None):
+        @task(
+            task_id=TaskIds.CLEAN_HOST,
+            retries=2,
+            map_index_template="{{ host_name }}",
+            max_active_tis_per_dagrun=8,
+        )
+        def clean_host(host_name: str):
             """Delete old compressed logs, then gzip old logs, on one host (idempotent)."""
-            get_current_context()["host_name"] = host_name
-            return clean_host_logs(environment, host_name, dry_run=params["dry_run"])
+            return log_cleanup.clean_host(environment, host_name)
 
-        @task(retries=1)
-        def summarize(reports: list[dict], params=None):
+        @task(task_id=TaskIds.SUMMARIZE, retries=1)
+        def summarize(reports: list[dict]):
             """Files and bytes per host; Slack only when something needs a person."""
-            summary = summarize_cleanup(list(reports))
-            if summary["attention"]:
-                post(
-                    environment.slack_conn_id,
-                    render(
-                        "log_cleanup_attention",
-                        environment=environment.name,
-                        items="; ".join(summary["attention"]),
-                    ),
-                )
-            return summary
+            return log_cleanup.summarize(environment, reports)
 
         summarize(clean_host.expand(host_name=[host.name for host in environment.hosts]))
     return dag

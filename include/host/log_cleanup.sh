@@ -1,6 +1,7 @@
 # Airlock log cleanup, run on a host by `bash -c "<this file>" log-cleanup ARGS...` over one
-# SSH session (airlock.tasks.log_cleanup). Every value arrives as a quoted argument; none is
-# ever pasted into this text.
+# SSH session (sent by airlock.tasks.log_cleanup; the command line is built and the output below
+# read by airlock.core.log_cleanup). Every value arrives as a quoted argument; none is ever
+# pasted into this text.
 #
 # Arguments: MODE (apply | dry-run), COMPRESS_MINUTES, DELETE_MINUTES, SAMPLE_LIMIT,
 #            PATTERN_COUNT, PATTERN..., DIRECTORY...

@@ -15,13 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from airlock.tasks.db_maintenance import (
-    drop_reindex_leftovers,
-    indexes_to_rebuild,
-    inspect_database,
-    maintenance_report,
-    reindex_concurrently,
-)
+from airlock.core.db_maintenance import indexes_to_rebuild, maintenance_report
+from airlock.tasks.db_maintenance import drop_reindex_leftovers, inspect_database, reindex_concurrently
 from tests.support import PROJECT, run_dag
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airlock.tasks.log_cleanup import SCRIPT
+from tests.support import PROJECT
 
+SCRIPT = PROJECT / "include" / "host" / "log_cleanup.sh"
 HOUR = 3600
 COMPRESS_DAYS, DELETE_DAYS = 2, 5
 PATTERNS = ["*.log", "app-*.out"]

@@ -22,7 +22,8 @@ Durations are written `30s`, `5m`, `4h`, `7d`, `2w`. Strings may use `${VAR}` or
 `${VAR:-default}`. Secrets never go here: `*conn_id` fields name Airflow connections.
 Examples: `include/environments/demo.yaml`, `include/environments/examples/`.
 
-Generated from `plugins/airlock/config.py` by `python -m airlock_dev.reference`; do not edit by hand.
+Generated from `plugins/airlock/config/environment.py` by `python -m airlock_dev.reference`; do not edit
+by hand.
 """
 
 

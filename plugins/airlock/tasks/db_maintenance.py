@@ -10,26 +10,38 @@ What keeps production writing: only plain ``VACUUM (ANALYZE, SKIP_LOCKED, TRUNCA
 lock lets reads and writes go on; a table someone holds locked is skipped, not waited for; it never
 takes the exclusive lock that truncating empty pages at the table's end needs), never ``VACUUM FULL``,
 ``CLUSTER`` or plain ``REINDEX``; every session sets ``lock_timeout`` and ``statement_timeout``
-from ``db_maintenance``. Queries live in ``include/sql/db_maintenance/``; identifiers go through
-``psycopg.sql``.
+from ``db_maintenance`` (sessions come from :func:`airlock.hooks.postgres.session`). Queries live
+in ``include/sql/db_maintenance/``; identifiers go through ``psycopg.sql``. Which indexes to
+rebuild and the report's Markdown are decided in :mod:`airlock.core.db_maintenance`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import date, datetime
 from typing import Any
 
 import psycopg
-from airflow.providers.postgres.hooks.postgres import PostgresHook
+from airflow.sdk import get_current_context
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from airlock.config import PROJECT_ROOT, DatabaseMaintenanceSettings, Environment
+from airlock.core.db_maintenance import indexes_to_rebuild, maintenance_report, qualified
+from airlock.hooks.postgres import session
+from airlock.notifications.slack import post, render
 
 log = logging.getLogger(__name__)
+
+
+class TaskIds:
+    """The task ids of ``db_maintenance_<env>``."""
+
+    INSPECT = "inspect"
+    VACUUM = "vacuum"
+    REINDEX = "reindex"
+    REPORT = "report"
+
 
 QUERIES = PROJECT_ROOT / "include" / "sql" / "db_maintenance"
 MEGABYTE = 1024 * 1024
@@ -49,30 +61,17 @@ def _rows(connection: psycopg.Connection[Any], name: str, **params: Any) -> list
     return [{key: _plain(value) for key, value in row.items()} for row in rows]
 
 
-def qualified(schema: str, name: str) -> str:
-    """``schema.name`` for the report (statements always use ``sql.Identifier``)."""
-    return f"{schema}.{name}"
-
-
-@contextmanager
 def maintenance_connection(
     conn_id: str, settings: DatabaseMaintenanceSettings
-) -> Iterator[psycopg.Connection]:
+) -> AbstractContextManager[psycopg.Connection[Any]]:
     """Autocommit (VACUUM and REINDEX CONCURRENTLY refuse transactions), with both timeouts set."""
-    connection = PostgresHook(postgres_conn_id=conn_id).get_conn()
-    try:
-        connection.autocommit = True
-        connection.row_factory = dict_row
-        for name, value in (
-            ("lock_timeout", settings.lock_timeout),
-            ("statement_timeout", settings.statement_timeout),
-            ("application_name", None),
-        ):
-            setting = "airlock-db-maintenance" if value is None else f"{int(value.total_seconds() * 1000)}ms"
-            connection.execute("SELECT set_config(%s, %s, false)", (name, setting))
-        yield connection
-    finally:
-        connection.close()
+    return session(
+        conn_id,
+        autocommit=True,
+        rows_as_dicts=True,
+        application_name="airlock-db-maintenance",
+        timeouts={"lock_timeout": settings.lock_timeout, "statement_timeout": settings.statement_timeout},
+    )
 
 
 def _pgstattuple_installed(connection: psycopg.Connection[Any]) -> bool:
@@ -162,18 +161,6 @@ def vacuum_tables(environment: Environment, candidates: list[dict[str, Any]]) ->
     return results
 
 
-def indexes_to_rebuild(
-    settings: DatabaseMaintenanceSettings, index_bloat: list[dict[str, Any]]
-) -> list[dict]:
-    if settings.reindex_bloat_percent is None:
-        return []
-    return [
-        index
-        for index in index_bloat
-        if index["bloat_percent"] is not None and index["bloat_percent"] > settings.reindex_bloat_percent
-    ]
-
-
 def reindex_concurrently(environment: Environment, indexes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``REINDEX INDEX CONCURRENTLY`` one index at a time; a failure is reported, not retried.
 
@@ -238,140 +225,44 @@ def drop_reindex_leftovers(connection: psycopg.Connection[Any], schema: str, ind
     return problems
 
 
-def _size(value: int | None) -> str:
-    if value is None:
-        return "?"
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(value)
+def _dry_run() -> bool:
+    return get_current_context()["params"]["dry_run"]
 
 
-def maintenance_report(
+def vacuum(environment: Environment, inspection: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Task body of ``vacuum``: the candidates the inspection found, nothing in a dry run (None)."""
+    if _dry_run():
+        return None
+    return vacuum_tables(environment, inspection["vacuum_candidates"])
+
+
+def reindex(environment: Environment, inspection: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Task body of ``reindex``: the indexes over the bloat limit, nothing in a dry run (None)."""
+    indexes = indexes_to_rebuild(environment.db_maintenance, inspection["index_bloat"])
+    if _dry_run():
+        return None
+    return reindex_concurrently(environment, indexes)
+
+
+def report(
     environment: Environment,
     inspection: dict[str, Any] | None,
     vacuumed: list[dict[str, Any]] | None,
     reindexed: list[dict[str, Any]] | None,
-    *,
-    dry_run: bool,
 ) -> dict[str, Any]:
-    """The report as Markdown, and the list of what needs a person (empty: no Slack message).
-
-    The report runs whatever happened before it: ``inspection`` None means the inspect task
-    failed; ``vacuumed``/``reindexed`` None outside a dry run mean that task failed or never ran.
-    """
-    settings = environment.db_maintenance
-    attention: list[str] = []
-    if inspection is None:
-        attention.append("the inspect task failed: nothing was vacuumed or rebuilt (see its log)")
-        lines = [f"# Database maintenance of {environment.name}", "", f"- {attention[0]}"]
-        for line in lines:
-            log.info("%s", line)
-        return {"markdown": "\n".join(lines), "attention": attention}
-    lines = [
-        f"# Database maintenance of {environment.name} ({inspection['database']})"
-        + (" - dry run, nothing changed" if dry_run else ""),
-        "",
-        f"## VACUUM (ANALYZE): tables above {settings.dead_tuple_threshold} dead tuples "
-        f"and {settings.dead_tuple_ratio:.0%} of their rows",
-    ]
-    if dry_run:
-        lines += [
-            f"- would vacuum {qualified(t['schema'], t['table'])}: {t['dead_tuples']} dead tuples"
-            for t in inspection["vacuum_candidates"]
-        ]
-    for result in vacuumed or []:
-        lines.append(
-            f"- {result['table']}: {result['outcome']}, dead tuples {result['dead_tuples_before']} -> "
-            f"{result.get('dead_tuples_after')}" + (f" ({result['detail']})" if result.get("detail") else "")
+    """Task body of ``report``: the report in the task log; Slack only when something needs a person."""
+    context = get_current_context()
+    result = maintenance_report(
+        environment, inspection, vacuumed, reindexed, dry_run=context["params"]["dry_run"]
+    )
+    if result["attention"]:
+        post(
+            environment.slack_conn_id,
+            render(
+                "db_maintenance_attention",
+                environment=environment.name,
+                items="\n".join(f"• {item}" for item in result["attention"]),
+                log_url=getattr(context["ti"], "log_url", ""),
+            ),
         )
-        if result["outcome"] != "vacuumed":
-            attention.append(f"VACUUM of {result['table']} {result['outcome']}: {result.get('detail', '')}")
-        elif (result.get("dead_tuples_after") or 0) > settings.dead_tuple_threshold:
-            attention.append(
-                f"{result['table']} still has {result['dead_tuples_after']} dead tuples after VACUUM: "
-                "an old transaction holds them back (see sessions)"
-            )
-    if vacuumed is None and not dry_run:
-        lines.append("- the vacuum task failed: see its log")
-        attention.append("the vacuum task failed: tables may not have been vacuumed (see its log)")
-    elif not inspection["vacuum_candidates"]:
-        lines.append("- none needed")
-
-    lines += ["", "## Long-running and idle-in-transaction sessions"]
-    for session in inspection["sessions"]:
-        application = session["application_name"] or "no application name"
-        text = (
-            f"pid {session['pid']} ({session['user']}, {application}) "
-            f"{session['state']} for {session['seconds']} s: {session['query']}"
-        )
-        lines.append(f"- {text}")
-        attention.append(f"session {text}")
-    if not inspection["sessions"]:
-        lines.append(f"- none longer than {int(settings.long_session.total_seconds())} s")
-
-    lines += ["", "## Bloat estimates"]
-    if inspection["bloat_error"]:
-        lines.append(f"- could not be estimated: {inspection['bloat_error']}")
-    elif not inspection["pgstattuple"]:
-        lines.append(
-            "- pgstattuple is not installed: table bloat is the dead tuple share only, index bloat is "
-            "not measured (CREATE EXTENSION pgstattuple, see the runbook)"
-        )
-    for table in inspection["table_bloat"]:
-        measured = f", bloat {table['bloat_percent']}%" if table["bloat_percent"] is not None else ""
-        lines.append(
-            f"- table {qualified(table['schema'], table['table'])}: {_size(table['bytes'])}, "
-            f"dead {table['dead_percent'] if table['dead_percent'] is not None else 0}%{measured}"
-        )
-    rebuild = {index["index"] for index in indexes_to_rebuild(settings, inspection["index_bloat"])}
-    for index in inspection["index_bloat"]:
-        over = " (over the REINDEX limit)" if index["index"] in rebuild else ""
-        lines.append(
-            f"- index {qualified(index['schema'], index['index'])} on {index['table']}: "
-            f"{_size(index['bytes'])}, bloat {index['bloat_percent']}%{over}"
-        )
-    if settings.reindex_bloat_percent is not None:
-        limit = settings.reindex_bloat_percent
-        lines += ["", f"## REINDEX INDEX CONCURRENTLY: B-tree indexes over {limit}% bloat"]
-        if not rebuild:
-            lines.append(
-                "- none" if inspection["pgstattuple"] else "- not measured: pgstattuple is not installed"
-            )
-        elif reindexed is None and not dry_run:
-            lines.append("- the reindex task failed or did not run (vacuum failed): see its log")
-            attention.append(
-                f"REINDEX CONCURRENTLY did not run or failed: {len(rebuild)} index(es) over the limit"
-            )
-        if dry_run:
-            lines += [f"- would rebuild {name}" for name in sorted(rebuild)]
-        for result in reindexed or []:
-            lines.append(
-                f"- {result['index']}: {result['outcome']}, {_size(result['bytes_before'])} -> "
-                f"{_size(result.get('bytes_after'))}"
-                + (f" ({result['detail']})" if result.get("detail") else "")
-            )
-            if result["outcome"] != "rebuilt":
-                attention.append(f"REINDEX CONCURRENTLY {result['index']} failed: {result.get('detail', '')}")
-
-    if settings.report_unused_indexes:
-        lines += ["", "## Unused indexes (never scanned since the statistics were reset; report only)"]
-        for index in inspection["unused_indexes"]:
-            lines.append(
-                f"- {qualified(index['schema'], index['index'])} on {index['table']}: {_size(index['bytes'])}"
-            )
-        if not inspection["unused_indexes"]:
-            lines.append("- none")
-
-    if inspection["invalid_indexes"]:
-        lines += ["", "## Invalid indexes"]
-        for index in inspection["invalid_indexes"]:
-            name = qualified(index["schema"], index["index"])
-            lines.append(f"- {name} on {index['table']}: drop it with DROP INDEX CONCURRENTLY, then rebuild")
-            attention.append(f"invalid index {name}")
-
-    markdown = "\n".join(lines)
-    for line in lines:
-        log.info("%s", line)
-    return {"markdown": markdown, "attention": attention}
+    return result

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 import subprocess
 import sys
@@ -24,53 +23,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from airflow.sdk import conf, get_current_context
 
-from airlock.config import PROJECT_ROOT, EnvironmentConfigError, display_path
+from airlock.config import HousekeepingSettings
+from airlock.core.housekeeping import purged_rows
+from airlock.hooks.metadata_db import archive_tables, metadata_database_url
 
 log = logging.getLogger(__name__)
 
-SETTINGS_FILE = PROJECT_ROOT / "include" / "housekeeping.yaml"
-ARCHIVE_PREFIX = "_airflow_deleted__"
 #: ``airflow db clean`` may run this long before the task gives up on it.
 CLEAN_TIMEOUT = timedelta(minutes=25)
-_CHECKING = re.compile(r"^Checking table (\S+)")
-_FOUND = re.compile(r"^Found (\d+) rows meeting deletion criteria")
 
 
-class HousekeepingSettings(BaseModel):
-    """``include/housekeeping.yaml``: the settings of ``airflow_housekeeping``."""
+class TaskIds:
+    """The task ids of ``airflow_housekeeping``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    owner: str = "airlock"
-    schedule: str | None = "15 2 * * *"
-    slack_conn_id: str | None = "airlock_slack"
-    metadata_conn_id: str = "airflow_metadata_db"
-    log_folder: Path | None = None
-    log_retention_days: int = Field(default=30, ge=1)
-    metadata_retention_days: int = Field(default=90, ge=1)
-    tables: list[str] = Field(default_factory=list)
-
-
-def load_housekeeping_settings(path: Path = SETTINGS_FILE) -> HousekeepingSettings:
-    """Read the settings file; errors name the file and the field, like environment files."""
-    shown = display_path(path)
-    try:
-        return HousekeepingSettings.model_validate(yaml.safe_load(path.read_text()) or {})
-    except OSError as error:
-        raise EnvironmentConfigError(f"{shown}: cannot read: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise EnvironmentConfigError(f"{shown}: not valid YAML: {error}") from None
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
-            for item in error.errors()
-        )
-        raise EnvironmentConfigError(f"{shown}: {problems}") from None
+    DELETE_OLD_TASK_LOGS = "delete_old_task_logs"
+    TRIM_METADATA_DATABASE = "trim_metadata_database"
 
 
 @dataclass
@@ -147,42 +117,6 @@ def delete_old_task_logs(
     return report.__dict__
 
 
-def metadata_database_url(conn_id: str) -> tuple[str, str]:
-    """The SQLAlchemy URL of the metadata connection, and the same URL with the password masked."""
-    from airflow.sdk import BaseHook
-    from airflow.sdk.log import mask_secret
-
-    connection = BaseHook.get_connection(conn_id)
-    if connection.conn_type == "sqlite":
-        url = f"sqlite:///{connection.host}"
-        return url, url
-    if connection.conn_type not in ("postgres", "postgresql"):
-        raise ValueError(
-            f"Connection {conn_id} is of type {connection.conn_type!r}: airflow_housekeeping supports "
-            "postgres and sqlite metadata databases"
-        )
-    if connection.password:
-        mask_secret(connection.password)
-    login = quote(connection.login or "", safe="")
-    secret = f":{quote(connection.password, safe='')}" if connection.password else ""
-    address = f"{connection.host or 'localhost'}:{connection.port or 5432}/{connection.schema or 'airflow'}"
-    return (
-        f"postgresql+psycopg2://{login}{secret}@{address}",
-        f"postgresql+psycopg2://{login}{':***' if secret else ''}@{address}",
-    )
-
-
-def archive_tables(url: str) -> list[str]:
-    """Archive tables (``_airflow_deleted__*``) earlier ``airflow db clean`` runs left behind."""
-    from sqlalchemy import create_engine, inspect
-
-    engine = create_engine(url)
-    try:
-        return sorted(name for name in inspect(engine).get_table_names() if name.startswith(ARCHIVE_PREFIX))
-    finally:
-        engine.dispose()
-
-
 def _airflow_cli(arguments: list[str], url: str) -> subprocess.CompletedProcess[str]:
     environment = {
         key: value
@@ -198,19 +132,6 @@ def _airflow_cli(arguments: list[str], url: str) -> subprocess.CompletedProcess[
         timeout=CLEAN_TIMEOUT.total_seconds(),
         check=False,
     )
-
-
-def purged_rows(output: str) -> dict[str, int]:
-    """Rows per table from ``airflow db clean`` output (``Checking table x`` / ``Found n rows``)."""
-    rows: dict[str, int] = {}
-    table = None
-    for line in output.splitlines():
-        if match := _CHECKING.match(line.strip()):
-            table = match.group(1)
-        elif (match := _FOUND.match(line.strip())) and table is not None:
-            rows[table] = int(match.group(1))
-            table = None
-    return rows
 
 
 def trim_metadata_database(
@@ -249,3 +170,23 @@ def trim_metadata_database(
     log.info("Metadata records older than %s %s purged: %s", cutoff.isoformat(), verb, rows or "none")
     log.info("Archive tables %s dropped: %s", verb, ", ".join(archives) or "none")
     return {"dry_run": dry_run, "cutoff": cutoff.isoformat(), "rows": rows, "archive_tables": archives}
+
+
+def delete_expired_task_logs(settings: HousekeepingSettings) -> dict[str, Any]:
+    """Task body of ``delete_old_task_logs``: the run's retention and dry run, the worker's log folder."""
+    params = get_current_context()["params"]
+    folder = settings.log_folder or Path(conf.get("logging", "base_log_folder"))
+    return delete_old_task_logs(
+        folder, timedelta(days=params["log_retention_days"]), dry_run=params["dry_run"]
+    )
+
+
+def trim_expired_metadata(settings: HousekeepingSettings) -> dict[str, Any]:
+    """Task body of ``trim_metadata_database``: the run's retention and dry run."""
+    params = get_current_context()["params"]
+    return trim_metadata_database(
+        settings.metadata_conn_id,
+        timedelta(days=params["metadata_retention_days"]),
+        dry_run=params["dry_run"],
+        tables=settings.tables,
+    )

@@ -1,4 +1,4 @@
-"""The command sent to a host and the settings it is built from."""
+"""The command sent to a host, the settings it is built from, and the report read from its answer."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import pytest
 from pydantic import ValidationError
 
 from airlock.config import LogSettings
-from airlock.tasks.log_cleanup import (
-    SAMPLE_LIMIT,
-    SCRIPT,
+from airlock.core.log_cleanup import (
+    MissingToolsError,
     cleanup_command,
     describe_open_files_check,
     parse_report,
+    summarize_cleanup,
 )
+from tests.support import PROJECT
+
+SCRIPT = PROJECT / "include" / "host" / "log_cleanup.sh"
 
 
 def test_every_setting_reaches_the_host_as_its_own_argument_never_as_code():
@@ -31,7 +34,7 @@ def test_every_setting_reaches_the_host_as_its_own_argument_never_as_code():
         "dry-run",
         str(2 * 1440),
         str(9 * 1440),
-        str(SAMPLE_LIMIT),
+        "50",
         "2",
         "*.log",
         "it's $(id).out",
@@ -79,3 +82,49 @@ def test_the_script_reports_hidden_processes_and_gzips_through_execdir():
     assert "hidepid=(2|4|invisible|ptraceable)" in script
     assert "-execdir gzip -- {}" in script
     assert "-exec gzip" not in script
+
+
+def test_a_host_without_the_tools_is_named_with_what_to_install():
+    with pytest.raises(
+        MissingToolsError, match=r"^Host web-2 lacks gzip,find needed by the log cleanup: install"
+    ):
+        parse_report("web-2", ["/a"], "tools\tgzip,find\n", dry_run=False)
+
+
+def test_the_summary_adds_the_hosts_up_and_names_what_needs_attention():
+    checked = parse_report(
+        "web-1", ["/a"], "open\tproc\t0\ndir\t0\tok\ntotal\t0\tdelete\t2\t20\n", dry_run=False
+    )
+    unchecked = parse_report(
+        "web-2",
+        ["/a", "/b"],
+        "open\tnone\t0\ndir\t0\tok\ndir\t1\tmissing\ntotal\t0\tdelete\t1\t5\ntotal\t0\tcompress\t3\t300\n",
+        dry_run=False,
+    )
+
+    summary = summarize_cleanup([checked.to_dict(), unchecked.to_dict()])
+
+    assert summary["deleted"] == {"files": 3, "bytes": 25}
+    assert summary["compressed"] == {"files": 3, "bytes": 300}
+    assert summary["lines"][0] == (
+        "web-1: deleted 2 files (20 bytes), compressed 0 files (0 bytes), 0 open files skipped"
+    )
+    assert summary["attention"] == ["web-2: open files none", "web-2: /b is missing"]
+
+
+def test_the_host_log_lists_samples_and_counts_the_rest():
+    output = (
+        "open\tproc\t0\ndir\t0\tok\ndir\t1\tsymlink\n"
+        "file\t0\tdelete\t10\told.log.gz\ntotal\t0\tdelete\t3\t30\n"
+    )
+
+    lines = parse_report("web-1", ["/a", "/b"], output, dry_run=True).lines()
+
+    assert lines == [
+        "Log cleanup on web-1 (dry run: nothing changed)",
+        "  /a: 3 files (30 bytes) would be deleted, 0 files (0 bytes) would be compressed, 0 skipped as open",
+        "    delete             10 old.log.gz",
+        "    delete   ... and 2 more",
+        "  /b: symlink, is a symbolic link or lies behind one: configure its real path",
+        "  open files: checked through /proc: files held open were left alone",
+    ]

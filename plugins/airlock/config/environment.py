@@ -7,9 +7,8 @@ local files: no network, no database, no Airflow Variables. Secrets never live h
 names Airflow connection ids and the connections hold the credentials.
 
 Strings may refer to environment variables as ``${NAME}`` or ``${NAME:-default}``. Relative
-local paths (such as ``ssh.known_hosts``) are relative to the project root.
-
-Every error names the file and the field, e.g.
+local paths (such as ``ssh.known_hosts``) are relative to the project root. Files are read by
+:mod:`airlock.config.loader`, so every error names the file and the field, e.g.
 ``include/environments/demo.yaml: rollout.waves: the last wave reaches 2 of 3 hosts``.
 """
 
@@ -26,7 +25,6 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -34,22 +32,21 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from airlock.config.loader import PROJECT_ROOT, ConfigFileError, load_settings_file
+
 ENVIRONMENTS_DIR_VARIABLE = "AIRLOCK_ENVIRONMENTS_DIR"
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,30}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-class EnvironmentConfigError(ValueError):
+class EnvironmentConfigError(ConfigFileError):
     """An environment file is missing, unreadable or invalid; the message names file and field."""
 
 
@@ -528,68 +525,15 @@ class Environment(_Model):
         return host.root or self.deploy.root
 
 
-def _expand_references(value: Any, where: str) -> Any:
-    """Replace ``${NAME}``/``${NAME:-default}`` in every string of the parsed YAML."""
-    if isinstance(value, dict):
-        return {
-            key: _expand_references(item, f"{where}.{key}" if where else str(key))
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_expand_references(item, f"{where}.{index}") for index, item in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        raise EnvironmentConfigError(f"{where}: environment variable {name} is not set and has no default")
-
-    return _ENV_REFERENCE.sub(substitute, value)
-
-
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling against the reference in README.md)"
-        # Whole-file checks (such as rollout.waves against hosts) name their field in the message.
-        lines.append(f"{field}: {message}" if field else message)
-    return "; ".join(lines)
-
-
-def display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(PROJECT_ROOT))
-    except ValueError:
-        return str(path)
-
-
 def load_environment(path: Path) -> Environment:
     """Read and validate one environment file; the file's stem is the environment's name."""
-    shown = display_path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise EnvironmentConfigError(f"{shown}: cannot read: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise EnvironmentConfigError(f"{shown}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise EnvironmentConfigError(f"{shown}: must be a mapping of settings, got {type(raw).__name__}")
-    if raw.get("name", path.stem) != path.stem:
-        raise EnvironmentConfigError(f"{shown}: name: {raw['name']!r} must match the file name {path.stem!r}")
-    try:
-        expanded = _expand_references(raw, "")
-        return Environment.model_validate({**expanded, "name": path.stem})
-    except EnvironmentConfigError as error:
-        raise EnvironmentConfigError(f"{shown}: {error}") from None
-    except ValidationError as error:
-        raise EnvironmentConfigError(f"{shown}: {_describe(error)}") from None
+
+    def named_after_the_file(document: dict[str, Any]) -> dict[str, Any]:
+        if document.get("name", path.stem) != path.stem:
+            raise ValueError(f"name: {document['name']!r} must match the file name {path.stem!r}")
+        return {**document, "name": path.stem}
+
+    return load_settings_file(path, Environment, error=EnvironmentConfigError, prepare=named_after_the_file)
 
 
 def environments_dir() -> Path:
