@@ -103,7 +103,8 @@ def main() -> int:
         }
     )
     sys.path.insert(0, str(PROJECT))
-    from airlock.tasks.backup import BackupStore, take_backup, verify_backup
+    from airlock.hooks.backup_store import BackupStore
+    from airlock.tasks.backup import take_backup, verify_backup
     from tests.support import demo_document, write_environment
 
     try:

@@ -7,28 +7,22 @@ documentation; the logic lives in ``airlock.tasks.backup``.
 
 from __future__ import annotations
 
-import pendulum
-from airflow.sdk import DAG, Asset, Param, get_current_context, task
+from airflow.sdk import DAG, Param, task
 
 from airlock.config import Environment, load_environments
-from airlock.conventions import default_args, runbook
-from airlock.tasks.backup import apply_retention, take_backup, verify_backup
-
-
-def verified_backup_asset(environment: Environment) -> Asset:
-    """Updated each time a backup of the environment is verified; its extra names the backup."""
-    return Asset(name=f"airlock_verified_backup_{environment.name}", uri=environment.backup.destination)
+from airlock.conventions import START_DATE, default_args, runbook
+from airlock.tasks import backup as steps
+from airlock.tasks.backup import TaskIds
 
 
 def backup_dag(environment: Environment) -> DAG:
     settings = environment.backup
-    verified_backup = verified_backup_asset(environment)
     with DAG(
         dag_id=f"backup_{environment.name}",
         description=f"Back up {environment.name}'s database, verify it by a restore, apply retention",
         doc_md=runbook("backup", environment=environment.name),
         schedule=settings.schedule,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         tags=["airlock", "backup", environment.name],
@@ -42,25 +36,20 @@ def backup_dag(environment: Environment) -> DAG:
         },
     ) as dag:
 
-        @task(retries=1)
+        @task(task_id=TaskIds.DUMP, retries=1)
         def dump():
             """pg_dump from one snapshot, row counts from the same snapshot, manifest written last."""
-            dag_run = get_current_context()["dag_run"]
-            kind = "scheduled" if dag_run.run_type == "scheduled" else "manual"
-            return take_backup(environment, kind=kind, dag_id=dag_run.dag_id, run_id=dag_run.run_id).summary()
+            return steps.dump(environment)
 
-        @task(retries=1, outlets=[verified_backup])
+        @task(task_id=TaskIds.VERIFY, retries=1, outlets=[steps.verified_backup_asset(environment)])
         def verify(backup: dict):
             """Check every SHA-256, restore into a scratch database, compare row counts, drop it."""
-            context = get_current_context()
-            manifest = verify_backup(environment, backup["name"], verified_by=context["run_id"])
-            context["outlet_events"][verified_backup].extra = manifest.summary()
-            return manifest.summary()
+            return steps.verify(environment, backup)
 
-        @task(retries=2)
-        def prune(verified: dict, params=None):
+        @task(task_id=TaskIds.PRUNE, retries=2)
+        def prune(verified: dict):
             """Keep the newest verified backup per period (never the newest one); a dry run lists."""
-            return apply_retention(environment, dry_run=params["dry_run"])
+            return steps.prune(environment)
 
         prune(verify(dump()))
     return dag

@@ -7,19 +7,15 @@ documentation; the logic lives in ``airlock.tasks.restore``.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, chain, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import DAG, Param, chain, task
 
 from airlock.config import Environment, load_environments
 from airlock.conventions import default_args, runbook
-from airlock.notifications.slack import post, render
+from airlock.core.restore import BACKUP_PARAM_PATTERN
 from airlock.operators.approval import approval_gate
-from airlock.tasks import release as steps
-from airlock.tasks.backup import BackupError, take_backup
+from airlock.tasks import restore as steps
 from airlock.tasks.environment import lock_task, unlock_task
-from airlock.tasks.restore import RestorePlan, choose_backup, restore_database
-
-BACKUP_NAME_PATTERN = r"^$|^[a-z0-9][a-z0-9-]{0,30}-[0-9]{8}T[0-9]{6}Z(-pre-release|-pre-restore)?$"
+from airlock.tasks.restore import APPROVAL_CHANGE, TaskIds
 
 
 def restore_dag(environment: Environment) -> DAG:
@@ -36,69 +32,39 @@ def restore_dag(environment: Environment) -> DAG:
             "backup": Param(
                 "",
                 type="string",
-                pattern=BACKUP_NAME_PATTERN,
+                pattern=BACKUP_PARAM_PATTERN,
                 description="Backup to restore, e.g. demo-20261126T020000Z; empty: the newest verified",
             ),
             "reason": Param("", type="string", maxLength=500, description="Why (shown to the approvers)"),
         },
     ) as dag:
 
-        @task(retries=2)
-        def plan(params=None):
+        @task(task_id=TaskIds.PLAN, retries=2)
+        def plan():
             """Choose the backup and describe what the restore will do and lose."""
-            try:
-                backup = choose_backup(environment, params["backup"] or None)
-            except BackupError as error:
-                raise AirflowFailException(str(error)) from None
-            restore_plan = RestorePlan(
-                environment=environment.name,
-                database=backup.database,
-                backup=backup.summary(),
-                triggered_by=steps.triggering_user(get_current_context()),
-                reason=params["reason"],
-            )
-            return {"backup": backup.name, "markdown": restore_plan.to_markdown()}
+            return steps.plan(environment)
 
-        @task(retries=1)
+        @task(task_id=TaskIds.SAFETY_BACKUP, retries=1)
         def safety_backup():
             """A backup of the database as it is now: the way back from this restore."""
-            dag_run = get_current_context()["dag_run"]
-            steps.hold_lock(environment, dag_run.run_id)  # the approval may have taken hours
-            return take_backup(
-                environment, kind="pre-restore", dag_id=dag_run.dag_id, run_id=dag_run.run_id
-            ).summary()
+            return steps.safety_backup(environment)
 
-        @task(retries=0)
+        @task(task_id=TaskIds.RESTORE, retries=0)
         def restore(planned: dict, safety: dict):
             """Restore beside the live database, check row counts, swap, run the SQL smoke tests."""
-            steps.hold_lock(environment, get_current_context()["run_id"])
-            return {**restore_database(environment, planned["backup"]), "safety_backup": safety["name"]}
+            return steps.restore(environment, planned, safety)
 
-        @task(retries=2)
+        @task(task_id=TaskIds.ANNOUNCE, retries=2)
         def announce(restored: dict):
             """Tell the team which backup the database now holds and where the old one is kept."""
-            post(
-                environment.slack_conn_id,
-                render(
-                    "restore_succeeded",
-                    environment=environment.name,
-                    database=restored["database"],
-                    backup=restored["backup"]["name"],
-                    finished_at=restored["backup"]["finished_at"],
-                    kept_as=restored["previous_kept_as"],
-                    safety=restored["safety_backup"],
-                    triggered_by=steps.triggering_user(get_current_context()),
-                ),
-            )
+            steps.announce(environment, restored)
 
         taken = lock_task(environment, purpose="database restore")
         planned = plan()
         taken >> planned
         safety = safety_backup()
         gate = approval_gate(
-            environment,
-            subject=f"Restore the {environment.name} database?",
-            change="restore of backup {{ ti.xcom_pull(task_ids='plan')['backup'] }}",
+            environment, subject=f"Restore the {environment.name} database?", change=APPROVAL_CHANGE
         )
         chain(planned, *gate, safety)
         restored = restore(planned, safety)

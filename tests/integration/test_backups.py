@@ -19,15 +19,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from airlock.tasks.backup import (
-    MANIFEST,
-    BackupStore,
-    BackupVerificationError,
-    apply_retention,
-    newest_verified,
-    take_backup,
-    verify_backup,
-)
+from airlock.core.backups import MANIFEST, BackupError, BackupVerificationError
+from airlock.hooks.backup_store import BackupStore
+from airlock.tasks.backup import apply_retention, newest_verified, take_backup, verify_backup
 from tests.support import PROJECT, load_dag, run_dag
 
 
@@ -230,7 +224,6 @@ def test_retention_removes_only_staging_leftovers_that_stopped_changing(environm
 
 def test_environments_sharing_a_destination_never_see_each_others_backups(environment, customers, store):
     from airlock.config import Environment
-    from airlock.tasks.backup import BackupError
 
     mine = take_backup(environment, kind="manual")
     other = Environment.model_validate({**environment.model_dump(), "name": "other"})
@@ -240,15 +233,6 @@ def test_environments_sharing_a_destination_never_see_each_others_backups(enviro
     with pytest.raises(BackupError, match="is a backup of sandbox"):
         BackupStore.of(other).manifest(mine.name)
     store.remove(mine.name)
-
-
-def test_names_beside_a_long_database_name_stay_within_postgresqls_limit():
-    from airlock.tasks.restore import _sibling
-
-    name = _sibling("d" * 63, "_before_restore_20261126120000")
-
-    assert len(name.encode()) == 63
-    assert name.endswith("_before_restore_20261126120000")
 
 
 def test_a_rejected_restore_changes_nothing(environment, customers, store):

@@ -3,17 +3,41 @@
 Every reader and writer of an environment's databases (the application database, the ops tables,
 maintenance sessions, smoke queries, health probes) comes through here, so timeouts, autocommit
 and the ``application_name`` seen in ``pg_stat_activity`` are set in one way.
+
+Backups and restores reach a server through a :class:`DatabaseAddress` instead (read once from
+the connection): ``pg_dump`` and ``pg_restore`` need it as libpq environment variables, and
+restores open sessions on sibling databases of the connection's one (``postgres``, scratch and
+restored copies). Their tool runners, database creation, renaming and row counting live here too.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import subprocess
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from pathlib import Path
+from time import monotonic, sleep
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
+
+from airlock.config import PROJECT_ROOT
+from airlock.core.backups import BackupError
+
+log = logging.getLogger(__name__)
+
+# Every ordinary user table: what a backup counts and its verification compares.
+ROW_COUNT_TABLES = (PROJECT_ROOT / "include" / "sql" / "backup_tables.sql").read_text()
+BACKUP_APPLICATION_NAME = "airlock-backup"
 
 
 def _milliseconds(value: timedelta) -> str:
@@ -61,3 +85,309 @@ def first_row(conn_id: str, query: str, parameters: Sequence[Any] | Mapping[str,
     """The first row of ``query`` (a tuple), or None when it returns no rows."""
     with session(conn_id, autocommit=True) as connection:
         return connection.execute(query, parameters).fetchone()
+
+
+# -- addresses and sessions of backups and restores ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatabaseAddress:
+    """How libpq reaches one database of an Airflow Postgres connection; the password stays in env."""
+
+    host: str
+    port: int
+    user: str
+    password: str | None = field(repr=False)
+    dbname: str
+    sslmode: str | None = None
+
+    @classmethod
+    def of(cls, conn_id: str) -> DatabaseAddress:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        connection = PostgresHook.get_connection(conn_id)
+        if not connection.schema:
+            raise BackupError(f"Connection {conn_id} names no database (its schema field is empty)")
+        return cls(
+            host=connection.host or "localhost",
+            port=connection.port or 5432,
+            user=connection.login or "postgres",
+            password=connection.password or None,
+            dbname=connection.schema,
+            sslmode=(connection.extra_dejson or {}).get("sslmode"),
+        )
+
+    def on(self, dbname: str) -> DatabaseAddress:
+        """The same server and role, another database."""
+        return replace(self, dbname=dbname)
+
+    def libpq_env(self) -> dict[str, str]:
+        """This process's environment with the libpq variables of this address (for pg_dump/pg_restore)."""
+        env = {
+            **os.environ,
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGUSER": self.user,
+            "PGDATABASE": self.dbname,
+            "PGAPPNAME": BACKUP_APPLICATION_NAME,
+            "PGCONNECT_TIMEOUT": "10",
+        }
+        env.pop("PGPASSWORD", None)
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        if self.sslmode:
+            env["PGSSLMODE"] = self.sslmode
+        return env
+
+    def connect(self, **options: Any) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=self.dbname,
+            sslmode=self.sslmode or "prefer",
+            application_name=BACKUP_APPLICATION_NAME,
+            connect_timeout=10,
+            **options,
+        )
+
+
+def create_database(admin: DatabaseAddress, name: str, *, owner: str | None = None) -> None:
+    """``CREATE DATABASE name`` from ``template0`` (empty), owned by ``owner`` or the admin's role."""
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+    if owner is not None:
+        statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
+    with admin.connect(autocommit=True) as connection:
+        connection.execute(statement)
+
+
+def drop_database(admin: DatabaseAddress, name: str) -> None:
+    """Drop ``name`` if it exists, ending its sessions."""
+    with admin.connect(autocommit=True) as connection:
+        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextmanager
+def scratch_database(server: DatabaseAddress, label: str) -> Iterator[DatabaseAddress]:
+    """A new empty database on ``server``, dropped afterwards whatever happened."""
+    name = f"airlock_scratch_{label}_{uuid.uuid4().hex[:8]}"[:63]
+    admin = server.on("postgres")
+    create_database(admin, name)
+    try:
+        yield server.on(name)
+    finally:
+        drop_database(admin, name)
+
+
+def database_owner(admin: DatabaseAddress, database: str) -> str:
+    """The role owning ``database``; a :class:`BackupError` when there is no such database."""
+    with admin.connect(autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
+    if row is None:
+        raise BackupError(f"Database {database} does not exist on {admin.host}:{admin.port}")
+    return row[0]
+
+
+def rename_databases(admin: DatabaseAddress, closing: str, renames: Sequence[tuple[str, str]]) -> None:
+    """Close ``closing`` to new sessions, end its sessions, apply ``renames`` in one transaction.
+
+    Either every rename happens or none does; whatever name ``closing`` ends up with, it is open
+    to connections again afterwards (found by its OID, not by a name that may not exist).
+    """
+    with admin.connect(autocommit=True) as connection:
+        row = connection.execute("SELECT oid FROM pg_database WHERE datname = %s", (closing,)).fetchone()
+        if row is None:
+            raise BackupError(f"Database {closing} does not exist")
+        oid = row[0]
+        connection.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(closing))
+        )
+        try:
+            renamed = [source for source, _ in renames]
+            deadline = monotonic() + 30
+            while connection.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()",
+                (renamed,),
+            ).fetchone()[0]:
+                if monotonic() > deadline:
+                    raise BackupError(
+                        f"Sessions of {', '.join(renamed)} did not end within 30 s; nothing was renamed"
+                    )
+                connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (closing,),
+                )
+                sleep(0.2)
+            with connection.transaction():
+                for source, target in renames:
+                    connection.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(source), sql.Identifier(target)
+                        )
+                    )
+        finally:
+            (current,) = connection.execute(
+                "SELECT datname FROM pg_database WHERE oid = %s", (oid,)
+            ).fetchone()
+            connection.execute(
+                sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(current))
+            )
+
+
+# -- row counts -----------------------------------------------------------------------------------
+
+
+def _count_tables(connection: psycopg.Connection[Any], tables: Sequence[tuple[str, str]]) -> dict[str, int]:
+    return {
+        f"{schema}.{table}": connection.execute(
+            sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(schema, table))
+        ).fetchone()[0]
+        for schema, table in tables
+    }
+
+
+def row_counts(connection: psycopg.Connection[Any]) -> dict[str, int]:
+    """Exact row count of every user table, in the connection's current transaction."""
+    return _count_tables(connection, connection.execute(ROW_COUNT_TABLES).fetchall())
+
+
+def count_rows(database: DatabaseAddress, jobs: int) -> dict[str, int]:
+    """Exact row count of every user table, counted over ``jobs`` connections side by side."""
+    with database.connect() as connection:
+        tables = connection.execute(ROW_COUNT_TABLES).fetchall()
+
+    def count(chunk: list[tuple[str, str]]) -> dict[str, int]:
+        with database.connect() as connection:
+            return _count_tables(connection, chunk)
+
+    chunks = [tables[index::jobs] for index in range(jobs) if tables[index::jobs]]
+    with ThreadPoolExecutor(max_workers=max(len(chunks), 1)) as pool:
+        return {table: n for counted in pool.map(count, chunks) for table, n in counted.items()}
+
+
+# -- pg_dump and pg_restore -----------------------------------------------------------------------
+
+
+def client_tool(name: str) -> str:
+    """The path of a PostgreSQL client tool (``pg_dump``, ``pg_restore``) on this worker."""
+    path = shutil.which(name)
+    if path is None:
+        raise BackupError(
+            f"{name} is not installed on this worker: install the PostgreSQL client tools "
+            "(package postgresql-client) of the server's major version or newer"
+        )
+    return path
+
+
+def tool_version(tool: str) -> str:
+    """What ``<tool> --version`` prints, e.g. ``pg_dump (PostgreSQL) 16.4``."""
+    result = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False)
+    return result.stdout.strip()
+
+
+def _error_tail(stderr: str) -> str:
+    return "\n".join(stderr.strip().splitlines()[-5:])
+
+
+def run_client_tool(argv: Sequence[str], env: dict[str, str], timeout: timedelta) -> None:
+    """Run pg_dump/pg_restore; on failure raise with the tail of its error output (never the env)."""
+    log.info("Running %s", " ".join(argv))
+    result = subprocess.run(
+        list(argv), env=env, capture_output=True, text=True, timeout=timeout.total_seconds(), check=False
+    )
+    if result.returncode != 0:
+        tail = _error_tail(result.stderr)
+        raise BackupError(f"{Path(argv[0]).name} failed (exit {result.returncode}): {tail}")
+
+
+@dataclass(frozen=True)
+class SnapshotDump:
+    """What :func:`dump_snapshot` learnt while dumping: all of it from the dumped snapshot."""
+
+    database: str
+    server_version: str
+    row_counts: dict[str, int]
+
+
+def dump_snapshot(
+    source: DatabaseAddress,
+    output: Path,
+    *,
+    pg_dump: str,
+    dump_format: str,
+    compression: int,
+    jobs: int,
+    timeout: timedelta,
+) -> SnapshotDump:
+    """``pg_dump`` ``source`` into ``output`` from a snapshot this session exports, counting rows in it.
+
+    The row counts are taken side by side with the dump, in the very snapshot the dump saves, so
+    they are exactly what a restore of this dump holds, even on a busy database.
+    """
+    argv = [
+        pg_dump,
+        "--no-password",
+        f"--format={dump_format}",
+        f"--compress={compression}",
+        f"--file={output}",
+    ]
+    if dump_format == "directory":
+        argv.append(f"--jobs={jobs}")
+    with source.connect(autocommit=True) as connection:
+        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snapshot, database, server_version = connection.execute(
+            "SELECT pg_export_snapshot(), current_database(), current_setting('server_version')"
+        ).fetchone()
+        argv.append(f"--snapshot={snapshot}")
+        log.info("Dumping %s (PostgreSQL %s) from snapshot %s", database, server_version, snapshot)
+        dump = subprocess.Popen(
+            argv,
+            env=source.libpq_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            counts = row_counts(connection)  # side by side with the dump, same snapshot
+            _, errors = dump.communicate(timeout=timeout.total_seconds())
+        except BaseException:
+            dump.kill()
+            dump.wait()
+            raise
+        connection.execute("COMMIT")
+    if dump.returncode != 0:
+        raise BackupError(f"pg_dump of {database} failed (exit {dump.returncode}): {_error_tail(errors)}")
+    return SnapshotDump(database=database, server_version=server_version, row_counts=counts)
+
+
+def pg_restore(
+    dump: Path,
+    target: DatabaseAddress,
+    *,
+    jobs: int,
+    timeout: timedelta,
+    keep_ownership: bool,
+) -> None:
+    """``pg_restore`` ``dump`` into the (empty) database ``target``, stopping at the first error.
+
+    ``keep_ownership``: restore owners and grants as dumped (a real restore); without it every
+    object belongs to the restoring role (a scratch copy for verification).
+    """
+    privileges = [] if keep_ownership else ["--no-owner", "--no-acl"]
+    run_client_tool(
+        [
+            client_tool("pg_restore"),
+            "--no-password",
+            "--exit-on-error",
+            *privileges,
+            f"--jobs={jobs}",
+            f"--dbname={target.dbname}",
+            str(dump),
+        ],
+        env=target.libpq_env(),
+        timeout=timeout,
+    )
