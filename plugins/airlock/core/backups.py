@@ -177,6 +177,8 @@ PERIODS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
     "weekly": lambda t: tuple(t.isocalendar()[:2]),
     "monthly": lambda t: (t.year, t.month),
 }
+# What one bucket of a period is called in a retention reason ("newest verified of its day").
+_BUCKET_NOUN = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month"}
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ def plan_retention(
             seen.append(bucket)
             if len(seen) > limit:
                 break
-            keep.setdefault(backup.name, f"newest verified of its {period.removesuffix('ly')}")
+            keep.setdefault(backup.name, f"newest verified of its {_BUCKET_NOUN[period]}")
     newest_verified_at = verified[-1].finished_at if verified else None
     for backup in regular:
         if not backup.verified and (newest_verified_at is None or backup.finished_at > newest_verified_at):

@@ -155,6 +155,26 @@ def test_monthly_retention_buckets_by_utc_month_even_for_times_written_with_an_o
     assert plan.keep["demo-20261031T223000Z"] == "newest verified of its month"
 
 
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        ({"hourly": 2}, "newest verified of its hour"),
+        ({"daily": 2}, "newest verified of its day"),
+        ({"weekly": 2}, "newest verified of its week"),
+        ({"monthly": 2}, "newest verified of its month"),
+    ],
+)
+def test_a_kept_backup_says_which_period_keeps_it(limits, reason):
+    older = backup(NOW - timedelta(days=40))
+    plan = plan_retention(
+        [older, backup(NOW)],
+        BackupRetention(**{"hourly": 0, "daily": 0, "weekly": 0, "monthly": 0, **limits}),
+        NOW,
+    )
+
+    assert plan.keep[older.name] == reason
+
+
 def test_the_newest_verified_backup_stays_even_when_every_limit_is_zero():
     backups = [backup(NOW - timedelta(days=40)), backup(NOW - timedelta(days=30), verified=False)]
 
