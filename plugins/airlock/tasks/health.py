@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 from airflow.sdk import get_current_context
@@ -328,6 +329,14 @@ def check_backup(environment: Environment, now: datetime | None = None) -> list[
     return [backup_age_result(target, newest, environment.backup.max_age, now or datetime.now(UTC), timer.ms)]
 
 
+def _reason(status: int) -> str:
+    """The standard reason phrase of an HTTP status, as ``urllib`` would have raised it."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "unknown status"
+
+
 def check_airflow(environment: Environment) -> list[CheckResult]:
     """Scheduler, dag-processor and triggerer heartbeats from ``/api/v2/monitor/health``."""
     base = environment.health.airflow_api_url
@@ -339,8 +348,9 @@ def check_airflow(environment: Environment) -> list[CheckResult]:
         status, payload, _ = fetch_json(url, HTTP_TIMEOUT_SECONDS)
     except UNREACHABLE as error:
         return [failed("airflow", "api-server", f"GET {url} failed: {error}", timer.ms)]
-    if status != 200:
-        return [failed("airflow", "api-server", f"GET {url} failed: HTTP Error {status}", timer.ms)]
+    if status >= 400:  # what urllib raises as HTTPError
+        error = f"HTTP Error {status}: {_reason(status)}"
+        return [failed("airflow", "api-server", f"GET {url} failed: {error}", timer.ms)]
     if not isinstance(payload, dict):
         return [
             failed("airflow", "api-server", f"GET {url} failed: the answer is not a JSON object", timer.ms)

@@ -235,3 +235,37 @@ def test_a_message_slack_did_not_take_is_sent_again_next_run(environment):
     assert delivered == [alert, resolved]
     assert run(Status.OK, 20) == []
     assert set(store.values) == {"airlock:health:demo:disk:web-1:/"}
+
+
+@pytest.fixture
+def api_answering_503():
+    """A local HTTP server whose every GET answers 503 Service Unavailable."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(503)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+def test_an_airflow_api_answering_an_error_is_one_critical_result(environment, api_answering_503):
+    configured = environment.model_copy(
+        update={"health": environment.health.model_copy(update={"airflow_api_url": api_answering_503})}
+    )
+
+    [checked] = check_airflow(configured)
+
+    assert (checked.check, checked.target, checked.status) == ("airflow", "api-server", Status.CRITICAL)
+    assert checked.message == (
+        f"GET {api_answering_503}/api/v2/monitor/health failed: HTTP Error 503: Service Unavailable"
+    )
