@@ -22,17 +22,11 @@ import psycopg
 import pytest
 import yaml
 
+from airlock.core.health import CheckResult, Status
 from airlock.hooks.artifacts import release_artifact
 from airlock.hooks.hosts import deploy_to_host, host_hook, serving_version
 from airlock.tasks.backup import newest_verified, take_backup, verify_backup
-from airlock.tasks.health import (
-    CheckResult,
-    Status,
-    check_airflow,
-    check_backup,
-    check_database,
-    send_alerts,
-)
+from airlock.tasks.health import check_airflow, check_backup, check_database, send_alerts
 from airlock_dev.hosts import free_port
 from include.demo_app.build import build_artifact
 from tests.support import load_dag, run_dag, write_environment

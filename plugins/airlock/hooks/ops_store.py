@@ -1,21 +1,54 @@
-"""The audit trail: one row per release or rollback in the ops database (``<ops_schema>.releases``).
+"""The ops store: Airlock's own tables in the ops database, audit trail and health history, one schema.
 
-Written by the last task of a run whatever its outcome, so the trail has the failures too. The
-row is keyed by run and action, so a retried audit task updates its row instead of adding one.
+``include/sql/ops.sql`` holds every table (``<ops_schema>.releases``, ``<ops_schema>.health_checks``);
+:func:`ops_session` is the one way they are created (if missing) and reached. Both writers are
+keyed so that a retried task updates its rows instead of adding:
+
+- the audit trail: one row per release or rollback, written by the last task of a run whatever its
+  outcome, so the trail has the failures too (keyed by run and action);
+- the health history: one row per check, target and run of ``health_<env>``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from airflow.providers.postgres.hooks.postgres import PostgresHook
+import psycopg
 from psycopg import sql
 
 from airlock.config import PROJECT_ROOT, Environment
+from airlock.core.health import STATE_TTL, AlertState, CheckResult, Status
+from airlock.hooks.postgres import session
 
-SCHEMA_SQL = PROJECT_ROOT / "include" / "sql" / "audit.sql"
+SCHEMA_SQL = PROJECT_ROOT / "include" / "sql" / "ops.sql"
+
+
+def _schema(environment: Environment) -> sql.Identifier:
+    return sql.Identifier(environment.database.ops_schema)
+
+
+@contextmanager
+def ops_session(environment: Environment) -> Iterator[psycopg.Connection[Any]]:
+    """A session on the ops database with the ops schema created if missing.
+
+    The block runs in one transaction (committed when it ends, rolled back when it raises). The
+    schema is created in a transaction of its own, under an advisory lock: environments' first
+    runs may start together, one creates the tables and the others wait only for that.
+    """
+    with session(environment.database.ops_connection, autocommit=True) as connection:
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(hashtext('airlock.ops_schema'))")
+            connection.execute(sql.SQL(SCHEMA_SQL.read_text()).format(schema=_schema(environment)))
+        with connection.transaction():
+            yield connection
+
+
+# --- the audit trail -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -34,7 +67,7 @@ class AuditRecord:
 
 
 def write_audit_record(environment: Environment, record: AuditRecord) -> None:
-    schema = sql.Identifier(environment.database.ops_schema)
+    """Write the run's row of ``<ops_schema>.releases``; a retried run updates its row."""
     statement = sql.SQL(
         """
         INSERT INTO {schema}.releases (environment, dag_id, run_id, action, version, previous,
@@ -44,11 +77,9 @@ def write_audit_record(environment: Environment, record: AuditRecord) -> None:
             result = EXCLUDED.result, detail = EXCLUDED.detail, approved_by = EXCLUDED.approved_by,
             finished_at = now()
         """
-    ).format(schema=schema)
-    hook = PostgresHook(postgres_conn_id=environment.database.ops_connection)
-    with hook.get_conn() as connection, connection.cursor() as cursor:
-        cursor.execute(sql.SQL(SCHEMA_SQL.read_text()).format(schema=schema))
-        cursor.execute(
+    ).format(schema=_schema(environment))
+    with ops_session(environment) as connection:
+        connection.execute(
             statement,
             (
                 environment.name,
@@ -65,4 +96,76 @@ def write_audit_record(environment: Environment, record: AuditRecord) -> None:
                 record.detail,
             ),
         )
-        connection.commit()
+
+
+# --- the health history ----------------------------------------------------------------------
+
+
+def record_health_results(
+    environment: Environment, *, dag_id: str, run_id: str, results: Iterable[CheckResult]
+) -> int:
+    """Write one history row per result; a retried run updates its rows instead of adding."""
+    statement = sql.SQL(
+        """
+        INSERT INTO {schema}.health_checks (environment, dag_id, run_id, check_name, target, status,
+            value, threshold, message, duration_ms)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (environment, run_id, check_name, target) DO UPDATE SET
+            status = EXCLUDED.status, value = EXCLUDED.value, threshold = EXCLUDED.threshold,
+            message = EXCLUDED.message, duration_ms = EXCLUDED.duration_ms, checked_at = now()
+        """
+    ).format(schema=_schema(environment))
+    rows = [
+        (
+            environment.name,
+            dag_id,
+            run_id,
+            r.check,
+            r.target,
+            str(r.status),
+            r.value,
+            r.threshold,
+            r.message,
+            r.duration_ms,
+        )
+        for r in results
+    ]
+    with ops_session(environment) as connection, connection.cursor() as cursor:
+        cursor.executemany(statement, rows)
+    return len(rows)
+
+
+def previous_health_states(environment: Environment, *, run_id: str) -> dict[tuple[str, str], AlertState]:
+    """Each check's latest status before ``run_id`` and since when it has had it, from the history.
+
+    Only the last ``STATE_TTL`` counts: a check silent for longer is as good as new.
+    """
+    statement = sql.SQL(
+        """
+        SELECT DISTINCT ON (latest.check_name, latest.target)
+            latest.check_name, latest.target, latest.status, latest.checked_at,
+            (SELECT min(streak.checked_at) FROM {schema}.health_checks AS streak
+              WHERE streak.environment = latest.environment AND streak.check_name = latest.check_name
+                AND streak.target = latest.target AND streak.run_id <> %(run_id)s
+                AND streak.checked_at > coalesce((
+                    SELECT max(other.checked_at) FROM {schema}.health_checks AS other
+                     WHERE other.environment = latest.environment
+                       AND other.check_name = latest.check_name AND other.target = latest.target
+                       AND other.status <> latest.status AND other.run_id <> %(run_id)s),
+                    '-infinity')) AS since
+        FROM {schema}.health_checks AS latest
+        WHERE latest.environment = %(environment)s AND latest.run_id <> %(run_id)s
+          AND latest.checked_at > now() - %(window)s
+        ORDER BY latest.check_name, latest.target, latest.checked_at DESC
+        """
+    ).format(schema=_schema(environment))
+    with ops_session(environment) as connection:
+        rows = connection.execute(
+            statement, {"environment": environment.name, "run_id": run_id, "window": STATE_TTL}
+        ).fetchall()
+    return {
+        (check, target): AlertState(
+            status=Status(status), since=(since or checked_at).isoformat(), notified_at=checked_at.isoformat()
+        )
+        for check, target, status, checked_at, since in rows
+    }

@@ -1,26 +1,18 @@
-"""Health checks without services: grading, the alert rules, parsing, backup age, collection."""
+"""The tasks of ``health_<env>`` without services: Slack texts, backup age from a real backup
+store, collection of the check tasks' results, and alerting when Redis or Slack fail."""
 
 from __future__ import annotations
 
-import sys
-import types
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from airlock.config import Thresholds
+from airlock.core.health import AlertState, CheckResult, Status, decide
+from airlock.tasks.backup import BackupManifest
 from airlock.tasks.health import (
-    AlertState,
-    CheckResult,
-    Status,
     check_airflow,
     check_backup,
     collect_results,
-    decide,
-    grade,
-    parse_df,
-    parse_meminfo,
     render_notification,
     send_alerts,
 )
@@ -39,85 +31,31 @@ def state(status: Status, since: datetime, notified_at: datetime | None = None) 
 
 
 @pytest.fixture
-def environment(tmp_path):
-    return write_environment(tmp_path / "demo.yaml", demo_document())
+def backups(tmp_path):
+    return tmp_path / "backups"
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        pytest.param(79.9, Status.OK, id="below-warn"),
-        pytest.param(80, Status.WARN, id="at-warn"),
-        pytest.param(90, Status.CRITICAL, id="at-critical"),
-    ],
-)
-def test_higher_values_are_worse_when_critical_is_above_warn(value, expected):
-    assert grade(value, Thresholds(warn=80, critical=90)) is expected
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        pytest.param(50, Status.OK, id="plenty"),
-        pytest.param(15, Status.WARN, id="at-warn"),
-        pytest.param(4, Status.CRITICAL, id="below-critical"),
-    ],
-)
-def test_lower_values_are_worse_when_critical_is_below_warn(value, expected):
-    assert grade(value, Thresholds(warn=15, critical=5)) is expected
-
-
-def test_a_new_problem_alerts_once_and_then_stays_quiet_until_the_reminder():
-    first, alert = decide(result(Status.CRITICAL), None, NOW, FOUR_HOURS)
-    later, quiet = decide(result(Status.CRITICAL), first, NOW + timedelta(hours=3), FOUR_HOURS)
-    reminded, reminder = decide(result(Status.CRITICAL), later, NOW + timedelta(hours=4), FOUR_HOURS)
-
-    assert alert.template == "health_alert"
-    assert quiet is None
-    assert reminder.template == "health_reminder"
-    assert reminded.since == NOW.isoformat()
-    assert reminded.notified_at == (NOW + timedelta(hours=4)).isoformat()
-
-
-def test_getting_worse_alerts_but_getting_better_without_recovering_does_not():
-    warned = state(Status.WARN, NOW)
-
-    critical, worse = decide(result(Status.CRITICAL), warned, NOW + timedelta(minutes=5), FOUR_HOURS)
-    _, better = decide(result(Status.WARN), critical, NOW + timedelta(minutes=10), FOUR_HOURS)
-
-    assert worse.template == "health_alert"
-    assert critical.since == NOW.isoformat()
-    assert better is None
+@pytest.fixture
+def environment(tmp_path, backups):
+    document = demo_document()
+    document["backup"]["destination"] = f"file://{backups}"
+    return write_environment(tmp_path / "demo.yaml", document)
 
 
 def test_recovery_sends_one_resolved_message_with_how_long_it_lasted(environment):
-    failing = state(Status.CRITICAL, NOW)
-
-    recovered, resolved = decide(
-        result(Status.OK, "disk used 40.0%"), failing, NOW + timedelta(minutes=95), FOUR_HOURS
+    _, resolved = decide(
+        result(Status.OK, "disk used 40.0%"),
+        state(Status.CRITICAL, NOW),
+        NOW + timedelta(minutes=95),
+        FOUR_HOURS,
     )
-    _, again = decide(result(Status.OK), recovered, NOW + timedelta(minutes=100), FOUR_HOURS)
 
-    assert recovered.status is Status.OK
-    assert again is None
     text = render_notification(environment, resolved, NOW + timedelta(minutes=95))
+
     assert text == (
         ":white_check_mark: *demo*: disk on web-1:/ is ok again (was critical for 1 h 35 min): "
         "disk used 40.0%."
     )
-
-
-def test_a_skipped_check_keeps_its_state_and_says_nothing():
-    failing = state(Status.WARN, NOW)
-
-    kept, notification = decide(
-        CheckResult("airflow", "airflow", Status.SKIPPED, None, None, "not configured", 0.0),
-        failing,
-        NOW,
-        FOUR_HOURS,
-    )
-
-    assert (kept, notification) == (failing, None)
 
 
 def test_an_alert_names_the_check_target_value_and_threshold(environment):
@@ -130,31 +68,25 @@ def test_an_alert_names_the_check_target_value_and_threshold(environment):
     assert "health_demo docs" in text
 
 
-def test_df_and_meminfo_output_are_read():
-    df = (
-        "Filesystem     1024-blocks     Used Available Capacity Mounted on\n"
-        "/dev/vda         264212084 24243292  82147620      23% /\n"
+def publish_backup(backups, name: str, finished_at: datetime, *, verified: bool) -> None:
+    """A backup as the backup DAG leaves it: its directory with the manifest written last."""
+    manifest = BackupManifest(
+        name=name,
+        environment="demo",
+        kind="scheduled",
+        database="app",
+        server_version="16",
+        pg_dump_version="pg_dump 16",
+        format="custom",
+        compression=6,
+        started_at=finished_at - timedelta(minutes=1),
+        finished_at=finished_at,
+        files={},
+        row_counts={},
+        verified_at=finished_at + timedelta(minutes=1) if verified else None,
     )
-    meminfo = "MemTotal:  24684092 kB\nMemFree:  100 kB\nMemAvailable:  24058920 kB\nHugePages_Total:  0\n"
-
-    assert parse_df(df) == [(264212084, 24243292, 82147620)]
-    assert parse_meminfo(meminfo)["MemAvailable"] == 24058920
-
-
-@dataclass(frozen=True)
-class FakeManifest:
-    name: str
-    finished_at: datetime
-
-
-@pytest.fixture
-def newest_backup(monkeypatch):
-    """Stand-in for ``airlock.tasks.backup.newest_verified`` (its contract only)."""
-    found: dict[str, FakeManifest | None] = {"manifest": None}
-    module = types.ModuleType("airlock.tasks.backup")
-    module.newest_verified = lambda environment: found["manifest"]
-    monkeypatch.setitem(sys.modules, "airlock.tasks.backup", module)
-    return found
+    (backups / name).mkdir(parents=True)
+    (backups / name / "manifest.json").write_text(manifest.to_json())
 
 
 @pytest.mark.parametrize(
@@ -164,17 +96,23 @@ def newest_backup(monkeypatch):
         pytest.param(timedelta(hours=3), Status.CRITICAL, id="older-than-max-age"),
     ],
 )
-def test_backup_age_is_compared_with_max_age(environment, newest_backup, age, expected):
-    newest_backup["manifest"] = FakeManifest("demo-20261126T1130Z", NOW - age)
+def test_backup_age_is_the_newest_verified_backups_in_the_store(environment, backups, age, expected):
+    publish_backup(backups, "demo-20261126T040000Z", NOW - timedelta(hours=8), verified=True)
+    publish_backup(backups, "demo-20261126T113000Z", NOW - age, verified=True)
+    publish_backup(backups, "demo-20261126T115500Z", NOW - timedelta(minutes=5), verified=False)
 
     [checked] = check_backup(environment, now=NOW)
 
     assert checked.status is expected
     assert checked.threshold == "critical above 2.0 h"
-    assert f"demo-20261126T1130Z is {age.total_seconds() / 3600:.1f} h old" in checked.message
+    assert checked.message == (
+        f"newest verified backup demo-20261126T113000Z is {age.total_seconds() / 3600:.1f} h old"
+    )
 
 
-def test_no_verified_backup_is_critical(environment, newest_backup):
+def test_a_store_without_verified_backups_is_critical(environment, backups):
+    publish_backup(backups, "demo-20261126T115500Z", NOW - timedelta(minutes=5), verified=False)
+
     [checked] = check_backup(environment, now=NOW)
 
     assert (checked.status, checked.message) == (Status.CRITICAL, "no verified backup found")
@@ -189,7 +127,10 @@ def test_backups_and_airflow_checks_are_skipped_not_ok_when_not_configured(tmp_p
     [backup] = check_backup(environment)
     [airflow] = check_airflow(environment)
 
-    assert backup.status is Status.SKIPPED
+    assert (backup.status, backup.message) == (
+        Status.SKIPPED,
+        "not configured: the environment has no backup section",
+    )
     assert airflow.status is Status.SKIPPED
     assert "health.airflow_api_url" in airflow.message
 
@@ -293,3 +234,38 @@ def test_a_message_slack_did_not_take_is_sent_again_next_run(environment):
     [resolved] = run(Status.OK, 15)
     assert delivered == [alert, resolved]
     assert run(Status.OK, 20) == []
+    assert set(store.values) == {"airlock:health:demo:disk:web-1:/"}
+
+
+@pytest.fixture
+def api_answering_503():
+    """A local HTTP server whose every GET answers 503 Service Unavailable."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(503)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+def test_an_airflow_api_answering_an_error_is_one_critical_result(environment, api_answering_503):
+    configured = environment.model_copy(
+        update={"health": environment.health.model_copy(update={"airflow_api_url": api_answering_503})}
+    )
+
+    [checked] = check_airflow(configured)
+
+    assert (checked.check, checked.target, checked.status) == ("airflow", "api-server", Status.CRITICAL)
+    assert checked.message == (
+        f"GET {api_answering_503}/api/v2/monitor/health failed: HTTP Error 503: Service Unavailable"
+    )
