@@ -28,12 +28,11 @@ _thread: threading.Thread | None = None
 
 
 def _redis_clients() -> list:
-    from airflow.providers.redis.hooks.redis import RedisHook
-
     from airlock.config import load_environments
+    from airlock.hooks.redis import redis_client
 
     connections = sorted({environment.redis_conn_id for environment in load_environments()})
-    return [RedisHook(redis_conn_id=conn_id).get_conn() for conn_id in connections]
+    return [redis_client(conn_id) for conn_id in connections]
 
 
 def announce_presence(*, stopped: bool = False) -> None:
