@@ -14,7 +14,7 @@ task is still ``scheduled`` (``scheduler_job_runner._process_executor_events``).
 This executor counts the processes it has sent for each key and drops the exit of a process
 whose key has been sent again since: that exit belongs to the paused process, and the resumed
 one reports its own. Every other result passes through unchanged. The reproduction and the
-upstream fix are in ``docs/architecture.md`` ("Approvals that come fast").
+upstream fix are in ``docs/behaviour.md`` ("Approvals that come fast").
 """
 
 from __future__ import annotations

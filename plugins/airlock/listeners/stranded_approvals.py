@@ -12,7 +12,7 @@ timeout sweep finally resumes it with the answer: an hour later for the demo.
 whose request has an answer is resumed exactly as the response handler would have done
 (``handle_event_submit`` with the recorded answer). The scheduler runs it every second
 (``airlock.listeners.scheduler``). The reproduction and the upstream fix are in
-``docs/architecture.md`` ("Approvals that come fast").
+``docs/behaviour.md`` ("Approvals that come fast").
 """
 
 from __future__ import annotations
