@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import pytest
 
+from airlock.hooks.hosts import host_session
 from airlock.hooks.ssh import HostKeyError, HostSSHHook, RemoteCommandError
 
 
@@ -18,11 +21,8 @@ def hook_for(environment, host, known_hosts=None) -> HostSSHHook:
 
 def test_every_sandbox_host_answers_over_ssh_with_its_key_verified(sandbox, environment):
     for host in environment.hosts:
-        hook = hook_for(environment, host)
-        try:
+        with closing(hook_for(environment, host)) as hook:
             result = hook.run(["sh", "-c", 'echo "$SSH_CONNECTION"'])
-        finally:
-            hook.close()
 
         server_port = int(result.stdout.split()[3])
         assert server_port == host.ssh_port, f"{host.name} reached the sshd on {server_port}"
@@ -30,11 +30,8 @@ def test_every_sandbox_host_answers_over_ssh_with_its_key_verified(sandbox, envi
 
 def test_each_host_has_its_own_root_with_its_own_app_settings(sandbox, environment):
     for host in environment.hosts:
-        hook = hook_for(environment, host)
-        try:
+        with closing(hook_for(environment, host)) as hook:
             settings = hook.run(["cat", f"{environment.root_of(host)}/shared/app.env"]).stdout
-        finally:
-            hook.close()
 
         assert f"PORT={host.app_url.rsplit(':', 1)[1]}" in settings
 
@@ -70,22 +67,39 @@ def test_a_host_missing_from_known_hosts_is_refused_with_how_to_add_it(sandbox, 
 
 def test_arguments_are_quoted_so_input_is_never_code(sandbox, environment, tmp_path):
     marker = tmp_path / "injected"
-    hook = hook_for(environment, environment.hosts[0])
-    try:
+    with closing(hook_for(environment, environment.hosts[0])) as hook:
         result = hook.run(["echo", f"1.0; touch {marker}", "$(id)"])
-    finally:
-        hook.close()
 
     assert result.stdout.strip() == f"1.0; touch {marker} $(id)"
     assert not marker.exists()
 
 
 def test_a_failing_command_names_host_command_and_status(sandbox, environment):
-    hook = hook_for(environment, environment.hosts[1])
-    try:
-        with pytest.raises(
-            RemoteCommandError, match=r"Host web-2 .*`ls /no/such/dir` exited 2: .*No such file"
-        ):
-            hook.run(["ls", "/no/such/dir"])
-    finally:
-        hook.close()
+    with (
+        closing(hook_for(environment, environment.hosts[1])) as hook,
+        pytest.raises(RemoteCommandError, match=r"Host web-2 .*`ls /no/such/dir` exited 2: .*No such file"),
+    ):
+        hook.run(["ls", "/no/such/dir"])
+
+
+def test_a_host_session_works_in_the_host_root_and_disconnects_even_when_a_command_fails(
+    sandbox, environment
+):
+    web_3 = environment.hosts[2]
+    sessions = []
+
+    def run_in_session(*commands: list[str]) -> list[str]:
+        with host_session(environment, web_3) as layout:
+            sessions.append(layout)
+            return [layout.hook.run(command).stdout for command in commands]
+
+    reached, settings = run_in_session(
+        ["sh", "-c", 'echo "$SSH_CONNECTION"'], ["cat", f"{environment.root_of(web_3)}/shared/app.env"]
+    )
+    with pytest.raises(RemoteCommandError, match=r"Host web-3 .*`ls /no/such/dir` exited 2"):
+        run_in_session(["ls", "/no/such/dir"])
+
+    assert int(reached.split()[3]) == web_3.ssh_port
+    assert f"PORT={web_3.app_url.rsplit(':', 1)[1]}" in settings
+    assert [layout.root for layout in sessions] == [environment.root_of(web_3)] * 2
+    assert [layout.hook.client for layout in sessions] == [None, None], "a session left SSH open"

@@ -3,8 +3,11 @@
 Artifacts are read through Airflow's ``ObjectStoragePath``, so ``file://``, ``s3://``, ``gs://``
 and the other stores of installed providers all work the same way. The SHA-256 published next
 to the artifact is read first; the download is hashed while it streams and only a matching file
-enters the local cache, which is keyed by that hash. Tasks may run on different workers, so each
-task calls :func:`fetch_artifact` itself and never relies on a file another task left behind.
+enters the local cache (``$AIRLOCK_ARTIFACT_CACHE``, else ``airlock-artifacts`` in the temporary
+directory), keyed by that hash. Tasks may run on different workers, so each task calls
+:func:`release_artifact` itself (the environment's ``deploy.artifact_url`` and
+``deploy.checksum_url``, by default ``artifact_url`` + ``.sha256``, filled with the version) and
+never relies on a file another task left behind.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
@@ -58,6 +60,10 @@ class HostState:
 
 
 def host_hook(environment: Environment, host: Host) -> HostSSHHook:
+    """An SSH hook to ``host`` with the environment's connection, pinned known_hosts and timeouts.
+
+    The caller closes it; :func:`host_session` does so for the release layout.
+    """
     return HostSSHHook(
         host=host,
         known_hosts=environment.ssh.known_hosts,
@@ -208,11 +214,19 @@ def wait_until_serving(environment: Environment, host: Host, version: str, timeo
     )
 
 
-def deploy_to_host(environment: Environment, host: Host, version: str, artifact: Artifact) -> HostRelease:
-    """Install, switch, activate and wait; a no-op when the host already serves ``version``."""
+@contextmanager
+def host_session(environment: Environment, host: Host) -> Iterator[HostLayout]:
+    """The host's release layout over one SSH session, closed when the block ends."""
     hook = host_hook(environment, host)
     try:
-        layout = HostLayout(hook, environment.root_of(host))
+        yield HostLayout(hook, environment.root_of(host))
+    finally:
+        hook.close()
+
+
+def deploy_to_host(environment: Environment, host: Host, version: str, artifact: Artifact) -> HostRelease:
+    """Install, switch, activate and wait; a no-op when the host already serves ``version``."""
+    with host_session(environment, host) as layout:
         previous = layout.current_version()
         if previous == version:
             healthy, reported, _ = serving_version(environment, host)
@@ -225,15 +239,11 @@ def deploy_to_host(environment: Environment, host: Host, version: str, artifact:
         return HostRelease(
             host=host.name, previous_version=previous, version=version, changed=previous != version
         )
-    finally:
-        hook.close()
 
 
 def roll_back_host(environment: Environment, host: Host, to_version: str) -> bool:
     """Put the host back on ``to_version`` (already installed); returns whether it changed anything."""
-    hook = host_hook(environment, host)
-    try:
-        layout = HostLayout(hook, environment.root_of(host))
+    with host_session(environment, host) as layout:
         current = layout.current_version()
         if current == to_version:
             healthy, reported, _ = serving_version(environment, host)
@@ -245,15 +255,11 @@ def roll_back_host(environment: Environment, host: Host, to_version: str) -> boo
         layout.activate(environment.deploy.activate_command, to_version)
         wait_until_serving(environment, host, to_version, environment.deploy.health_timeout)
         return True
-    finally:
-        hook.close()
 
 
 def inspect_host(environment: Environment, host: Host) -> HostState:
     """Preflight: reach the host (host key checked), read its current release and free disk."""
-    hook = host_hook(environment, host)
-    try:
-        layout = HostLayout(hook, environment.root_of(host))
+    with host_session(environment, host) as layout:
         free = layout.free_disk_mb()
         if free < environment.deploy.min_free_disk_mb:
             raise RuntimeError(
@@ -267,15 +273,10 @@ def inspect_host(environment: Environment, host: Host) -> HostState:
             installed_versions=layout.installed_versions(),
             previous_version=layout.previous_version(),
         )
-    finally:
-        hook.close()
 
 
 def prune_host(environment: Environment, host: Host, protect: set[str]) -> list[str]:
-    hook = host_hook(environment, host)
-    try:
-        layout = HostLayout(hook, environment.root_of(host))
+    """Delete the host's oldest releases beyond ``deploy.keep_releases``; never ``current`` or ``protect``."""
+    with host_session(environment, host) as layout:
         current = layout.current_version()
         return layout.prune(environment.deploy.keep_releases, protect | ({current} if current else set()))
-    finally:
-        hook.close()

@@ -1,8 +1,7 @@
-"""Versioned SQL migrations, applied the way teams trust Flyway to apply them.
+"""Applying versioned SQL migrations to a PostgreSQL database, the way teams trust Flyway to.
 
-A release artifact ships ``migrations/`` holding ``V<version>__<description>.sql`` files and,
-optionally, ``U<version>__<description>.sql`` undo scripts. Versions are dotted (or underscored)
-numbers compared part by part as numbers, so ``V2 < V10`` and ``V1.1 < V1.10``.
+The files themselves (names, versions, checksums, statements) are read by
+:mod:`airlock.core.migrations`; this module is the part that talks to the database.
 
 The target database keeps a history table (``MigrationSettings.history_schema`` /
 ``history_table``) with one row per applied version. Before anything runs, the files are
@@ -20,219 +19,29 @@ keyed on the history table serializes runs against the same database; ``lock_tim
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from airflow.providers.postgres.hooks.postgres import PostgresHook
 from psycopg import sql
 from psycopg.rows import tuple_row
 
 from airlock.config import MigrationSettings
+from airlock.core.migrations import (
+    AppliedMigration,
+    Migration,
+    MigrationError,
+    advisory_lock_key,
+    discover_migrations,
+    expected_filename,
+    parse_version,
+    split_statements,
+)
+from airlock.hooks.postgres import session
 
-NO_TRANSACTION_MARKER = "-- airlock:no-transaction"
-
-_MIGRATION_NAME = re.compile(r"^(?P<kind>[VU])(?P<version>\d+(?:[._]\d+)*)__(?P<description>[^.].*)\.sql$")
-_NO_TRANSACTION_LINE = re.compile(r"^[ \t]*--[ \t]*airlock:no-transaction[ \t]*$", re.MULTILINE)
-_ADVISORY_LOCK_NAMESPACE = "airlock.migrations"
-
-Version = tuple[int, ...]
-
-
-class MigrationError(RuntimeError):
-    """Migrations cannot be read, validated or applied; the message names the file and what to do."""
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One ``V<version>__<description>.sql`` file, read and fingerprinted.
-
-    ``version_text`` is the canonical dotted form (``V2_1`` gives ``"2.1"``, ``V3.0`` gives ``"3"``);
-    it is what the history table stores. ``checksum`` is the SHA-256 of the file's bytes.
-    """
-
-    version: Version
-    version_text: str
-    description: str
-    path: Path
-    sql: str
-    checksum: str
-    transactional: bool = True
-    undo_sql: str | None = None
-    undo_path: Path | None = None
-
-    @property
-    def filename(self) -> str:
-        return self.path.name
-
-
-def parse_version(text: str) -> Version:
-    """``"1.10"`` or ``"1_10"`` -> ``(1, 10)``; trailing zeros drop, as in Flyway (``1.0`` is ``1``)."""
-    parts = [int(part) for part in re.split(r"[._]", text)]
-    while len(parts) > 1 and parts[-1] == 0:
-        parts.pop()
-    return tuple(parts)
-
-
-def version_label(version: Version) -> str:
-    return ".".join(str(part) for part in version)
-
-
-def is_transactional(sql_text: str) -> bool:
-    """False when the script has a line ``-- airlock:no-transaction``."""
-    return _NO_TRANSACTION_LINE.search(sql_text) is None
-
-
-def read_migration(path: Path) -> Migration:
-    """Read one ``V...`` file; raise :class:`MigrationError` naming it when its name or text is bad."""
-    match = _MIGRATION_NAME.match(path.name)
-    if match is None or match.group("kind") != "V":
-        raise MigrationError(
-            f"{path.name}: not a migration file name; use V<version>__<description>.sql, "
-            "e.g. V1.2__add_orders_status.sql"
-        )
-    content = path.read_bytes()
-    try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise MigrationError(f"{path.name}: not valid UTF-8 ({error}); save the file as UTF-8") from None
-    version = parse_version(match.group("version"))
-    return Migration(
-        version=version,
-        version_text=version_label(version),
-        description=match.group("description").replace("_", " "),
-        path=path,
-        sql=text,
-        checksum=hashlib.sha256(content).hexdigest(),
-        transactional=is_transactional(text),
-    )
-
-
-def discover_migrations(directory: Path) -> list[Migration]:
-    """Every migration in ``directory`` (not subdirectories), sorted by version, undo scripts attached.
-
-    Every ``*.sql`` file must be a ``V`` or ``U`` script; two files of one version (``V1.1`` and
-    ``V1_1`` count as one) or an undo script without its migration are refused.
-    """
-    if not directory.is_dir():
-        raise MigrationError(f"{directory}: migrations directory does not exist")
-    migrations: dict[Version, Migration] = {}
-    undo_paths: dict[Version, Path] = {}
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION_NAME.match(path.name)
-        if match is not None and match.group("kind") == "U":
-            version = parse_version(match.group("version"))
-            if version in undo_paths:
-                raise MigrationError(
-                    f"{path.name}: undo script for version {version_label(version)} already given by "
-                    f"{undo_paths[version].name}; keep one"
-                )
-            undo_paths[version] = path
-            continue
-        migration = read_migration(path)
-        if migration.version in migrations:
-            raise MigrationError(
-                f"{path.name}: version {migration.version_text} already used by "
-                f"{migrations[migration.version].filename}; give one of them a new version"
-            )
-        migrations[migration.version] = migration
-    for version, path in undo_paths.items():
-        if version not in migrations:
-            raise MigrationError(
-                f"{path.name}: undo script without a migration V{version_label(version)}__*.sql"
-            )
-        migrations[version] = _with_undo(migrations[version], path)
-    return [migrations[version] for version in sorted(migrations)]
-
-
-def _with_undo(migration: Migration, path: Path) -> Migration:
-    try:
-        undo_sql = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise MigrationError(f"{path.name}: not valid UTF-8 ({error}); save the file as UTF-8") from None
-    return replace(migration, undo_sql=undo_sql, undo_path=path)
-
-
-def split_statements(script: str) -> list[str]:
-    """Split a script on top-level ``;`` (ignoring quotes, comments and dollar quotes).
-
-    Used for ``-- airlock:no-transaction`` files only: PostgreSQL runs a multi-statement query
-    in one implicit transaction, which ``CREATE INDEX CONCURRENTLY`` refuses. Pieces holding
-    only comments and whitespace are dropped.
-    """
-    statements: list[str] = []
-    start = 0
-    has_code = False
-    index = 0
-    length = len(script)
-    while index < length:
-        char = script[index]
-        if script.startswith("--", index):
-            newline = script.find("\n", index)
-            index = length if newline == -1 else newline + 1
-            continue
-        if script.startswith("/*", index):
-            end = script.find("*/", index + 2)
-            index = length if end == -1 else end + 2
-            continue
-        if char in ("'", '"'):
-            index = _end_of_quoted(script, index, char)
-            has_code = True
-            continue
-        if char == "$" and (tag := re.match(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$", script[index:])):
-            end = script.find(tag.group(0), index + len(tag.group(0)))
-            index = length if end == -1 else end + len(tag.group(0))
-            has_code = True
-            continue
-        if char == ";":
-            if has_code:
-                statements.append(script[start : index + 1].strip())
-            start, has_code = index + 1, False
-        elif not char.isspace():
-            has_code = True
-        index += 1
-    if has_code:
-        statements.append(script[start:].strip())
-    return statements
-
-
-def _end_of_quoted(script: str, index: int, quote: str) -> int:
-    """Index just past the quoted literal starting at ``index`` (a doubled quote stays inside)."""
-    position = index + 1
-    while True:
-        end = script.find(quote, position)
-        if end == -1:
-            return len(script)
-        if script.startswith(quote * 2, end):
-            position = end + 2
-            continue
-        return end + 1
-
-
-def expected_filename(version_text: str, description: str) -> str:
-    """The file name an applied history row came from (descriptions keep ``_`` as spaces)."""
-    return f"V{version_text}__{description.replace(' ', '_')}.sql"
-
-
-def advisory_lock_key(schema: str, table: str) -> int:
-    """A signed 64-bit key for ``pg_advisory_lock``, the same for every run against one history table."""
-    digest = hashlib.sha256(f"{_ADVISORY_LOCK_NAMESPACE}:{schema}.{table}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-@dataclass(frozen=True)
-class AppliedMigration:
-    """One row of the history table."""
-
-    version: Version
-    version_text: str
-    description: str
-    checksum: str
+__all__ = ["Migration", "MigrationError", "MigrationRunner", "discover_migrations"]
 
 
 def _milliseconds(seconds: float) -> str:
@@ -251,15 +60,19 @@ class MigrationRunner:
         self.settings = settings
         self.history = sql.Identifier(settings.history_schema, settings.history_table)
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        connection = PostgresHook(postgres_conn_id=self.conn_id).get_conn()
-        connection.autocommit = True
-        connection.row_factory = tuple_row
-        return connection
+    @contextmanager
+    def _session(self) -> Iterator[psycopg.Connection[Any]]:
+        """An autocommit session: each migration opens its own transaction (or runs without one).
+
+        Rows are tuples whatever ``cursor`` extra the connection has: the runner unpacks them.
+        """
+        with session(self.conn_id, autocommit=True) as connection:
+            connection.row_factory = tuple_row
+            yield connection
 
     def ensure_history(self) -> None:
         """Create the history schema and table when missing."""
-        with self._connect() as connection:
+        with self._session() as connection:
             self._ensure_history(connection)
 
     def _ensure_history(self, connection: psycopg.Connection[Any]) -> None:
@@ -284,7 +97,7 @@ class MigrationRunner:
 
     def applied(self) -> list[AppliedMigration]:
         """The history table's rows by version; empty when the table does not exist yet."""
-        with self._connect() as connection:
+        with self._session() as connection:
             return self._applied(connection)
 
     def _applied(self, connection: psycopg.Connection[Any]) -> list[AppliedMigration]:
@@ -313,7 +126,7 @@ class MigrationRunner:
         Raises :class:`MigrationError` naming the file when an applied file changed or is missing,
         or when a pending version is lower than the highest applied one.
         """
-        with self._connect() as connection:
+        with self._session() as connection:
             return self._validate(migrations, self._applied(connection))
 
     @staticmethod
@@ -355,9 +168,8 @@ class MigrationRunner:
 
         A second run against the same database waits for the lock, then finds nothing pending.
         """
-        connection = self._connect()
         key = advisory_lock_key(self.settings.history_schema, self.settings.history_table)
-        try:
+        with self._session() as connection:
             connection.execute("SELECT pg_advisory_lock(%s)", (key,))
             try:
                 self._ensure_history(connection)
@@ -371,8 +183,6 @@ class MigrationRunner:
             finally:
                 if not connection.closed and not connection.broken:
                     connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
-        finally:
-            connection.close()
 
     def _set_timeouts(self, connection: psycopg.Connection[Any]) -> None:
         for name, value in (
@@ -421,22 +231,3 @@ class MigrationRunner:
                 run_id,
             ),
         )
-
-    @staticmethod
-    def plan_markdown(pending: Sequence[Migration]) -> str:
-        """The pending migrations with their SQL, for the approver to read."""
-        if not pending:
-            return "No pending migrations: the database is up to date."
-        sections = [f"**{len(pending)} pending migration{'s' if len(pending) != 1 else ''}**, in order:"]
-        for migration in pending:
-            fence = "`" * max(3, _longest_backtick_run(migration.sql) + 1)
-            mode = "" if migration.transactional else " (runs outside a transaction)"
-            sections.append(
-                f"### V{migration.version_text}: {migration.description}{mode}\n\n"
-                f"`{migration.filename}`\n\n{fence}sql\n{migration.sql.rstrip()}\n{fence}"
-            )
-        return "\n\n".join(sections) + "\n"
-
-
-def _longest_backtick_run(text: str) -> int:
-    return max((len(run) for run in re.findall(r"`+", text)), default=0)

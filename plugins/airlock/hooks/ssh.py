@@ -52,6 +52,11 @@ class CommandResult:
     stderr: str
 
 
+def known_hosts_entry(host: Host) -> str:
+    """How known_hosts names ``host``: ``[address]:port``, or the bare address on port 22."""
+    return host.address if host.ssh_port == 22 else f"[{host.address}]:{host.ssh_port}"
+
+
 def known_host_key(known_hosts: Path, host: Host) -> paramiko.PKey:
     """The key ``known_hosts`` lists for ``host`` (as ``[address]:port``, or ``address`` on 22)."""
     if not known_hosts.is_file():
@@ -60,8 +65,7 @@ def known_host_key(known_hosts: Path, host: Host) -> paramiko.PKey:
             f"create it with `ssh-keyscan -p {host.ssh_port} {host.address} >> {known_hosts}` "
             "after checking the fingerprint out of band"
         )
-    entry = host.address if host.ssh_port == 22 else f"[{host.address}]:{host.ssh_port}"
-    keys = paramiko.HostKeys(str(known_hosts)).lookup(entry)
+    keys = paramiko.HostKeys(str(known_hosts)).lookup(known_hosts_entry(host))
     if not keys:
         raise HostKeyError(
             f"Host {host.name} ({host.ssh_target}) is not listed in {known_hosts}: add its key "
@@ -117,10 +121,7 @@ class HostSSHHook(SSHHook):
         expected = known_host_key(self.known_hosts, self.host)
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        entry = (
-            self.host.address if self.host.ssh_port == 22 else f"[{self.host.address}]:{self.host.ssh_port}"
-        )
-        client.get_host_keys().add(entry, expected.get_name(), expected)
+        client.get_host_keys().add(known_hosts_entry(self.host), expected.get_name(), expected)
         connect_kwargs = {
             "hostname": self.host.address,
             "port": self.host.ssh_port,

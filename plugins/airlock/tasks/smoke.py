@@ -1,7 +1,9 @@
 """Smoke tests after each wave: HTTP checks against the wave's hosts, SQL checks on the database.
 
 They are the environment's ``smoke_tests`` list. A failure stops the release (and triggers the
-rollback); the message names the test, the host and what was expected.
+rollback); the message names the test, the host and what was expected. A restore runs the SQL
+tests alone against the restored database. Hosts are reached through :mod:`airlock.hooks.http`,
+the database through :func:`airlock.hooks.postgres.first_row`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import urllib.request
 from dataclasses import dataclass
 from time import monotonic
 
-from airflow.providers.postgres.hooks.postgres import PostgresHook
-
 from airlock.config import Environment, Host, HttpSmokeTest, SqlSmokeTest
+from airlock.hooks.http import UNREACHABLE
+from airlock.hooks.postgres import first_row
 
 
 class SmokeTestFailed(RuntimeError):
@@ -37,7 +39,7 @@ def run_http_test(test: HttpSmokeTest, host: Host) -> SmokeResult:
             status, body = response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as error:
         status, body = error.code, error.read().decode(errors="replace")
-    except (OSError, urllib.error.URLError) as error:
+    except UNREACHABLE as error:
         return SmokeResult(test.name, host.name, False, f"GET {url} failed: {error}")
     latency = monotonic() - started
     problems = []
@@ -65,7 +67,7 @@ def _same(actual: object, expected: object) -> bool:
 
 def run_sql_test(test: SqlSmokeTest, conn_id: str) -> SmokeResult:
     try:
-        row = PostgresHook(postgres_conn_id=conn_id).get_first(test.query)
+        row = first_row(conn_id, test.query)
     except Exception as error:
         return SmokeResult(test.name, conn_id, False, f"query failed: {error}")
     actual = row[0] if row else None

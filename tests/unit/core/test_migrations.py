@@ -1,4 +1,4 @@
-"""Reading a migrations directory: names, order, fingerprints and the no-transaction marker."""
+"""Migration files: names, order, fingerprints, the no-transaction marker and the plan's Markdown."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
+from markdown_it import MarkdownIt
 
-from airlock.hooks.migrations import (
+from airlock.core.migrations import (
     MigrationError,
-    MigrationRunner,
     discover_migrations,
+    pending_migrations_markdown,
+    plan_entry,
     split_statements,
 )
 
@@ -189,7 +191,18 @@ def test_statements_split_on_top_level_semicolons_only() -> None:
     ]
 
 
-def test_plan_lists_each_pending_migration_with_its_sql(tmp_path: Path) -> None:
+def rendered(markdown: str) -> list[tuple[str, str, str]]:
+    """What a CommonMark renderer makes of ``markdown``: (kind, info, content) per block."""
+    blocks = []
+    for token in MarkdownIt("commonmark").parse(markdown):
+        if token.type == "fence":
+            blocks.append(("code", token.info, token.content))
+        elif token.type == "inline":
+            blocks.append(("text", "", token.content))
+    return blocks
+
+
+def test_plan_lists_each_pending_migration_with_its_sql_in_order(tmp_path: Path) -> None:
     migrations = discover_migrations(
         write(
             tmp_path,
@@ -202,11 +215,49 @@ def test_plan_lists_each_pending_migration_with_its_sql(tmp_path: Path) -> None:
         )
     )
 
-    plan = MigrationRunner.plan_markdown(migrations)
+    plan = pending_migrations_markdown([plan_entry(migration) for migration in migrations])
 
-    assert (
-        "### V1: create orders\n\n`V1__create_orders.sql`\n\n```sql\nCREATE TABLE orders (id int);\n```"
-        in plan
-    )
-    assert "### V2: index orders (runs outside a transaction)" in plan
-    assert MigrationRunner.plan_markdown([]) == "No pending migrations: the database is up to date."
+    assert rendered(plan) == [
+        ("text", "", "`V1__create_orders.sql`"),
+        ("code", "sql", "CREATE TABLE orders (id int);\n"),
+        ("text", "", "`V2__index_orders.sql` (runs outside a transaction)"),
+        ("code", "sql", "-- airlock:no-transaction\nCREATE INDEX CONCURRENTLY i ON orders (id);\n"),
+    ]
+
+
+def test_plan_entry_carries_file_version_and_sql(tmp_path: Path) -> None:
+    [migration] = discover_migrations(write(tmp_path, {"V1.2__add_status.sql": "ALTER TABLE t ADD s int;"}))
+
+    assert plan_entry(migration) == {
+        "file": "V1.2__add_status.sql",
+        "version": "1.2",
+        "sql": "ALTER TABLE t ADD s int;",
+    }
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(
+            "/* usage:\n```\n# not a heading\n```\n*/\nCREATE TABLE t (id int);", id="fence-in-block-comment"
+        ),
+        pytest.param("COMMENT ON TABLE t IS '\n````\n**not bold**\n````\n';", id="longer-fence-in-string"),
+        pytest.param("SELECT 1;\n```", id="fence-as-last-line"),
+    ],
+)
+def test_sql_holding_backtick_fences_stays_one_code_block(script: str) -> None:
+    plan = pending_migrations_markdown([{"file": "V1__t.sql", "sql": script}])
+
+    assert rendered(plan) == [("text", "", "`V1__t.sql`"), ("code", "sql", script + "\n")]
+
+
+def test_file_name_with_a_backtick_stays_inline_code() -> None:
+    plan = pending_migrations_markdown([{"file": "V1__odd`name.sql", "sql": "SELECT 1;"}])
+
+    [(_, _, heading), _] = rendered(plan)
+    [code] = [t for t in MarkdownIt("commonmark").parseInline(heading)[0].children if t.type == "code_inline"]
+    assert code.content == "V1__odd`name.sql"
+
+
+def test_plan_without_pending_migrations_says_none_pending() -> None:
+    assert pending_migrations_markdown([]) == "None pending."
