@@ -12,19 +12,23 @@ from typing import Any
 UNREACHABLE = (OSError, urllib.error.URLError)
 
 
-def fetch_json(url: str, timeout: float) -> tuple[int, Any | None, float]:
-    """GET ``url``: status, parsed JSON body (None when not JSON) and latency in seconds.
+def fetch(url: str, timeout: float) -> tuple[int, bytes, float]:
+    """GET ``url``: status, raw body and latency in seconds.
 
     An HTTP error status is returned, not raised; :data:`UNREACHABLE` errors propagate.
     """
     started = time.monotonic()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            body = response.read()
-            status = response.status
+            body, status = response.read(), response.status
     except urllib.error.HTTPError as error:
         body, status = error.read(), error.code
-    latency = time.monotonic() - started
+    return status, body, time.monotonic() - started
+
+
+def fetch_json(url: str, timeout: float) -> tuple[int, Any | None, float]:
+    """GET ``url``: status, parsed JSON body (None when not JSON) and latency in seconds."""
+    status, body, latency = fetch(url, timeout)
     try:
         return status, json.loads(body), latency
     except ValueError:

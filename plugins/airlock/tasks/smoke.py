@@ -8,13 +8,10 @@ the database through :func:`airlock.hooks.postgres.first_row`.
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from time import monotonic
 
 from airlock.config import Environment, Host, HttpSmokeTest, SqlSmokeTest
-from airlock.hooks.http import UNREACHABLE
+from airlock.hooks.http import UNREACHABLE, fetch
 from airlock.hooks.postgres import first_row
 
 
@@ -33,15 +30,11 @@ class SmokeResult:
 def run_http_test(test: HttpSmokeTest, host: Host) -> SmokeResult:
     url = host.app_url + test.path
     timeout = max(test.max_latency.total_seconds() * 2, 5)
-    started = monotonic()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            status, body = response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as error:
-        status, body = error.code, error.read().decode(errors="replace")
+        status, raw, latency = fetch(url, timeout=timeout)
     except UNREACHABLE as error:
         return SmokeResult(test.name, host.name, False, f"GET {url} failed: {error}")
-    latency = monotonic() - started
+    body = raw.decode(errors="replace")
     problems = []
     if status != test.expect_status:
         problems.append(f"status {status}, expected {test.expect_status}")
