@@ -13,6 +13,7 @@ from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.core.release import takes_pre_release_backup
 from airlock.operators.approval import approval_gate
+from airlock.tasks import migrate as migration_steps
 from airlock.tasks import release as steps
 from airlock.tasks.environment import check_hosts_task, lock_task, unlock_task
 from airlock.tasks.release import TaskIds
@@ -56,7 +57,7 @@ def release_dag(environment: Environment) -> DAG:
         @task(task_id=TaskIds.CHECK_MIGRATIONS, retries=3)
         def check_migrations(request: dict):
             """The version's migrations, validated against the database: pending ones are planned."""
-            return steps.check_migrations(environment, request["version"])
+            return migration_steps.check_migrations(environment, request["version"])
 
         @task(task_id=TaskIds.PLAN, retries=0)
         def plan(request: dict, artifact: dict, host_states: list, database: dict, migrations: list, backup):
