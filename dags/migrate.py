@@ -2,18 +2,20 @@
 
 Releases apply migrations themselves (after approval, before the first wave); this DAG is for
 applying them ahead of a release (expand/contract) or checking what is pending. The runbook
-(``docs/runbooks/database-migration.md``) is the DAG's documentation.
+(``docs/runbooks/database-migration.md``) is the DAG's documentation; the logic lives in
+``airlock.tasks.migrate``.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, chain, get_current_context, task
+from airflow.sdk import DAG, Param, chain, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators.approval import approval_gate
-from airlock.tasks import release as steps
+from airlock.tasks import migrate as steps
 from airlock.tasks.environment import lock_task, unlock_task
+from airlock.tasks.migrate import TaskIds
 
 
 def migrate_dag(environment: Environment) -> DAG:
@@ -35,29 +37,20 @@ def migrate_dag(environment: Environment) -> DAG:
         },
     ) as dag:
 
-        @task(retries=3)
-        def plan(params=None):
+        @task(task_id=TaskIds.PLAN, retries=3)
+        def plan():
             """Validate the migrations against the database and list the pending ones with their SQL."""
-            pending = steps.check_migrations(environment, params["version"])
-            lines = [f"## Migrations of {params['version']} on {environment.name}", ""]
-            for migration in pending:
-                lines += [f"### `{migration['file']}`", "", "```sql", migration["sql"].strip(), "```", ""]
-            return {
-                "pending": pending,
-                "markdown": "\n".join(lines if pending else [*lines, "None pending."]),
-            }
+            return steps.plan(environment)
 
-        @task.short_circuit(retries=0, ignore_downstream_trigger_rules=False)
-        def proceed(planned: dict, params=None):
+        @task.short_circuit(task_id=TaskIds.PROCEED, retries=0, ignore_downstream_trigger_rules=False)
+        def proceed(planned: dict):
             """Stop here for a dry run or when nothing is pending."""
-            return bool(planned["pending"]) and not params["dry_run"]
+            return steps.proceed(planned)
 
-        @task(retries=1)
-        def apply(params=None):
+        @task(task_id=TaskIds.APPLY, retries=1)
+        def apply():
             """Apply in order, each migration in its own transaction, under an advisory lock."""
-            return steps.migrate(
-                environment, version=params["version"], run_id=get_current_context()["run_id"]
-            )
+            return steps.apply(environment)
 
         taken = lock_task(environment, purpose="migrations of {{ params.version }}")
         planned = plan()
@@ -67,6 +60,8 @@ def migrate_dag(environment: Environment) -> DAG:
             environment,
             subject=f"Apply migrations of {{{{ params.version }}}} on {environment.name}?",
             change="migrations of {{ params.version }}",
+            task_id=TaskIds.APPROVE,
+            plan_task_id=TaskIds.PLAN,
         )
         chain(proceed(planned), *gate, applied)
         released = unlock_task(environment)

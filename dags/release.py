@@ -7,13 +7,16 @@ lives in ``airlock.tasks.release``.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, get_current_context, task
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
+from airlock.core.release import takes_pre_release_backup
 from airlock.operators.approval import approval_gate
+from airlock.tasks import migrate as migration_steps
 from airlock.tasks import release as steps
 from airlock.tasks.environment import check_hosts_task, lock_task, unlock_task
+from airlock.tasks.release import TaskIds
 
 
 def release_dag(environment: Environment) -> DAG:
@@ -33,28 +36,32 @@ def release_dag(environment: Environment) -> DAG:
         render_template_as_native_obj=False,
     ) as dag:
 
-        @task(retries=0)
-        def validate_request(params=None, dag_run=None):
+        @task(task_id=TaskIds.VALIDATE_REQUEST, retries=0)
+        def validate_request():
             """Refuse unknown keys, unsafe versions and bad types before anything is touched."""
-            return steps.validate(dag_run.conf, params)
+            return steps.validate_run_request()
 
-        @task(retries=3)
+        @task(task_id=TaskIds.CHECK_ARTIFACT, retries=3)
         def check_artifact(request: dict):
             return steps.check_artifact(environment, request["version"])
 
-        @task(retries=3)
+        @task(task_id=TaskIds.CHECK_DATABASE, retries=3)
         def check_database():
-            return steps.check_database(environment)
+            return steps.require_database_reachable(environment)
 
-        @task(retries=3)
+        @task(task_id=TaskIds.CHECK_BACKUP, retries=3)
         def check_backup():
             """The newest verified backup must be younger than the environment's backup.max_age."""
-            return steps.check_backup(environment)
+            return steps.require_recent_backup(environment)
 
-        @task(retries=0)
+        @task(task_id=TaskIds.CHECK_MIGRATIONS, retries=3)
+        def check_migrations(request: dict):
+            """The version's migrations, validated against the database: pending ones are planned."""
+            return migration_steps.check_migrations(environment, request["version"])
+
+        @task(task_id=TaskIds.PLAN, retries=0)
         def plan(request: dict, artifact: dict, host_states: list, database: dict, migrations: list, backup):
             """Build the release plan: the approver's reading and a dry run's whole output."""
-            who = steps.triggering_user(get_current_context())
             return steps.plan(
                 environment,
                 request=request,
@@ -63,63 +70,51 @@ def release_dag(environment: Environment) -> DAG:
                 database=database,
                 migrations=migrations,
                 backup=backup,
-                triggered_by=who,
             )
 
-        @task(retries=3)
-        def check_migrations(request: dict):
-            """The version's migrations, validated against the database: pending ones are planned."""
-            return steps.check_migrations(environment, request["version"])
-
-        @task(retries=1, execution_timeout=environment.backup.timeout if environment.backup else None)
-        def backup():
-            """Pre-release backup, after approval and before migrations: the way back for the data."""
-            dag_run = get_current_context()["dag_run"]
-            return steps.pre_release_backup(environment, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
-
-        @task(retries=1)
-        def migrate(request: dict):
-            """Apply pending migrations before any host is switched; a failure stops the release."""
-            return steps.migrate(
-                environment, version=request["version"], run_id=get_current_context()["run_id"]
-            )
-
-        @task.short_circuit(retries=1, ignore_downstream_trigger_rules=False)
+        @task.short_circuit(task_id=TaskIds.PROCEED, retries=1, ignore_downstream_trigger_rules=False)
         def proceed(planned: dict):
             """Announce the release in Slack; a dry run stops here."""
             return steps.announce(environment, planned)
 
         @task(
+            task_id=TaskIds.BACKUP,
+            retries=1,
+            execution_timeout=environment.backup.timeout if environment.backup else None,
+        )
+        def backup():
+            """Pre-release backup, after approval and before migrations: the way back for the data."""
+            return steps.backup(environment)
+
+        @task(task_id=TaskIds.MIGRATE, retries=1)
+        def migrate(request: dict):
+            """Apply pending migrations before any host is switched; a failure stops the release."""
+            return steps.migrate(environment, request)
+
+        @task(
+            task_id=TaskIds.DEPLOY,
             retries=2,
             map_index_template="{{ host_name }}",
             max_active_tis_per_dagrun=environment.rollout.max_parallel_per_wave,
         )
         def deploy(host_name: str, request: dict, wave_hosts: list):
             """Install, switch `current`, activate and wait until the host serves the version."""
-            context = get_current_context()
-            context["host_name"] = host_name
-            return steps.deploy(
-                environment,
-                version=request["version"],
-                host_name=host_name,
-                wave_hosts=wave_hosts,
-                run_id=context["run_id"],
-            )
+            return steps.deploy(environment, host_name=host_name, request=request, wave_hosts=wave_hosts)
 
-        @task(retries=1)
+        @task(task_id=TaskIds.VERIFY, retries=1)
         def verify(wave_hosts: list):
             """Smoke tests against this wave's hosts and the database."""
             return steps.verify(environment, wave_hosts=wave_hosts)
 
-        @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
+        @task(task_id=TaskIds.ROLLBACK, retries=2, trigger_rule=TriggerRule.ALL_DONE)
         def rollback():
-            """If a wave failed: every host this run switched goes back to its previous release."""
-            return steps.roll_back_run(environment, get_current_context())
+            """If a wave failed: every host this run switched is rolled back to its previous release."""
+            return steps.rollback(environment)
 
-        @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
+        @task(task_id=TaskIds.CONCLUDE, retries=2, trigger_rule=TriggerRule.ALL_DONE)
         def conclude():
             """Audit record, prune old releases, Slack; the run fails unless the release went out."""
-            return steps.conclude_run(environment, get_current_context())
+            return steps.conclude(environment)
 
         request = validate_request()
         taken = lock_task(environment, purpose="release {{ params.version }}")
@@ -139,9 +134,11 @@ def release_dag(environment: Environment) -> DAG:
                 environment,
                 subject=f"Release {{{{ params.version }}}} to {environment.name}?",
                 change="release {{ params.version }}",
+                task_id=TaskIds.APPROVE,
+                plan_task_id=TaskIds.PLAN,
             ),
         ]
-        if steps.takes_pre_release_backup(environment):
+        if takes_pre_release_backup(environment):
             gates.append(backup())
         gates.append(migrate(request))
         chain(*gates)

@@ -1,19 +1,20 @@
-"""``rollback_<env>``: put every host of an environment back on its previous (or a named) release.
+"""``rollback_<env>``: roll every host of an environment back to its previous (or a named) release.
 
 Runs under the same lock as ``release_<env>`` and with the same approval gate. The runbook
 (``docs/runbooks/rollback.md``) is the DAG's documentation; the logic lives in
-``airlock.tasks.release``.
+``airlock.tasks.rollback``.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, TriggerRule, chain, get_current_context, task
+from airflow.sdk import DAG, Param, TriggerRule, chain, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators.approval import approval_gate
-from airlock.tasks import release as steps
+from airlock.tasks import rollback as steps
 from airlock.tasks.environment import check_hosts_task, lock_task, unlock_task
+from airlock.tasks.rollback import TaskIds
 
 
 def rollback_dag(environment: Environment) -> DAG:
@@ -36,46 +37,38 @@ def rollback_dag(environment: Environment) -> DAG:
         },
     ) as dag:
 
-        @task(retries=0)
-        def plan(host_states: list, params=None, dag_run=None):
+        @task(task_id=TaskIds.PLAN, retries=0)
+        def plan(host_states: list):
             """Each host's target release, refused if it is not installed there."""
-            return steps.plan_rollback(
-                environment,
-                conf=dag_run.conf,
-                params=params,
-                host_states=list(host_states),
-                triggered_by=steps.triggering_user(get_current_context()),
-            )
+            return steps.plan(environment, list(host_states))
 
-        @task(retries=2, map_index_template="{{ host_name }}")
+        @task(task_id=TaskIds.ROLL_BACK_HOST, retries=2, map_index_template="{{ host_name }}")
         def roll_back_host(host_name: str, planned: dict):
             """Switch `current` back, activate, wait until healthy on the target release."""
-            context = get_current_context()
-            context["host_name"] = host_name
-            return steps.roll_back_one(
-                environment, planned=planned, host_name=host_name, run_id=context["run_id"]
-            )
+            return steps.roll_back_planned_host(environment, host_name=host_name, planned=planned)
 
-        @task(retries=2, trigger_rule=TriggerRule.ALL_DONE)
+        @task(task_id=TaskIds.CONCLUDE, retries=2, trigger_rule=TriggerRule.ALL_DONE)
         def conclude():
             """Audit record and Slack; the run fails unless every host is back."""
-            return steps.conclude_rollback_run(environment, get_current_context())
+            return steps.conclude(environment)
 
         taken = lock_task(environment, purpose="rollback to {{ params.to_version or 'previous releases' }}")
         states = check_hosts_task(environment)
         planned = plan(states)
         taken >> states
-        switched = roll_back_host.partial(planned=planned).expand(
+        rolled_back = roll_back_host.partial(planned=planned).expand(
             host_name=[h.name for h in environment.hosts]
         )
         gate = approval_gate(
             environment,
             subject=f"Roll back {environment.name}?",
             change="rollback to {{ params.to_version or 'previous releases' }}",
+            task_id=TaskIds.APPROVE,
+            plan_task_id=TaskIds.PLAN,
         )
-        chain(planned, *gate, switched)
+        chain(planned, *gate, rolled_back)
         released = unlock_task(environment)
-        chain(switched, conclude(), released)
+        chain(rolled_back, conclude(), released)
         taken >> released
     return dag
 

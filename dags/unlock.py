@@ -1,17 +1,18 @@
 """``unlock_<env>``: break an environment's lock by hand, behind approval, with a reason.
 
 For the lock a dead run left and Airlock could not judge dead by itself (see the runbook,
-``docs/runbooks/unlock.md``). The logic lives in ``airlock.tasks.release``.
+``docs/runbooks/unlock.md``). The logic lives in ``airlock.tasks.unlock``.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, chain, get_current_context, task
+from airflow.sdk import DAG, Param, chain, task
 
 from airlock.config import Environment, load_environments
 from airlock.conventions import default_args, runbook
 from airlock.operators.approval import approval_gate
-from airlock.tasks import release as steps
+from airlock.tasks import unlock as steps
+from airlock.tasks.unlock import TaskIds
 
 
 def unlock_dag(environment: Environment) -> DAG:
@@ -34,28 +35,23 @@ def unlock_dag(environment: Environment) -> DAG:
         },
     ) as dag:
 
-        @task(retries=0)
-        def plan(params=None):
+        @task(task_id=TaskIds.PLAN, retries=0)
+        def plan():
             """Who holds the lock: the approver reads this before it is broken."""
-            return steps.plan_unlock(environment, reason=params["reason"])
+            return steps.plan(environment)
 
-        @task(retries=0)
+        @task(task_id=TaskIds.BREAK_LOCK, retries=0)
         def break_lock(planned: dict):
             """Compare-and-delete exactly the lock the plan showed; audit row and Slack."""
-            context = get_current_context()
-            return steps.break_lock(
-                environment,
-                planned=planned,
-                dag_id=context["dag"].dag_id,
-                run_id=context["run_id"],
-                who=steps.triggering_user(context),
-            )
+            return steps.break_lock(environment, planned)
 
         planned = plan()
         gate = approval_gate(
             environment,
             subject=f"Break the lock of {environment.name}?",
             change=f"breaking the lock of {environment.name}",
+            task_id=TaskIds.APPROVE,
+            plan_task_id=TaskIds.PLAN,
         )
         chain(planned, *gate, break_lock(planned))
     return dag

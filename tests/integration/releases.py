@@ -28,3 +28,35 @@ def audit_rows(postgres_url: str, run_id: str, *columns: str) -> list[tuple]:
     )
     with psycopg.connect(postgres_url) as connection:
         return connection.execute(query, (run_id,)).fetchall()
+
+
+def task_times(dag_id: str, run_id: str) -> dict[str, tuple]:
+    """``task_id`` (``task_id[map_index]`` for mapped ones) -> (start, end), from the metadata DB."""
+    from airflow.models import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(
+                TaskInstance.task_id, TaskInstance.map_index, TaskInstance.start_date, TaskInstance.end_date
+            ).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
+        ).all()
+    return {(task if index < 0 else f"{task}[{index}]"): (start, end) for task, index, start, end in rows}
+
+
+def approval_response(dag_id: str, run_id: str, task_id: str = "approve") -> tuple:
+    """What the run's approval request recorded as its answer: (responded_by, chosen_options)."""
+    from airflow.models import TaskInstance
+    from airflow.models.hitl import HITLDetail
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.execute(
+            select(HITLDetail.responded_by, HITLDetail.chosen_options)
+            .join(TaskInstance, HITLDetail.ti_id == TaskInstance.id)
+            .where(
+                TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id
+            )
+        ).one()

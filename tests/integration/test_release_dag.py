@@ -19,6 +19,8 @@ from airlock.hooks.hosts import HostLayout, host_hook
 from airlock.hooks.lock import EnvironmentLock
 from airlock.tasks import release as release_steps
 from airlock.tasks.backup import BackupStore
+from airlock.tasks.environment import environment_lock, require_host_ready
+from airlock.tasks.migrate import check_migrations
 from tests.integration import releases
 from tests.integration.releases import (
     BAD_MIGRATION,
@@ -28,6 +30,7 @@ from tests.integration.releases import (
     OLD,
     on_every_host,
     served_versions,
+    task_times,
 )
 from tests.support import load_dag, run_dag
 
@@ -85,11 +88,16 @@ def test_an_approved_release_switches_every_host_in_waves(
 def test_the_waves_run_in_order_first_one_host_then_the_rest(release, hosts_on_old):
     environment = hosts_on_old
 
-    _, states, _ = run_dag(release, {"version": NEW}, answer="Approve")
+    run_id, states, _ = run_dag(release, {"version": NEW}, answer="Approve")
 
-    assert states["wave_1.deploy[0]"] == "success"
-    assert {states["wave_2.deploy[0]"], states["wave_2.deploy[1]"]} == {"success"}
     assert [h.name for h in environment.waves[0].hosts] == ["web-1"]
+    wave_1, wave_2 = ["wave_1.deploy[0]"], ["wave_2.deploy[0]", "wave_2.deploy[1]"]
+    assert {states[task] for task in [*wave_1, *wave_2, "wave_1.verify", "wave_2.verify"]} == {"success"}
+    times = task_times(release.dag_id, run_id)
+    # Each wave is deployed, then verified, and only then does the next wave start.
+    assert all(times[task][1] <= times["wave_1.verify"][0] for task in wave_1), times
+    assert all(times["wave_1.verify"][1] <= times[task][0] for task in wave_2), times
+    assert all(times[task][1] <= times["wave_2.verify"][0] for task in wave_2), times
 
 
 def test_a_broken_version_is_rolled_back_on_every_switched_host(
@@ -138,11 +146,14 @@ def test_a_rejected_release_changes_nothing_and_says_who_rejected(
 def test_only_an_assigned_approver_can_answer(release, hosts_on_old):
     environment = hosts_on_old
 
-    _, states, answered = run_dag(release, {"version": NEW}, answer="Approve", as_user="mallory")
+    run_id, _, answered = run_dag(release, {"version": NEW}, answer="Approve", as_user="mallory")
 
     assert "is not a respondent" in str(answered.get("error")), answered
-    assert states["approve"] != "success"
+    # The refused answer was not recorded: the request still waits for an approver's answer
+    # (the harness then fails the parked task so that the run ends).
+    assert releases.approval_response(release.dag_id, run_id) == (None, None)
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+    assert not [b for b in BackupStore.of(environment).backups() if b.run_id == run_id]
 
 
 def test_a_dry_run_plans_and_changes_nothing(release, hosts_on_old, slack_messages):
@@ -162,12 +173,12 @@ def test_the_plan_shows_hosts_per_wave_current_and_new_version(
     environment, hosts_on_old, artifacts, verified_backup
 ):
     artifact = release_steps.check_artifact(environment, NEW)
-    host_states = [release_steps.check_host(environment, h.name) for h in environment.hosts]
-    database = release_steps.check_database(environment)
-    migrations = release_steps.check_migrations(environment, NEW)
-    backup = release_steps.check_backup(environment)
+    host_states = [require_host_ready(environment, h.name) for h in environment.hosts]
+    database = release_steps.require_database_reachable(environment)
+    migrations = check_migrations(environment, NEW)
+    backup = release_steps.require_recent_backup(environment)
 
-    planned = release_steps.plan(
+    planned = release_steps.plan_release(
         environment,
         request={"version": NEW, "dry_run": False, "reason": "weekly"},
         artifact=artifact,
@@ -200,15 +211,18 @@ def test_a_second_release_fails_fast_naming_the_lock_holder(
         ttl=__import__("datetime").timedelta(minutes=5),
     )
     holder.acquire(run_id="manual__other-run", purpose="release 9.9.9", triggered_by="alice")
+    held = redis_client.get(f"airlock:lock:{environment.name}")
 
     _, states, _ = run_dag(release, {"version": NEW})
 
     assert states["lock"] == "failed"
-    assert states["unlock"] != "success"
+    assert states["plan"] == "upstream_failed"
     lock_failures = [t for t in slack_messages.texts() if "task lock failed" in t]
     assert lock_failures
     assert "locked by release 9.9.9 (run manual__other-run, by alice" in lock_failures[-1]
-    assert json.loads(redis_client.get(f"airlock:lock:{environment.name}"))["run_id"] == "manual__other-run"
+    # The other run's lock is untouched: same holder, same token.
+    assert redis_client.get(f"airlock:lock:{environment.name}") == held
+    assert json.loads(held)["run_id"] == "manual__other-run"
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
 
 
@@ -264,17 +278,15 @@ def test_unknown_parameters_stop_the_run_before_anything_is_touched(release, hos
 
 def test_re_running_a_deploy_for_a_host_already_switched_is_a_no_op(environment, hosts_on_old):
     web_1 = environment.hosts[0]
-    release_steps.environment_lock(environment).acquire(
-        run_id="manual__rerun", purpose="test", triggered_by="me"
-    )
-    first = release_steps.deploy(
+    environment_lock(environment).acquire(run_id="manual__rerun", purpose="test", triggered_by="me")
+    first = release_steps.deploy_host(
         environment, version=NEW, host_name="web-1", wave_hosts=["web-1"], run_id="manual__rerun"
     )
     hook = host_hook(environment, web_1)
     stamp = ["stat", "-c", "%Y %i", f"{environment.root_of(web_1)}/releases/{NEW}"]
     before = hook.run(stamp).stdout
 
-    again = release_steps.deploy(
+    again = release_steps.deploy_host(
         environment, version=NEW, host_name="web-1", wave_hosts=["web-1"], run_id="manual__rerun"
     )
 
@@ -318,16 +330,12 @@ def test_rollback_to_a_release_missing_on_a_host_is_refused_before_any_switch(ro
 
 
 def test_a_run_that_lost_its_lock_stops_before_touching_a_host(environment, hosts_on_old, redis_client):
-    release_steps.environment_lock(environment).acquire(
-        run_id="manual__mine", purpose="test", triggered_by="me"
-    )
+    environment_lock(environment).acquire(run_id="manual__mine", purpose="test", triggered_by="me")
     redis_client.delete(f"airlock:lock:{environment.name}")  # expired, or broken by an operator
-    release_steps.environment_lock(environment).acquire(
-        run_id="manual__theirs", purpose="release 9", triggered_by="bob"
-    )
+    environment_lock(environment).acquire(run_id="manual__theirs", purpose="release 9", triggered_by="bob")
 
     with pytest.raises(AirflowFailException, match=r"no longer holds the lock .* held by release 9"):
-        release_steps.deploy(
+        release_steps.deploy_host(
             environment, version=NEW, host_name="web-1", wave_hosts=["web-1"], run_id="manual__mine"
         )
 

@@ -113,15 +113,19 @@ def test_unlock_breaks_exactly_the_lock_it_showed_after_approval(
     assert any(f"{DAG_TEST_USER} broke the lock of release 9.9.9" in t for t in slack_messages.texts())
 
 
-def test_unlock_rejected_leaves_the_lock(unlock, hosts_on_old, redis_client):
+def test_unlock_rejected_leaves_the_lock(unlock, hosts_on_old, slack_messages, redis_client, postgres_url):
     environment = hosts_on_old
     held = hold(redis_client, environment)
 
-    _, states, _ = run_dag(unlock, {"reason": "not sure"}, answer="Reject", as_user="admin")
+    run_id, states, answered = run_dag(unlock, {"reason": "not sure"}, answer="Reject", as_user="admin")
 
+    assert answered["ok"] is True
     assert states["approve"] == "failed"
-    assert states["break_lock"] != "success"
     assert json.loads(redis_client.get(f"airlock:lock:{environment.name}")) == held
+    assert audit(postgres_url, run_id) == []  # no break_lock row
+    texts = slack_messages.texts()
+    assert any(f"breaking the lock of {environment.name} was rejected by admin" in t for t in texts), texts
+    assert not [t for t in texts if "broke the lock" in t]
 
 
 def test_unlock_of_a_free_lock_changes_nothing(unlock, hosts_on_old, redis_client):

@@ -235,3 +235,41 @@ def build_rollback_plan(
     if problems:
         raise InvalidReleaseRequest("cannot roll back: " + "; ".join(problems))
     return RollbackPlan(environment=environment.name, hosts=planned, triggered_by=triggered_by, reason=reason)
+
+
+def takes_pre_release_backup(environment: Environment) -> bool:
+    """Whether a release of ``environment`` backs its database up after approval."""
+    return environment.backup is not None and environment.backup.required_for_release
+
+
+def describe_backups(environment: Environment, newest: Mapping[str, Any] | None) -> str:
+    """The plan's Backup section; ``newest`` is the newest verified backup's summary, if any."""
+    if not takes_pre_release_backup(environment):
+        return "None: this environment does not take pre-release backups (backup.required_for_release)."
+    return (
+        f"A pre-release backup (`{environment.name}-<time>-pre-release`) is taken after approval, "
+        f"before migrations and before any host is switched. Newest verified backup: "
+        f"`{newest['name']}`, taken {newest['finished_at']}."
+        if newest
+        else "A pre-release backup is taken after approval, before migrations."
+    )
+
+
+def preflight_checks(
+    *,
+    artifact: Mapping[str, Any],
+    host_states: list[Mapping[str, Any]],
+    database: Mapping[str, Any],
+    migrations: list[Mapping[str, str]],
+    backup: Mapping[str, Any] | None,
+) -> list[str]:
+    """The plan's Preflight section: what each preflight check found, one line each."""
+    checks = [
+        f"Artifact verified ({artifact['size']} bytes)",
+        *(f"{s['host']}: reachable, host key verified, {s['free_disk_mb']} MB free" for s in host_states),
+        f"Database {database['database']} reachable (PostgreSQL {database['server_version']})",
+        f"Migrations validated against the database: {len(migrations)} pending",
+    ]
+    if backup:
+        checks.append(f"Newest verified backup {backup['name']} is younger than backup.max_age")
+    return checks

@@ -17,13 +17,12 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOper
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
+from airlock.core.outcome import triggering_user, user_id
 from airlock.notifications.slack import post, render
 
-
-def _user_id(user: Any) -> str | None:
-    if isinstance(user, dict):
-        return user.get("id")
-    return getattr(user, "id", None)
+#: The gate's task id, and the task whose ``markdown`` XCom is its body, unless a DAG names others.
+GATE_TASK_ID = "approve"
+PLAN_TASK_ID = "plan"
 
 
 class ReleaseApprovalOperator(ApprovalOperator):
@@ -62,11 +61,8 @@ class ReleaseApprovalOperator(ApprovalOperator):
         self.allow_self_approval = allow_self_approval
         self.slack_conn_id = slack_conn_id
 
-    def _triggered_by(self, context: Any) -> str | None:
-        return getattr(context["dag_run"], "triggering_user_name", None)
-
     def execute(self, context: Any) -> Any:
-        triggered_by = self._triggered_by(context)
+        triggered_by = triggering_user(context["dag_run"])
         if not self.allow_self_approval:
             self.assigned_users = [user for user in self.assigned_users or [] if user["id"] != triggered_by]
             if not self.assigned_users:
@@ -102,8 +98,8 @@ class ReleaseApprovalOperator(ApprovalOperator):
                 ),
             )
             raise AirflowFailException(f"Nobody approved {self.change} within {self.response_timeout}")
-        responder = _user_id(event.get("responded_by_user"))
-        if not self.allow_self_approval and responder and responder == self._triggered_by(context):
+        responder = user_id(event.get("responded_by_user"))
+        if not self.allow_self_approval and responder and responder == triggering_user(context["dag_run"]):
             raise AirflowFailException(f"{responder} may not approve a change they triggered")
         # HITLOperator's validation only: ApprovalOperator would skip the downstream tasks on
         # "Reject" and end the run as a success; a rejected release must end failed instead.
@@ -118,19 +114,28 @@ class ReleaseApprovalOperator(ApprovalOperator):
         return result
 
 
-PLAN_MARKDOWN = "{{ ti.xcom_pull(task_ids='plan')['markdown'] }}"
+def plan_markdown(plan_task_id: str) -> str:
+    """The template of the gate's body: the ``markdown`` the DAG's plan task returned."""
+    return f"{{{{ ti.xcom_pull(task_ids='{plan_task_id}')['markdown'] }}}}"
 
 
-def approval_gate(environment: Environment, *, subject: str, change: str) -> list[ReleaseApprovalOperator]:
-    """The ``approve`` task of an environment's DAG, as a list to splice into ``chain(...)``: empty
+def approval_gate(
+    environment: Environment,
+    *,
+    subject: str,
+    change: str,
+    task_id: str = GATE_TASK_ID,
+    plan_task_id: str = PLAN_TASK_ID,
+) -> list[ReleaseApprovalOperator]:
+    """The approval task of an environment's DAG, as a list to splice into ``chain(...)``: empty
     when the environment needs no approval. Its approvers, timeout and Slack come from the
-    environment; the body is the Markdown the DAG's ``plan`` task returned."""
+    environment; the body is the Markdown the DAG's plan task (``plan_task_id``) returned."""
     if not environment.approval.required:
         return []
     gate = ReleaseApprovalOperator(
-        task_id="approve",
+        task_id=task_id,
         subject=subject,
-        body=PLAN_MARKDOWN,
+        body=plan_markdown(plan_task_id),
         environment=environment.name,
         change=change,
         approvers=environment.approval.approvers,

@@ -1,15 +1,179 @@
-"""Tasks every environment DAG shares (release, rollback, migrate, restore), built once here.
+"""Steps and tasks every environment DAG shares (release, rollback, migrate, unlock, restore).
 
-Each builder must be called inside a ``with DAG(...)`` block; it returns the task (or mapped
-task) wired to that DAG.
+The lock: taken by a setup task, held (renewed) by every step that changes things, released by a
+teardown, broken (with an audit row and a Slack message) when its holder is dead or by hand. The
+per-host preflight. Who triggered the run, and the run's task states.
+
+Each ``*_task`` builder must be called inside a ``with DAG(...)`` block; it returns the task (or
+mapped task) wired to that DAG.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
 from airflow.sdk import get_current_context, setup, task, teardown
+from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
-from airlock.tasks import release as steps
+from airlock.core import outcome
+from airlock.hooks.hosts import inspect_host
+from airlock.hooks.lock import EnvironmentLock, LockHeldError, LockHolder, LockLostError, installation_id
+from airlock.hooks.ops_store import AuditRecord, write_audit_record
+from airlock.hooks.ssh import HostKeyError
+from airlock.notifications.slack import post, render
+
+log = logging.getLogger(__name__)
+
+
+class TaskIds:
+    """The ids of the shared tasks, in every DAG that uses them."""
+
+    LOCK = "lock"
+    UNLOCK = "unlock"
+    CHECK_HOST = "check_host"
+
+
+def mapped(task_id: str, map_index: int) -> str:
+    """The key of one mapped task instance in :func:`run_task_states`."""
+    return f"{task_id}_{map_index}"
+
+
+def triggering_user(context: Any) -> str:
+    """Who triggered the run (see :data:`airlock.core.outcome.UNKNOWN_USER` for a run without one)."""
+    return outcome.triggering_user(context["dag_run"])
+
+
+def run_task_states(context: Any) -> dict[str, str]:
+    """Task id (:func:`mapped` for mapped ones) -> state, for this run."""
+    ti = context["ti"]
+    return ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+
+
+def environment_lock(environment: Environment) -> EnvironmentLock:
+    return EnvironmentLock(
+        environment=environment.name, redis_conn_id=environment.redis_conn_id, ttl=environment.lock_ttl
+    )
+
+
+def _http_status(error: Exception) -> int | None:
+    """The execution API's HTTP status behind a Task SDK error: ``AirflowRuntimeError`` in a
+    worker (the supervisor forwards it), ``ServerResponseError`` in-process (``dag.test()``)."""
+    response = getattr(error, "response", None)
+    if response is not None:
+        return response.status_code
+    detail = getattr(getattr(error, "error", None), "detail", None)
+    return detail.get("status_code") if isinstance(detail, dict) else None
+
+
+def dag_run_state(context: Any) -> Callable[[str, str], str | None]:
+    """This installation's state of a DAG run, asked through the Task SDK; None for a run it
+    does not know. Any other failure to ask propagates: a lock is never broken on a guess."""
+    ti = context["ti"]
+
+    def state_of(dag_id: str, run_id: str) -> str | None:
+        try:
+            state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+        except Exception as error:
+            if _http_status(error) == 404:
+                return None
+            raise
+        return str(getattr(state, "value", state))  # the Task SDK answers with an enum
+
+    return state_of
+
+
+def lock(
+    environment: Environment,
+    *,
+    dag_id: str,
+    run_id: str,
+    purpose: str,
+    triggered_by: str,
+    run_state: Callable[[str, str], str | None],
+) -> dict[str, Any]:
+    """Take the environment's lock for this run; a dead holder's lock is broken and said so."""
+    try:
+        acquired = environment_lock(environment).acquire(
+            dag_id=dag_id,
+            run_id=run_id,
+            purpose=purpose,
+            triggered_by=triggered_by,
+            installation=installation_id(),
+            run_state=run_state,
+        )
+    except LockHeldError as error:
+        raise AirflowFailException(str(error)) from None  # waiting is the holder's business: fail fast
+    holder = acquired.holder
+    if acquired.broke is not None:
+        record_broken_lock(
+            environment,
+            stale=acquired.broke,
+            why=f"stale lock: {acquired.broke_because}",
+            dag_id=dag_id,
+            run_id=run_id,
+            who=triggered_by,
+            message=render(
+                "lock_broken",
+                environment=environment.name,
+                holder=acquired.broke.describe(),
+                why=acquired.broke_because,
+                taker=f"{purpose} (run {run_id})",
+            ),
+        )
+    log.info("Locked environment %s for %s", environment.name, holder.describe())
+    return {"run_id": holder.run_id, "since": holder.since}
+
+
+def record_broken_lock(
+    environment: Environment, *, stale: LockHolder, why: str, dag_id: str, run_id: str, who: str, message: str
+) -> None:
+    """Say that a lock was broken: the log, Slack, and an audit row (``action = 'break_lock'``)."""
+    log.warning("Broke the lock of %s held by %s: %s", environment.name, stale.describe(), why)
+    post(environment.slack_conn_id, message)
+    write_audit_record(
+        environment,
+        AuditRecord(
+            dag_id=dag_id,
+            run_id=run_id,
+            action="break_lock",
+            version=stale.purpose,
+            previous={"run_id": stale.run_id, "dag_id": stale.dag_id, "installation": stale.installation},
+            triggered_by=who,
+            approved_by=None,
+            reason=why,
+            started_at=None,
+            result="broken",
+            detail=stale.describe(),
+        ),
+    )
+
+
+def hold_lock(environment: Environment, run_id: str) -> None:
+    """Renew this run's lock before a step changes things; a run that lost it stops here."""
+    try:
+        environment_lock(environment).extend_for_run(run_id)
+    except LockLostError as error:
+        raise AirflowFailException(str(error)) from None
+
+
+def unlock(environment: Environment, *, run_id: str) -> None:
+    if environment_lock(environment).release_for_run(run_id):
+        log.info("Released the lock of %s", environment.name)
+    else:
+        log.info("Run %s did not hold the lock of %s; nothing to release", run_id, environment.name)
+
+
+def require_host_ready(environment: Environment, host_name: str) -> dict[str, Any]:
+    """Preflight of one host: reachable with its key verified; its free disk and releases."""
+    try:
+        state = inspect_host(environment, environment.host(host_name))
+    except HostKeyError as error:
+        raise AirflowFailException(str(error)) from None  # never transient: retrying only delays
+    log.info("Host %s runs %s with %d MB free", host_name, state.current_version, state.free_disk_mb)
+    return state.to_dict()
 
 
 def lock_task(environment: Environment, purpose: str):
@@ -19,38 +183,38 @@ def lock_task(environment: Environment, purpose: str):
     """
 
     @setup
-    @task(retries=3)
-    def lock(purpose: str):
+    @task(task_id=TaskIds.LOCK, retries=3)
+    def take_lock(purpose: str):
         context = get_current_context()
-        return steps.lock(
+        return lock(
             environment,
             dag_id=context["dag"].dag_id,
             run_id=context["run_id"],
             purpose=purpose,
-            triggered_by=steps.triggering_user(context),
-            run_state=steps.dag_run_state(context),
+            triggered_by=triggering_user(context),
+            run_state=dag_run_state(context),
         )
 
-    return lock(purpose)
+    return take_lock(purpose)
 
 
 def unlock_task(environment: Environment):
     """The teardown that frees the environment's lock, whatever happened (only this run's lock)."""
 
     @teardown
-    @task(retries=3)
-    def unlock():
-        steps.unlock(environment, run_id=get_current_context()["run_id"])
+    @task(task_id=TaskIds.UNLOCK, retries=3)
+    def release_lock():
+        unlock(environment, run_id=get_current_context()["run_id"])
 
-    return unlock()
+    return release_lock()
 
 
 def check_hosts_task(environment: Environment):
     """One mapped task per host: reachable with its key verified, free disk, current release."""
 
-    @task(retries=3, map_index_template="{{ host_name }}")
+    @task(task_id=TaskIds.CHECK_HOST, retries=3, map_index_template="{{ host_name }}")
     def check_host(host_name: str):
         get_current_context()["host_name"] = host_name
-        return steps.check_host(environment, host_name)
+        return require_host_ready(environment, host_name)
 
     return check_host.expand(host_name=[host.name for host in environment.hosts])

@@ -1,0 +1,108 @@
+"""The steps of ``migrate_<env>``, one function per task; ``dags/migrate.py`` wires them.
+
+``release_<env>`` validates (:func:`check_migrations`) and applies (:func:`apply_migrations`) a
+version's migrations with the same two steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import get_current_context
+from airflow.sdk.exceptions import AirflowFailException
+
+from airlock.config import Environment
+from airlock.hooks.artifacts import release_artifact
+from airlock.hooks.migrations import Migration, MigrationError, MigrationRunner, discover_migrations
+from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
+from airlock.tasks.environment import hold_lock
+
+log = logging.getLogger(__name__)
+
+
+class TaskIds(EnvironmentTaskIds):
+    """The task ids of ``migrate_<env>``."""
+
+    PLAN = "plan"
+    PROCEED = "proceed"
+    APPROVE = "approve"
+    APPLY = "apply"
+
+
+def artifact_migrations(environment: Environment, version: str, workdir: Path) -> list[Migration]:
+    """The migrations shipped in ``migrations/`` of the version's artifact (fetched and verified)."""
+    artifact = release_artifact(environment.deploy, version)
+    with tarfile.open(artifact.path) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith("migrations/") and m.isfile()]
+        archive.extractall(workdir, members=members, filter="data")
+    directory = workdir / "migrations"
+    return discover_migrations(directory) if directory.is_dir() else []
+
+
+def migration_runner(environment: Environment) -> MigrationRunner:
+    return MigrationRunner(environment.database.conn_id, environment.migrations)
+
+
+def check_migrations(environment: Environment, version: str) -> list[dict[str, str]]:
+    """Preflight: validate the version's migrations against the database; list the pending ones."""
+    with tempfile.TemporaryDirectory(prefix="airlock-migrations-") as workdir:
+        try:
+            shipped = artifact_migrations(environment, version, Path(workdir))
+            pending = migration_runner(environment).pending(shipped)
+        except MigrationError as error:
+            raise AirflowFailException(f"Migrations of {version} refused: {error}") from None
+    for migration in pending:
+        log.info("Pending migration %s", migration.filename)
+    return [{"file": m.filename, "version": m.version_text, "sql": m.sql} for m in pending]
+
+
+def apply_migrations(environment: Environment, *, version: str, run_id: str) -> list[str]:
+    """Apply the version's pending migrations in order, each in its own transaction."""
+    hold_lock(environment, run_id)
+    with tempfile.TemporaryDirectory(prefix="airlock-migrations-") as workdir:
+        try:
+            applied = migration_runner(environment).apply(
+                artifact_migrations(environment, version, Path(workdir)), run_id
+            )
+        except MigrationError as error:
+            raise AirflowFailException(str(error)) from None
+    log.info("Applied migrations: %s", ", ".join(applied) or "none pending")
+    return applied
+
+
+def migrations_markdown(environment: Environment, version: str, pending: list[Mapping[str, str]]) -> str:
+    """The approver's reading: each pending migration with its SQL.
+
+    Moved as it was from ``dags/migrate.py``; to be replaced by the one migration Markdown
+    renderer of ``airlock.core.migrations``.
+    """
+    lines = [f"## Migrations of {version} on {environment.name}", ""]
+    for migration in pending:
+        lines += [f"### `{migration['file']}`", "", "```sql", migration["sql"].strip(), "```", ""]
+    return "\n".join(lines if pending else [*lines, "None pending."])
+
+
+# -- task bodies: what they need from the run comes from its context ---------------------------------
+
+
+def plan(environment: Environment) -> dict[str, Any]:
+    """The ``plan`` task: the pending migrations of the requested version, and their Markdown."""
+    version = get_current_context()["params"]["version"]
+    pending = check_migrations(environment, version)
+    return {"pending": pending, "markdown": migrations_markdown(environment, version, pending)}
+
+
+def proceed(planned: Mapping[str, Any]) -> bool:
+    """The ``proceed`` task: go on only when something is pending and this is no dry run."""
+    return bool(planned["pending"]) and not get_current_context()["params"]["dry_run"]
+
+
+def apply(environment: Environment) -> list[str]:
+    """The ``apply`` task."""
+    context = get_current_context()
+    return apply_migrations(environment, version=context["params"]["version"], run_id=context["run_id"])
