@@ -64,7 +64,11 @@ def restore_dag(environment: Environment) -> DAG:
         taken >> planned
         safety = safety_backup()
         gate = approval_gate(
-            environment, subject=f"Restore the {environment.name} database?", change=APPROVAL_CHANGE
+            environment,
+            subject=f"Restore the {environment.name} database?",
+            change=APPROVAL_CHANGE,
+            task_id=TaskIds.APPROVE,
+            plan_task_id=TaskIds.PLAN,
         )
         chain(planned, *gate, safety)
         restored = restore(planned, safety)

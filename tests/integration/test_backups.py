@@ -297,13 +297,13 @@ def test_release_preflight_refuses_a_stale_backup_and_names_it(environment, cust
     from airlock.tasks import release as release_steps
 
     newest = verify_backup(environment, take_backup(environment, kind="manual").name)
-    assert release_steps.check_backup(environment)["name"] == newest.name
+    assert release_steps.require_recent_backup(environment)["name"] == newest.name
     verified = [b for b in store.backups() if b.verified]
     for manifest in verified:
         store.write_manifest(replace(manifest, finished_at=manifest.finished_at - timedelta(hours=3)))
     try:
         with pytest.raises(AirflowFailException, match=rf"newest verified backup .*\({newest.name}\)"):
-            release_steps.check_backup(environment)
+            release_steps.require_recent_backup(environment)
     finally:
         for manifest in verified:
             store.write_manifest(manifest)

@@ -271,9 +271,8 @@ def airflow_api(watched, monkeypatch):
 
 
 def test_the_airflow_check_reads_each_components_heartbeat_from_the_api(watched, airflow_api):
-    from airflow.jobs.job import Job
+    from airflow.jobs.job import Job, JobState
     from airflow.utils.session import create_session
-    from airflow.utils.state import JobState
     from sqlalchemy import delete
 
     scheduler = Job(job_type="SchedulerJob", state=JobState.RUNNING, latest_heartbeat=datetime.now(UTC))

@@ -20,7 +20,8 @@ import pytest
 from psycopg import sql
 
 from airlock.config import MigrationSettings
-from airlock.hooks.migrations import MigrationError, MigrationRunner, discover_migrations
+from airlock.core.migrations import MigrationError, discover_migrations
+from airlock.hooks.migrations import MigrationRunner
 
 HISTORY_TABLE = "schema_history"
 

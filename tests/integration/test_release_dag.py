@@ -15,10 +15,10 @@ import pytest
 from airflow.exceptions import ParamValidationError
 from airflow.sdk.exceptions import AirflowFailException
 
-from airlock.hooks.hosts import HostLayout, host_hook
+from airlock.hooks.backup_store import BackupStore
+from airlock.hooks.hosts import host_hook, host_session
 from airlock.hooks.lock import EnvironmentLock
 from airlock.tasks import release as release_steps
-from airlock.tasks.backup import BackupStore
 from airlock.tasks.environment import environment_lock, require_host_ready
 from airlock.tasks.migrate import check_migrations
 from tests.integration import releases
@@ -111,9 +111,8 @@ def test_a_broken_version_is_rolled_back_on_every_switched_host(
     assert states["rollback"] == "success"
     assert states["conclude"] == "failed"
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
-    hook = host_hook(environment, environment.hosts[0])
-    assert HostLayout(hook, environment.root_of(environment.hosts[0])).current_version() == OLD
-    hook.close()
+    with host_session(environment, environment.hosts[0]) as layout:
+        assert layout.current_version() == OLD
     assert redis_client.get(f"airlock:lock:{environment.name}") is None
     [(version, result, *_)] = audit_rows(postgres_url, run_id)
     assert (version, result) == (BROKEN, "rolled_back")

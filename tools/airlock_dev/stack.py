@@ -359,18 +359,13 @@ class AirlockStack:
 
     def _serve_on(self, environment: Environment, host: Host) -> None:
         from airlock.hooks.artifacts import release_artifact
-        from airlock.hooks.hosts import HostLayout, deploy_to_host, host_hook
+        from airlock.hooks.hosts import deploy_to_host, host_session
 
-        hook = host_hook(environment, host)
-        try:
-            version = HostLayout(hook, environment.root_of(host)).current_version()
+        with host_session(environment, host) as layout:
+            version = layout.current_version()
             if version is not None:
-                HostLayout(hook, environment.root_of(host)).activate(
-                    environment.deploy.activate_command, version
-                )
+                layout.activate(environment.deploy.activate_command, version)
                 return
-        finally:
-            hook.close()
         artifact = release_artifact(environment.deploy, INITIAL_VERSION)
         deploy_to_host(environment, host, INITIAL_VERSION, artifact)
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airlock.config import VERSION_PATTERN, Environment
+from airlock.core.migrations import pending_migrations_markdown
 
 _VERSION = re.compile(VERSION_PATTERN)
 REQUEST_KEYS = frozenset({"version", "dry_run", "reason"})
@@ -118,12 +119,7 @@ class ReleasePlan:
                 current = planned.current_version or "(none)"
                 marker = "" if planned.changes else " (already there)"
                 lines.append(f"| {number} | {planned.host} | {current} | {planned.new_version}{marker} |")
-        lines += ["", "### Migrations", ""]
-        if self.migrations:
-            for migration in self.migrations:
-                lines += [f"- `{migration['file']}`", "", "```sql", migration["sql"].strip(), "```", ""]
-        else:
-            lines.append("None pending.")
+        lines += ["", "### Migrations", "", pending_migrations_markdown(self.migrations)]
         lines += [
             "",
             "### Backup",

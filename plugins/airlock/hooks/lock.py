@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
-from airflow.providers.redis.hooks.redis import RedisHook
+from airlock.hooks.redis import redis_client
 
 #: How long an installation may stay silent before another one may break its runs' locks.
 PRESENCE_TIMEOUT = timedelta(seconds=90)
@@ -188,7 +188,7 @@ class EnvironmentLock:
 
     @cached_property
     def client(self):
-        return RedisHook(redis_conn_id=self.redis_conn_id).get_conn()
+        return redis_client(self.redis_conn_id)
 
     def holder(self) -> LockHolder | None:
         raw = self.client.get(self.key)

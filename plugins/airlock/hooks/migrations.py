@@ -34,14 +34,11 @@ from airlock.core.migrations import (
     Migration,
     MigrationError,
     advisory_lock_key,
-    discover_migrations,
     expected_filename,
     parse_version,
     split_statements,
 )
 from airlock.hooks.postgres import session
-
-__all__ = ["Migration", "MigrationError", "MigrationRunner", "discover_migrations"]
 
 
 def _milliseconds(seconds: float) -> str:

@@ -20,10 +20,6 @@ from airlock.config import Environment
 from airlock.core.outcome import triggering_user, user_id
 from airlock.notifications.slack import post, render
 
-#: The gate's task id, and the task whose ``markdown`` XCom is its body, unless a DAG names others.
-GATE_TASK_ID = "approve"
-PLAN_TASK_ID = "plan"
-
 
 class ReleaseApprovalOperator(ApprovalOperator):
     """
@@ -124,12 +120,13 @@ def approval_gate(
     *,
     subject: str,
     change: str,
-    task_id: str = GATE_TASK_ID,
-    plan_task_id: str = PLAN_TASK_ID,
+    task_id: str,
+    plan_task_id: str,
 ) -> list[ReleaseApprovalOperator]:
     """The approval task of an environment's DAG, as a list to splice into ``chain(...)``: empty
     when the environment needs no approval. Its approvers, timeout and Slack come from the
-    environment; the body is the Markdown the DAG's plan task (``plan_task_id``) returned."""
+    environment; the body is the ``markdown`` the DAG's plan task (``plan_task_id``) returned; both
+    ids come from the DAG's ``TaskIds``."""
     if not environment.approval.required:
         return []
     gate = ReleaseApprovalOperator(

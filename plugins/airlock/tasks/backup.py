@@ -21,10 +21,8 @@ from airflow.sdk import Asset, get_current_context
 
 from airlock.config import Environment
 from airlock.core.backups import (
-    MANIFEST,
     BackupError,
     BackupManifest,
-    BackupVerificationError,
     Kind,
     backup_name,
     backup_settings,
@@ -43,25 +41,6 @@ from airlock.hooks.postgres import (
     scratch_database,
     tool_version,
 )
-
-__all__ = [  # also imported from here by the release, health and restore tasks, dev tools and benches
-    "MANIFEST",
-    "BackupError",
-    "BackupManifest",
-    "BackupStore",
-    "BackupVerificationError",
-    "TaskIds",
-    "apply_retention",
-    "backup_settings",
-    "dump",
-    "newest_verified",
-    "prune",
-    "require_fresh_backup",
-    "take_backup",
-    "verified_backup_asset",
-    "verify",
-    "verify_backup",
-]
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,15 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
+from airlock.core.migrations import (
+    Migration,
+    MigrationError,
+    discover_migrations,
+    pending_migrations_markdown,
+    plan_entry,
+)
 from airlock.hooks.artifacts import release_artifact
-from airlock.hooks.migrations import Migration, MigrationError, MigrationRunner, discover_migrations
+from airlock.hooks.migrations import MigrationRunner
 from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
 from airlock.tasks.environment import hold_lock
 
@@ -58,7 +65,7 @@ def check_migrations(environment: Environment, version: str) -> list[dict[str, s
             raise AirflowFailException(f"Migrations of {version} refused: {error}") from None
     for migration in pending:
         log.info("Pending migration %s", migration.filename)
-    return [{"file": m.filename, "version": m.version_text, "sql": m.sql} for m in pending]
+    return [plan_entry(m) for m in pending]
 
 
 def apply_migrations(environment: Environment, *, version: str, run_id: str) -> list[str]:
@@ -76,15 +83,8 @@ def apply_migrations(environment: Environment, *, version: str, run_id: str) -> 
 
 
 def migrations_markdown(environment: Environment, version: str, pending: list[Mapping[str, str]]) -> str:
-    """The approver's reading: each pending migration with its SQL.
-
-    Moved as it was from ``dags/migrate.py``; to be replaced by the one migration Markdown
-    renderer of ``airlock.core.migrations``.
-    """
-    lines = [f"## Migrations of {version} on {environment.name}", ""]
-    for migration in pending:
-        lines += [f"### `{migration['file']}`", "", "```sql", migration["sql"].strip(), "```", ""]
-    return "\n".join(lines if pending else [*lines, "None pending."])
+    """The approver's reading: each pending migration with its SQL."""
+    return f"## Migrations of {version} on {environment.name}\n\n" + pending_migrations_markdown(pending)
 
 
 # -- task bodies: what they need from the run comes from its context ---------------------------------

@@ -5,10 +5,6 @@ JSON), does one thing, and returns plain JSON. Each is safe to run again after a
 step needs from the run itself (its id, who triggered it, its task states) the step reads from
 the context; the decisions on those states (what to roll back, how the run ended) are
 ``airlock.core.outcome``'s.
-
-``dags/restore.py`` still takes ``hold_lock`` and ``triggering_user`` from here (their home is
-``airlock.tasks.environment``) and ``tests/integration/test_backups.py`` ``check_backup`` (now
-:func:`require_recent_backup`).
 """
 
 from __future__ import annotations
@@ -23,6 +19,7 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airlock.config import Environment, Wave
+from airlock.core.backups import BackupError
 from airlock.core.outcome import ReleaseRun, approver, describe_failed, nothing_to_roll_back, release_outcome
 from airlock.core.release import (
     InvalidReleaseRequest,
@@ -38,7 +35,7 @@ from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.hooks.postgres import first_row
 from airlock.notifications.slack import post, render, summarize_error
 from airlock.tasks import environment as shared
-from airlock.tasks.backup import BackupError, require_fresh_backup, take_backup
+from airlock.tasks.backup import require_fresh_backup, take_backup
 from airlock.tasks.environment import hold_lock, mapped, run_task_states, triggering_user
 from airlock.tasks.migrate import apply_migrations
 from airlock.tasks.smoke import run_smoke_tests
@@ -109,9 +106,6 @@ def require_recent_backup(environment: Environment) -> dict[str, Any] | None:
     except BackupError as error:
         raise AirflowFailException(str(error)) from None
     return newest.summary() if newest else None
-
-
-check_backup = require_recent_backup  # the name tests/integration/test_backups.py calls
 
 
 def pre_release_backup(environment: Environment, *, dag_id: str, run_id: str) -> dict[str, Any]:

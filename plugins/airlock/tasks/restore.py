@@ -30,17 +30,19 @@ from airlock.hooks.postgres import (
     rename_databases,
 )
 from airlock.notifications.slack import post, render
-from airlock.tasks import release as steps
 from airlock.tasks.backup import newest_verified, take_backup
+from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
+from airlock.tasks.environment import hold_lock, triggering_user
 from airlock.tasks.smoke import SmokeTestFailed, run_sql_test
 
 log = logging.getLogger(__name__)
 
 
-class TaskIds:
-    """The task ids of ``restore_<env>`` (its ``lock``, ``approve`` and ``unlock`` come with their tasks)."""
+class TaskIds(EnvironmentTaskIds):
+    """The task ids of ``restore_<env>``."""
 
     PLAN = "plan"
+    APPROVE = "approve"
     SAFETY_BACKUP = "safety_backup"
     RESTORE = "restore"
     ANNOUNCE = "announce"
@@ -66,7 +68,7 @@ def plan(environment: Environment) -> dict[str, Any]:
         environment=environment.name,
         database=backup.database,
         backup=backup.summary(),
-        triggered_by=steps.triggering_user(context),
+        triggered_by=triggering_user(context),
         reason=params["reason"],
     )
     return {"backup": backup.name, "markdown": restore_plan.to_markdown()}
@@ -75,14 +77,14 @@ def plan(environment: Environment) -> dict[str, Any]:
 def safety_backup(environment: Environment) -> dict[str, Any]:
     """Task ``safety_backup``: a pre-restore backup of the database as it is now, under the lock."""
     dag_run = get_current_context()["dag_run"]
-    steps.hold_lock(environment, dag_run.run_id)  # the approval may have taken hours
+    hold_lock(environment, dag_run.run_id)  # the approval may have taken hours
     safety = take_backup(environment, kind="pre-restore", dag_id=dag_run.dag_id, run_id=dag_run.run_id)
     return safety.summary()
 
 
 def restore(environment: Environment, planned: dict[str, Any], safety: dict[str, Any]) -> dict[str, Any]:
     """Task ``restore``: :func:`restore_database` of the planned backup, under the lock."""
-    steps.hold_lock(environment, get_current_context()["run_id"])
+    hold_lock(environment, get_current_context()["run_id"])
     return {**restore_database(environment, planned["backup"]), "safety_backup": safety["name"]}
 
 
@@ -98,7 +100,7 @@ def announce(environment: Environment, restored: dict[str, Any]) -> None:
             finished_at=restored["backup"]["finished_at"],
             kept_as=restored["previous_kept_as"],
             safety=restored["safety_backup"],
-            triggered_by=steps.triggering_user(get_current_context()),
+            triggered_by=triggering_user(get_current_context()),
         ),
     )
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from airlock.core.backups import BackupManifest
 from airlock.core.health import AlertState, CheckResult, Status, decide
-from airlock.tasks.backup import BackupManifest
 from airlock.tasks.health import (
     check_airflow,
     check_backup,
