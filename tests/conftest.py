@@ -88,7 +88,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).relative_to(PROJECT / "tests").parts
         kind = {"dags": "unit"}.get(parts[0], parts[0])
-        if kind in ("unit", "integration", "e2e"):
+        if kind in ("unit", "integration", "faults", "e2e"):
             item.add_marker(getattr(pytest.mark, kind))
 
 
