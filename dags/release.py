@@ -38,8 +38,9 @@ def release_dag(environment: Environment) -> DAG:
 
         @task(task_id=TaskIds.VALIDATE_REQUEST, retries=0)
         def validate_request():
-            """Refuse unknown keys, unsafe versions and bad types before anything is touched."""
-            return steps.validate_run_request()
+            """Refuse unknown keys, unsafe versions and bad types before anything is touched, and
+            any release while the environment needs attention (an incomplete rollback)."""
+            return steps.validate_run_request(environment)
 
         @task(task_id=TaskIds.CHECK_ARTIFACT, retries=3)
         def check_artifact(request: dict):
@@ -108,7 +109,8 @@ def release_dag(environment: Environment) -> DAG:
 
         @task(task_id=TaskIds.ROLLBACK, retries=2, trigger_rule=TriggerRule.ALL_DONE)
         def rollback():
-            """If a wave failed: every host this run switched is rolled back to its previous release."""
+            """If a wave failed: every host this run switched goes back to its previous release,
+            wave by wave in reverse; one that cannot marks the environment as needing attention."""
             return steps.rollback(environment)
 
         @task(task_id=TaskIds.CONCLUDE, retries=2, trigger_rule=TriggerRule.ALL_DONE)

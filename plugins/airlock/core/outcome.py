@@ -13,8 +13,8 @@ approvers against.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 #: Who triggered a run Airflow recorded no user for.
@@ -64,12 +64,14 @@ class ReleaseRun:
     :param deploys: each host's deploy state (None: not run).
     :param approval: the approval gate's state (None when the environment has no gate).
     :param failed: the failed steps, described for a reader (see :func:`describe_failed`).
+    :param rollback: the rollback step's state (None: not run yet).
     """
 
     verifications: list[str | None]
     deploys: dict[str, str | None] = field(default_factory=dict)
     approval: str | None = None
     failed: str = "an earlier step"
+    rollback: str | None = None
 
     @property
     def every_wave_verified(self) -> bool:
@@ -84,6 +86,10 @@ class ReleaseRun:
         """The hosts whose deploy ran, however it ended: the ones this run may have switched."""
         return sorted(host for host, state in self.deploys.items() if state not in (None, *NOT_ATTEMPTED))
 
+    def failed_hosts(self) -> list[str]:
+        """The hosts whose deploy failed for good (retries exhausted, or not worth retrying)."""
+        return sorted(host for host, state in self.deploys.items() if state == "failed")
+
 
 def nothing_to_roll_back(run: ReleaseRun, *, planned: bool) -> str | None:
     """Why a release run has nothing to roll back, or None when it has (see ``attempted_hosts``)."""
@@ -94,6 +100,64 @@ def nothing_to_roll_back(run: ReleaseRun, *, planned: bool) -> str | None:
     if not run.attempted_hosts():
         return "no host was touched by this run: nothing to roll back"
     return None
+
+
+def rollback_waves(waves: list[list[str]], hosts: Collection[str]) -> list[list[str]]:
+    """The order a rollback puts ``hosts`` back in: the rollout's waves, last wave first, each
+    wave's hosts together (so a rollback changes at most a wave's worth of hosts at once);
+    hosts outside ``hosts`` (never switched by the run) are left out, and so are empty waves."""
+    ordered = [[host for host in wave if host in hosts] for wave in reversed(waves)]
+    return [wave for wave in ordered if wave]
+
+
+@dataclass(frozen=True)
+class HostRollback:
+    """What a rollback did to one host.
+
+    :param host: the host's name.
+    :param target: the release it was to go back to (None: it had none).
+    :param back: it is confirmed on ``target`` (or was left alone, having never been switched).
+    :param note: what happened, for a reader: ``back on 1.0.0``, ``never switched by this run;
+        left alone``, or why it could not be put back.
+    """
+
+    host: str
+    target: str | None
+    back: bool
+    note: str
+
+    def describe(self) -> str:
+        return f"{self.host} ({self.note})"
+
+
+@dataclass(frozen=True)
+class RollbackReport:
+    """Every host's rollback result, as the ``rollback`` step returns it (plain JSON)."""
+
+    failed: str
+    version: str
+    hosts: list[HostRollback]
+
+    @property
+    def incomplete(self) -> list[HostRollback]:
+        """The hosts not confirmed back: they may still serve the new build."""
+        return [host for host in self.hosts if not host.back]
+
+    def rolled_back(self) -> str:
+        return ", ".join(host.describe() for host in self.hosts if host.back) or "no host"
+
+    def still_on_new_build(self) -> str:
+        return ", ".join(
+            f"{host.host} may still serve {self.version} ({host.note})" for host in self.incomplete
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"failed": self.failed, "version": self.version, "hosts": [asdict(h) for h in self.hosts]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RollbackReport:
+        hosts = [HostRollback(**host) for host in data["hosts"]]
+        return cls(failed=data["failed"], version=data["version"], hosts=hosts)
 
 
 @dataclass(frozen=True)
@@ -111,6 +175,9 @@ class Outcome:
 
 REJECTED = Outcome("rejected", "rejected or timed out at approval; nothing changed")
 
+#: The result of a run whose rollback could not put every host back: the environment needs a person.
+ROLLBACK_INCOMPLETE = "rollback_incomplete"
+
 
 def release_outcome(
     run: ReleaseRun,
@@ -119,14 +186,17 @@ def release_outcome(
     dry_run: bool,
     rollback: Mapping[str, Any] | None,
     backup: str | None,
+    migrations_applied: list[str] | None = None,
 ) -> Outcome:
-    """How a release run ended.
+    """How a release run ended; the detail is what the audit row and Slack both say.
 
     :param planned: the run got as far as a plan (without one no host can have changed).
     :param dry_run: the plan was a dry run's.
-    :param rollback: what the ``rollback`` step returned (``failed`` and ``hosts``), if it rolled back.
+    :param rollback: what the ``rollback`` step reported (a :class:`RollbackReport` as a dict),
+        if it rolled back or tried to.
     :param backup: the pre-release backup's name, if one was taken: a failed release names it,
         restoring it being the way back for the data.
+    :param migrations_applied: the migrations this run applied (they stay applied on failure).
     """
     if planned and dry_run:
         return Outcome("planned", "dry run: nothing changed")
@@ -135,23 +205,54 @@ def release_outcome(
     if run.rejected:
         return REJECTED
     if rollback:
-        outcome = Outcome("rolled_back", f"failed at {rollback['failed']}; {rollback['hosts']}")
+        report = RollbackReport.from_dict(rollback)
+        if report.incomplete:
+            outcome = Outcome(
+                ROLLBACK_INCOMPLETE,
+                f"failed at {report.failed}. Rollback INCOMPLETE: {report.still_on_new_build()}. "
+                f"Rolled back: {report.rolled_back()}.",
+            )
+        else:
+            outcome = Outcome(
+                "rolled_back", f"failed at {report.failed}. Rolled back {report.rolled_back()}."
+            )
+    elif run.rollback in FAILED and planned and run.attempted_hosts():
+        hosts = ", ".join(run.attempted_hosts())
+        outcome = Outcome(
+            ROLLBACK_INCOMPLETE,
+            f"failed at {run.failed}. Rollback INCOMPLETE: the rollback step failed before reporting; "
+            f"hosts this run may have switched: {hosts}.",
+        )
     else:
-        outcome = Outcome("failed", f"failed at {run.failed}; no host was switched")
+        outcome = Outcome("failed", f"failed at {run.failed}. No host was switched.")
+    notes = []
+    if migrations_applied:
+        notes.append(f"Migrations applied by this run (not rolled back): {', '.join(migrations_applied)}.")
     if backup:
-        return Outcome(outcome.result, f"{outcome.detail}; pre-release backup {backup}")
-    return outcome
+        notes.append(f"Database not rolled back; pre-release backup: {backup}.")
+    return Outcome(outcome.result, " ".join([outcome.detail or "", *notes]).strip())
 
 
-def rollback_outcome(host_rollbacks: list[str | None], *, approval: str | None, failed: str) -> Outcome:
+def rollback_outcome(
+    host_rollbacks: Mapping[str, str | None], *, approval: str | None, failed: str
+) -> Outcome:
     """How a ``rollback_<env>`` run ended.
 
-    :param host_rollbacks: the state of each host's roll-back step.
+    :param host_rollbacks: each host's roll-back step state, by host name.
     :param approval: the approval gate's state (None when the environment has no gate).
     :param failed: the failed steps, described for a reader (see :func:`describe_failed`).
     """
-    if host_rollbacks and all(state == "success" for state in host_rollbacks):
+    states = list(host_rollbacks.values())
+    if states and all(state == "success" for state in states):
         return Outcome("succeeded")
     if approval == "failed":
         return REJECTED
+    switched = sorted(host for host, state in host_rollbacks.items() if state == "success")
+    not_back = sorted(host for host, state in host_rollbacks.items() if state in FAILED)
+    if switched and not_back:
+        return Outcome(
+            ROLLBACK_INCOMPLETE,
+            f"failed at {failed}. Rollback INCOMPLETE: not back: {', '.join(not_back)}; "
+            f"back: {', '.join(switched)}.",
+        )
     return Outcome("failed", f"failed at {failed}")

@@ -5,6 +5,10 @@ Host layout (the release contract)::
     <root>/releases/<version>/   one unpacked artifact per version, with shared -> ../../shared
     <root>/current               symlink to releases/<version>, replaced atomically (rename)
     <root>/shared/               configuration, logs and state kept across releases
+    <root>/.airlock-history      the releases ``current`` was switched to by releases, oldest
+                                 first; a rollback removes the releases it backs out of
+    <root>/.airlock-previous     the release a rollback goes back to: the one before ``current``
+                                 in that history (absent when there is none)
 
 Every step is idempotent: re-running it after a crash converges to the same state instead of
 failing or doing the work twice. Every command is assembled from ``shlex``-quoted parts.
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -26,6 +30,9 @@ from airlock.hooks.ssh import HostSSHHook
 
 RELEASE_MARKER = ".airlock-release"
 PREVIOUS_MARKER = ".airlock-previous"
+HISTORY_FILE = ".airlock-history"
+#: How many releases the history keeps.
+HISTORY_LENGTH = 50
 
 
 class HostNotServingError(RuntimeError):
@@ -64,13 +71,20 @@ def host_hook(environment: Environment, host: Host) -> HostSSHHook:
 
     The caller closes it; :func:`host_session` does so for the release layout.
     """
-    return HostSSHHook(
+    connect_timeout = int(environment.ssh.connect_timeout.total_seconds())
+    hook = HostSSHHook(
         host=host,
         known_hosts=environment.ssh.known_hosts,
         ssh_conn_id=environment.ssh.conn_id,
-        conn_timeout=int(environment.ssh.connect_timeout.total_seconds()),
+        conn_timeout=connect_timeout,
         cmd_timeout=environment.ssh.command_timeout.total_seconds(),
     )
+    # A host that accepts the TCP connection and then says nothing (a hung or stopped sshd)
+    # waits for the banner and the authentication, not for the connect: bound those by
+    # ssh.connect_timeout too (SSHHook's own defaults are 30 s and unbounded).
+    hook.banner_timeout = connect_timeout
+    hook.auth_timeout = connect_timeout
+    return hook
 
 
 class HostLayout:
@@ -149,25 +163,45 @@ class HostLayout:
         return True
 
     def previous_version(self) -> str | None:
-        """The release ``current`` pointed at before the last switch (what a rollback goes back to)."""
+        """The release a rollback goes back to: the one before ``current`` in its history."""
         result = self.hook.run(["cat", f"{self.root}/{PREVIOUS_MARKER}"], check=False)
         return (result.stdout.strip() or None) if result.exit_status == 0 else None
 
-    def switch_current(self, version: str) -> None:
-        """Point ``current`` at ``releases/<version>`` with one atomic rename.
+    def history(self) -> list[str]:
+        """The releases ``current`` was switched to by releases, oldest first (see the module)."""
+        result = self.hook.run(["cat", f"{self.root}/{HISTORY_FILE}"], check=False)
+        return result.stdout.split() if result.exit_status == 0 else []
 
-        The release it pointed at before is remembered in ``<root>/.airlock-previous``.
+    def switch_current(self, version: str, *, rollback: bool = False) -> None:
+        """Point ``current`` at ``releases/<version>`` with one atomic rename, and record it.
+
+        A release (``rollback=False``) adds ``version`` to the history; a rollback backs out of
+        the releases after ``version`` instead, so the build it leaves is never recorded as the
+        one to go back to (:func:`history_after_release`, :func:`history_after_rollback`).
         """
         q = shlex.quote
         pending = f"{self.root}/.current-{version}"
         before = self.current_version()
-        lines = ["set -eu", f"test -d {q(self.release_dir(version))}"]
-        if before and before != version:
-            marker = f"{self.root}/{PREVIOUS_MARKER}"
+        if rollback:
+            history = history_after_rollback(self.history(), version)
+        else:
+            history = history_after_release(self.history(), before, version)
+        previous = history[-2] if len(history) > 1 else None
+        history_file = f"{self.root}/{HISTORY_FILE}"
+        marker = f"{self.root}/{PREVIOUS_MARKER}"
+        lines = [
+            "set -eu",
+            f"test -d {q(self.release_dir(version))}",
+            f"printf '%s\\n' {' '.join(q(v) for v in history)} > {q(history_file + '.new')}",
+            f"mv -f {q(history_file + '.new')} {q(history_file)}",
+        ]
+        if previous:
             lines += [
-                f"printf '%s\\n' {q(before)} > {q(marker + '.new')}",
+                f"printf '%s\\n' {q(previous)} > {q(marker + '.new')}",
                 f"mv -f {q(marker + '.new')} {q(marker)}",
             ]
+        else:
+            lines.append(f"rm -f {q(marker)}")
         lines += [
             f"ln -sfn {q('releases/' + version)} {q(pending)}",
             f"mv -Tf {q(pending)} {q(self.current)}",
@@ -186,6 +220,27 @@ class HostLayout:
         for version in doomed:
             self.hook.run(["rm", "-rf", "--", self.release_dir(version)])
         return doomed
+
+
+def history_after_release(history: list[str], before: str | None, version: str) -> list[str]:
+    """The history once a release switched ``current`` from ``before`` to ``version``.
+
+    A host without a history (laid out by an older Airlock) starts one with ``before``.
+    """
+    if before and (not history or history[-1] != before):
+        history = [*history, before]
+    if not history or history[-1] != version:
+        history = [*history, version]
+    return history[-HISTORY_LENGTH:]
+
+
+def history_after_rollback(history: list[str], version: str) -> list[str]:
+    """The history once a rollback put ``current`` back on ``version``: what came after its last
+    occurrence is backed out of; a ``version`` the history never saw starts it afresh."""
+    if version not in history:
+        return [version]
+    last = len(history) - 1 - history[::-1].index(version)
+    return history[: last + 1]
 
 
 def serving_version(environment: Environment, host: Host) -> tuple[bool, str | None, str]:
@@ -224,8 +279,19 @@ def host_session(environment: Environment, host: Host) -> Iterator[HostLayout]:
         hook.close()
 
 
-def deploy_to_host(environment: Environment, host: Host, version: str, artifact: Artifact) -> HostRelease:
-    """Install, switch, activate and wait; a no-op when the host already serves ``version``."""
+def deploy_to_host(
+    environment: Environment,
+    host: Host,
+    version: str,
+    artifact: Artifact,
+    *,
+    before_switch: Callable[[], None] | None = None,
+) -> HostRelease:
+    """Install, switch, activate and wait; a no-op when the host already serves ``version``.
+
+    :param before_switch: called after the install, right before ``current`` changes; it may
+        raise to stop the deploy there (fail-fast), leaving the host on its release.
+    """
     with host_session(environment, host) as layout:
         previous = layout.current_version()
         if previous == version:
@@ -233,6 +299,8 @@ def deploy_to_host(environment: Environment, host: Host, version: str, artifact:
             if healthy and reported == version:
                 return HostRelease(host=host.name, previous_version=previous, version=version, changed=False)
         layout.install(version, artifact)
+        if before_switch is not None:
+            before_switch()
         layout.switch_current(version)
         layout.activate(environment.deploy.activate_command, version)
         wait_until_serving(environment, host, version, environment.deploy.health_timeout)
@@ -242,7 +310,11 @@ def deploy_to_host(environment: Environment, host: Host, version: str, artifact:
 
 
 def roll_back_host(environment: Environment, host: Host, to_version: str) -> bool:
-    """Put the host back on ``to_version`` (already installed); returns whether it changed anything."""
+    """Put the host back on ``to_version`` (already installed); returns whether it changed anything.
+
+    The history forgets the releases after ``to_version``: the build rolled back from never
+    becomes the host's "previous" release, so a second rollback cannot toggle back to it.
+    """
     with host_session(environment, host) as layout:
         current = layout.current_version()
         if current == to_version:
@@ -251,7 +323,7 @@ def roll_back_host(environment: Environment, host: Host, to_version: str) -> boo
                 return False
         if layout.installed_sha256(to_version) is None:
             raise RuntimeError(f"Host {host.name} has no release {to_version} to switch to")
-        layout.switch_current(to_version)
+        layout.switch_current(to_version, rollback=True)
         layout.activate(environment.deploy.activate_command, to_version)
         wait_until_serving(environment, host, to_version, environment.deploy.health_timeout)
         return True

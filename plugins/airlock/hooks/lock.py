@@ -306,3 +306,97 @@ class EnvironmentLock:
         if current.run_id != run_id:
             return False
         return bool(self.client.eval(_RELEASE_IF_OWNER, 1, self.key, current_raw))
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Why an environment needs a person before its next release, and how to resolve it."""
+
+    since: str
+    dag_id: str
+    run_id: str
+    what: str
+    resolve: str
+
+    def describe(self) -> str:
+        return f"since {self.since}, set by run {self.run_id} of {self.dag_id}: {self.what}"
+
+
+class AttentionMark:
+    """
+    An environment left in a state no release may start from (a rollback that could not finish),
+    kept next to its lock as ``airlock:attention:<environment>``, without a TTL: it stays until
+    a successful ``rollback_<env>`` clears it (or an operator deletes the key by hand).
+
+    :param environment: environment name.
+    :param redis_conn_id: Airflow connection to Redis.
+    """
+
+    def __init__(self, *, environment: str, redis_conn_id: str) -> None:
+        self.environment = environment
+        self.redis_conn_id = redis_conn_id
+        self.key = f"airlock:attention:{environment}"
+
+    @cached_property
+    def client(self):
+        return redis_client(self.redis_conn_id)
+
+    def set(self, *, dag_id: str, run_id: str, what: str, resolve: str) -> Attention:
+        """Mark the environment (replacing an earlier mark: the newest finding is what counts)."""
+        attention = Attention(
+            since=datetime.now(UTC).isoformat(timespec="seconds"),
+            dag_id=dag_id,
+            run_id=run_id,
+            what=what,
+            resolve=resolve,
+        )
+        self.client.set(self.key, json.dumps(asdict(attention)))
+        return attention
+
+    def get(self) -> Attention | None:
+        raw = self.client.get(self.key)
+        return Attention(**json.loads(raw)) if raw else None
+
+    def clear(self) -> Attention | None:
+        """Remove the mark; returns what it said, or None when there was none."""
+        raw = self.client.get(self.key)
+        if raw is None or not self.client.eval(_RELEASE_IF_OWNER, 1, self.key, raw):
+            return None
+        return Attention(**json.loads(raw))
+
+    def clear_if_set_by(self, run_id: str) -> bool:
+        """Remove the mark only if ``run_id`` set it (a rollback that finished on its retry)."""
+        raw = self.client.get(self.key)
+        if raw is None or json.loads(raw)["run_id"] != run_id:
+            return False
+        return bool(self.client.eval(_RELEASE_IF_OWNER, 1, self.key, raw))
+
+
+class SwitchedHosts:
+    """
+    The hosts a run is about to switch, recorded in Redis before each switch
+    (``airlock:switching:<environment>:<run_id>``, kept 7 days) so that its rollback knows which
+    hosts it may have changed, across retries and whatever the deploy's own state says.
+
+    XCom cannot hold this: Airflow clears a task's XComs when it is retried, and a host switched
+    by a first try whose retry failed at connect would be forgotten.
+    """
+
+    KEEP = timedelta(days=7)
+
+    def __init__(self, *, environment: str, redis_conn_id: str, run_id: str) -> None:
+        self.redis_conn_id = redis_conn_id
+        self.key = f"airlock:switching:{environment}:{run_id}"
+
+    @cached_property
+    def client(self):
+        return redis_client(self.redis_conn_id)
+
+    def add(self, host: str) -> None:
+        pipeline = self.client.pipeline()
+        pipeline.sadd(self.key, host)
+        pipeline.expire(self.key, int(self.KEEP.total_seconds()))
+        pipeline.execute()
+
+    def hosts(self) -> set[str]:
+        return {h.decode() if isinstance(h, bytes) else h for h in self.client.smembers(self.key)}

@@ -45,6 +45,14 @@ def _milliseconds(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
+def partial_failure(pending: Sequence[Migration], applied: Sequence[Migration]) -> str:
+    """Which of ``pending`` a failed run applied (they stay applied) and which it did not."""
+    names = {migration.filename for migration in applied}
+    done = ", ".join(m.filename for m in applied) or "none"
+    left = ", ".join(m.filename for m in pending if m.filename not in names)
+    return f"Applied by this run before it (kept): {done}; not applied: {left}"
+
+
 class MigrationRunner:
     """Validates and applies migrations to the database of one Airflow connection.
 
@@ -117,6 +125,18 @@ class MigrationRunner:
         ]
         return sorted(applied, key=lambda row: row.version)
 
+    def applied_by_run(self, run_id: str) -> list[str]:
+        """The migrations one run applied, as file names, in order; empty without a history."""
+        with self._session() as connection:
+            if not self._applied(connection):
+                return []
+            rows = connection.execute(
+                sql.SQL("SELECT version, description FROM {} WHERE applied_by_run = %s").format(self.history),
+                (run_id,),
+            ).fetchall()
+        ordered = sorted(rows, key=lambda row: parse_version(row[0]))
+        return [expected_filename(version, description) for version, description in ordered]
+
     def validate(self, migrations: Sequence[Migration]) -> list[Migration]:
         """Check the files against the history and return the pending ones, in order.
 
@@ -171,12 +191,15 @@ class MigrationRunner:
             try:
                 self._ensure_history(connection)
                 pending = self._validate(migrations, self._applied(connection))
-                applied = []
+                applied: list[Migration] = []
                 for migration in pending:
                     self._set_timeouts(connection)
-                    self._apply_one(connection, migration, run_id)
-                    applied.append(migration.version_text)
-                return applied
+                    try:
+                        self._apply_one(connection, migration, run_id)
+                    except MigrationError as error:
+                        raise MigrationError(f"{error}. {partial_failure(pending, applied)}") from error
+                    applied.append(migration)
+                return [migration.version_text for migration in applied]
             finally:
                 if not connection.closed and not connection.broken:
                     connection.execute("SELECT pg_advisory_unlock(%s)", (key,))

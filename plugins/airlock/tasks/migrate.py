@@ -106,3 +106,8 @@ def apply(environment: Environment) -> list[str]:
     """The ``apply`` task."""
     context = get_current_context()
     return apply_migrations(environment, version=context["params"]["version"], run_id=context["run_id"])
+
+
+def migrations_applied_by_run(environment: Environment, run_id: str) -> list[str]:
+    """The migrations ``run_id`` applied, by file name, in order (from the history table)."""
+    return migration_runner(environment).applied_by_run(run_id)

@@ -10,8 +10,9 @@ the context; the decisions on those states (what to roll back, how the run ended
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +21,17 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airlock.config import Environment, Wave
 from airlock.core.backups import BackupError
-from airlock.core.outcome import ReleaseRun, approver, describe_failed, nothing_to_roll_back, release_outcome
+from airlock.core.outcome import (
+    ROLLBACK_INCOMPLETE,
+    HostRollback,
+    ReleaseRun,
+    RollbackReport,
+    approver,
+    describe_failed,
+    nothing_to_roll_back,
+    release_outcome,
+    rollback_waves,
+)
 from airlock.core.release import (
     InvalidReleaseRequest,
     ReleasePlan,
@@ -31,13 +42,14 @@ from airlock.core.release import (
 )
 from airlock.hooks.artifacts import release_artifact
 from airlock.hooks.hosts import HostNotServingError, deploy_to_host, prune_host, roll_back_host
+from airlock.hooks.lock import AttentionMark, SwitchedHosts
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.hooks.postgres import first_row
 from airlock.notifications.slack import post, render, summarize_error
 from airlock.tasks import environment as shared
 from airlock.tasks.backup import require_fresh_backup, take_backup
 from airlock.tasks.environment import hold_lock, mapped, run_task_states, triggering_user
-from airlock.tasks.migrate import apply_migrations
+from airlock.tasks.migrate import apply_migrations, migrations_applied_by_run
 from airlock.tasks.smoke import run_smoke_tests
 
 log = logging.getLogger(__name__)
@@ -175,16 +187,61 @@ def announce(environment: Environment, planned: Mapping[str, Any]) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class FailFast:
+    """What one host's deploy knows of this run's other deploys (fail-fast).
+
+    :param failed_hosts: the hosts of this run whose deploy failed for good, read afresh on each
+        call (this run's task states).
+    :param record_switch: records, durably and before ``current`` changes, that this run is about
+        to switch the host (what the rollback reads to know which hosts it may have changed).
+    """
+
+    failed_hosts: Callable[[], list[str]]
+    record_switch: Callable[[], None]
+
+    def refuse_if_another_failed(self, host_name: str) -> None:
+        failed = [host for host in self.failed_hosts() if host != host_name]
+        if failed:
+            raise AirflowSkipException(
+                f"Not switching {host_name}: the deploy of {', '.join(failed)} failed in this run, and "
+                "once a host has failed no further host is switched (fail-fast); its current release "
+                "is unchanged"
+            )
+
+    def before_switch(self, host_name: str) -> None:
+        self.refuse_if_another_failed(host_name)
+        self.record_switch()
+
+
 def deploy_host(
-    environment: Environment, *, version: str, host_name: str, wave_hosts: list[str], run_id: str
+    environment: Environment,
+    *,
+    version: str,
+    host_name: str,
+    wave_hosts: list[str],
+    run_id: str,
+    fail_fast: FailFast | None = None,
 ) -> dict[str, Any]:
-    """Install ``version`` on one host of a wave, switch it and wait until it serves it."""
+    """Install ``version`` on one host of a wave, switch it and wait until it serves it.
+
+    With ``fail_fast`` (every deploy task has it), a deploy refuses (skipped, nothing switched)
+    when another host of this run failed: at its start, and again right before the switch.
+    """
     if host_name not in wave_hosts:
         raise AirflowFailException(f"host {host_name} is not part of this wave ({', '.join(wave_hosts)})")
+    if fail_fast is not None:
+        fail_fast.refuse_if_another_failed(host_name)
     hold_lock(environment, run_id)
     artifact = release_artifact(environment.deploy, version)
     try:
-        release = deploy_to_host(environment, environment.host(host_name), version, artifact)
+        release = deploy_to_host(
+            environment,
+            environment.host(host_name),
+            version,
+            artifact,
+            before_switch=(lambda: fail_fast.before_switch(host_name)) if fail_fast else None,
+        )
     except HostNotServingError as error:
         # The health wait already gave the host its whole health_timeout: retrying would only
         # delay the rollback. Connection and upload errors are retried as usual.
@@ -199,6 +256,33 @@ def deploy_host(
     return release.to_dict()
 
 
+def switched_hosts(environment: Environment, run_id: str) -> SwitchedHosts:
+    """The hosts this run is about to switch or switched (recorded before each switch)."""
+    return SwitchedHosts(environment=environment.name, redis_conn_id=environment.redis_conn_id, run_id=run_id)
+
+
+def attention_mark(environment: Environment) -> AttentionMark:
+    return AttentionMark(environment=environment.name, redis_conn_id=environment.redis_conn_id)
+
+
+def fail_fast_for(environment: Environment, context: Any, host_name: str) -> FailFast:
+    """The fail-fast view of one deploy task: this run's task states, this run's switch record."""
+    return FailFast(
+        failed_hosts=lambda: release_run(environment, run_task_states(context)).failed_hosts(),
+        record_switch=lambda: switched_hosts(environment, context["run_id"]).add(host_name),
+    )
+
+
+def refuse_while_attention_needed(environment: Environment) -> None:
+    """A release refuses to start while the environment is marked as needing attention."""
+    attention = attention_mark(environment).get()
+    if attention is not None:
+        raise AirflowFailException(
+            f"Release refused: {environment.name} needs attention ({attention.describe()}). "
+            f'{attention.resolve}. See docs/runbooks/rollback.md, "Rollback incomplete".'
+        )
+
+
 def verify(environment: Environment, *, wave_hosts: list[str]) -> list[dict[str, Any]]:
     if not wave_hosts:
         raise AirflowFailException("this wave has no host: a wave must never deploy to nobody")
@@ -210,7 +294,8 @@ def verify(environment: Environment, *, wave_hosts: list[str]) -> list[dict[str,
 
 def release_run(environment: Environment, task_states: Mapping[str, str]) -> ReleaseRun:
     """What this run's steps did, from its task states: each wave's verification, each host's
-    deploy, the approval, and the failed steps named for a reader (``wave_1.deploy (web-1)``)."""
+    deploy, the approval, the rollback, and the failed steps named for a reader
+    (``wave_1.deploy (web-1)``)."""
     deploys, names = {}, {}
     for wave in environment.waves:
         for index, host in enumerate(wave.hosts):
@@ -222,6 +307,18 @@ def release_run(environment: Environment, task_states: Mapping[str, str]) -> Rel
         deploys=deploys,
         approval=task_states.get(TaskIds.APPROVE),
         failed=describe_failed(task_states, names),
+        rollback=task_states.get(TaskIds.ROLLBACK),
+    )
+
+
+def resolve_instructions(environment: Environment, targets: Mapping[str, str | None]) -> str:
+    """How an operator clears the needs-attention mark, named for this environment."""
+    versions = sorted({v for v in targets.values() if v})
+    to_version = versions[0] if len(versions) == 1 else "<the release every host should run>"
+    return (
+        f"To resolve: make the hosts reachable, then trigger rollback_{environment.name} with "
+        f"to_version={to_version}; once it succeeds (every host healthy on it) the mark is cleared "
+        "and releases may start again"
     )
 
 
@@ -231,43 +328,71 @@ def roll_back_switched_hosts(
     planned: Mapping[str, Any] | None,
     run: ReleaseRun,
     run_id: str,
-    backup: Mapping[str, Any] | None = None,
+    switched: set[str] | None = None,
 ) -> dict[str, Any]:
     """Roll every host this run switched back to its previous release; skip when nothing failed.
 
-    Code only: migrations stay applied; the message names the pre-release backup for the data.
+    The hosts go back in the rollout's waves, last wave first, each wave's hosts together (at
+    most ``rollout.max_parallel_per_wave`` at once). ``switched`` names the hosts this run
+    recorded before switching them; with the hosts whose deploy succeeded they are the ones put
+    back. A host whose deploy ran but never reached its switch is left alone. Every host's
+    result is collected, a failure to put one back included (a :class:`RollbackReport`).
+
+    Code only: migrations stay applied; the conclusion names the pre-release backup for the data.
     """
     why_not = nothing_to_roll_back(run, planned=planned is not None)
     if why_not:
         raise AirflowSkipException(why_not)
     assert planned is not None
     release_plan = ReleasePlan.from_dict(planned["plan"])
-    attempted = run.attempted_hosts()
     hold_lock(environment, run_id)
     previous = release_plan.previous_versions()
+    succeeded = {host for host, state in run.deploys.items() if state == "success"}
+    to_roll_back = (switched or set()) | succeeded
+    results: dict[str, HostRollback] = {
+        host: HostRollback(host, previous.get(host), True, "never switched by this run; left alone")
+        for host in run.attempted_hosts()
+        if host not in to_roll_back
+    }
 
-    def roll_back_to_previous(host_name: str) -> tuple[str, str]:
-        target = previous[host_name]
+    def roll_back_to_previous(host_name: str) -> HostRollback:
+        target = previous.get(host_name)
         if target is None:
-            return host_name, "had no previous release; left as is"
-        changed = roll_back_host(environment, environment.host(host_name), target)
-        return host_name, f"back on {target}" if changed else f"was still on {target}"
+            return HostRollback(host_name, None, True, "had no previous release; left as is")
+        try:
+            changed = roll_back_host(environment, environment.host(host_name), target)
+        except Exception as error:
+            log.exception("Could not roll %s back to %s", host_name, target)
+            return HostRollback(
+                host_name, target, False, f"not put back on {target}: {summarize_error(error)}"
+            )
+        return HostRollback(
+            host_name, target, True, f"back on {target}" if changed else f"was still on {target}"
+        )
 
-    with ThreadPoolExecutor(max_workers=min(8, len(attempted))) as pool:
-        outcomes = dict(pool.map(roll_back_to_previous, attempted))
-    hosts = ", ".join(f"{host} ({outcome})" for host, outcome in sorted(outcomes.items()))
-    post(
-        environment.slack_conn_id,
-        render(
-            "release_rolled_back",
-            environment=environment.name,
-            version=release_plan.version,
-            failed=run.failed,
-            hosts=hosts,
-            detail=f"Database not rolled back; pre-release backup: {backup['name']}." if backup else "",
-        ),
-    )
-    return {"failed": run.failed, "hosts": outcomes}
+    waves = [[host.name for host in wave.hosts] for wave in environment.waves]
+    for wave in rollback_waves(waves, to_roll_back):
+        log.info("Rolling back %s", ", ".join(wave))
+        workers = min(environment.rollout.max_parallel_per_wave, len(wave))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(roll_back_to_previous, wave):
+                results[result.host] = result
+    ordered = [results[host] for wave in waves for host in wave if host in results]
+    report = RollbackReport(failed=run.failed, version=release_plan.version, hosts=ordered)
+    for result in report.hosts:
+        log.info("Rollback of %s: %s", result.host, result.note)
+    return report.to_dict()
+
+
+#: The Slack message of each way a release can end badly (they all show the outcome's detail).
+SLACK_TEMPLATES = {
+    "failed": "release_failed",
+    "rolled_back": "release_rolled_back",
+    ROLLBACK_INCOMPLETE: "release_rollback_incomplete",
+}
+
+#: The XCom key under which a ``rollback`` that could not finish leaves its report.
+ROLLBACK_REPORT = "rollback_report"
 
 
 def conclude_release(
@@ -283,11 +408,15 @@ def conclude_release(
     started_at: datetime | None,
     triggered_by: str,
     backup: Mapping[str, Any] | None = None,
+    migrations_applied: list[str] | None = None,
 ) -> dict[str, Any]:
     """Prune and celebrate, or record why not; the run ends failed unless the release went out.
 
     ``backup`` is the pre-release backup's summary, named in the record of a failed release:
-    restoring it is the way back for the data.
+    restoring it is the way back for the data; ``migrations_applied`` the migrations this run
+    applied (they stay applied). The audit row's detail and the Slack message say the same
+    thing. A rollback that could not put every host back (``rollback_incomplete``) marks the
+    environment as needing attention: no release starts until ``rollback_<env>`` succeeds.
     """
     release_plan = ReleasePlan.from_dict(planned["plan"]) if planned else None
     version = release_plan.version if release_plan else str(params.get("version"))
@@ -297,7 +426,15 @@ def conclude_release(
         dry_run=release_plan is not None and release_plan.dry_run,
         rollback=rollback,
         backup=backup["name"] if backup else None,
+        migrations_applied=migrations_applied,
     )
+    resolve = ""
+    if outcome.result == ROLLBACK_INCOMPLETE:
+        assert release_plan is not None
+        resolve = resolve_instructions(environment, release_plan.previous_versions())
+        attention_mark(environment).set(
+            dag_id=dag_id, run_id=run_id, what=f"release {version}: {outcome.detail}", resolve=resolve
+        )
 
     if release_plan is not None:
         write_audit_record(
@@ -335,15 +472,15 @@ def conclude_release(
                 duration=duration,
             ),
         )
-    elif outcome.result == "failed" and release_plan is not None:
+    elif release_plan is not None and outcome.result in SLACK_TEMPLATES:
         post(
             environment.slack_conn_id,
             render(
-                "release_failed",
+                SLACK_TEMPLATES[outcome.result],
                 environment=environment.name,
                 version=version,
-                failed=run.failed,
-                detail=f"Pre-release backup: {backup['name']}." if backup else "",
+                detail=outcome.detail,
+                resolve=resolve,
             ),
         )
     if not outcome.ended_well:
@@ -356,10 +493,14 @@ def conclude_release(
 # -- task bodies: what they need from the run comes from its context ---------------------------------
 
 
-def validate_run_request() -> dict[str, Any]:
-    """The ``validate_request`` task: this run's conf and params."""
+def validate_run_request(environment: Environment | None = None) -> dict[str, Any]:
+    """The ``validate_request`` task: this run's conf and params; with ``environment``, refused
+    while that environment needs attention (:func:`refuse_while_attention_needed`)."""
     context = get_current_context()
-    return validate(context["dag_run"].conf, context["params"])
+    request = validate(context["dag_run"].conf, context["params"])
+    if environment is not None:
+        refuse_while_attention_needed(environment)
+    return request
 
 
 def plan(
@@ -408,36 +549,76 @@ def deploy(
         host_name=host_name,
         wave_hosts=wave_hosts,
         run_id=context["run_id"],
+        fail_fast=fail_fast_for(environment, context, host_name),
     )
 
 
 def rollback(environment: Environment) -> dict[str, Any]:
-    """The ``rollback`` task: this run's plan, task states and pre-release backup."""
+    """The ``rollback`` task: this run's plan, task states and switch record.
+
+    A rollback that could not put every host back marks the environment as needing attention,
+    leaves its report for ``conclude`` and fails (a retry tries every host again).
+    """
     context = get_current_context()
-    ti = context["ti"]
-    return roll_back_switched_hosts(
+    ti, run_id = context["ti"], context["run_id"]
+    planned = ti.xcom_pull(task_ids=TaskIds.PLAN)
+    report = roll_back_switched_hosts(
         environment,
-        planned=ti.xcom_pull(task_ids=TaskIds.PLAN),
+        planned=planned,
         run=release_run(environment, run_task_states(context)),
-        run_id=context["run_id"],
-        backup=ti.xcom_pull(task_ids=TaskIds.BACKUP),
+        run_id=run_id,
+        switched=switched_hosts(environment, run_id).hosts(),
     )
+    rolled_back = RollbackReport.from_dict(report)
+    mark = attention_mark(environment)
+    if rolled_back.incomplete:
+        ti.xcom_push(key=ROLLBACK_REPORT, value=report)
+        release_plan = ReleasePlan.from_dict(planned["plan"])
+        mark.set(
+            dag_id=ti.dag_id,
+            run_id=run_id,
+            what=f"release {rolled_back.version}: rollback incomplete: {rolled_back.still_on_new_build()}",
+            resolve=resolve_instructions(environment, release_plan.previous_versions()),
+        )
+        raise RuntimeError(f"Rollback incomplete: {rolled_back.still_on_new_build()}")
+    mark.clear_if_set_by(run_id)  # an earlier try could not finish; this one did
+    return report
+
+
+def applied_by_this_run(
+    environment: Environment, planned: Mapping[str, Any] | None, run_id: str
+) -> list[str]:
+    """The migrations this run applied, from the database's history (none when it planned none)."""
+    if not planned or not ReleasePlan.from_dict(planned["plan"]).migrations:
+        return []
+    try:
+        return migrations_applied_by_run(environment, run_id)
+    except Exception:
+        log.exception("Could not read which migrations run %s applied", run_id)
+        return ["(unknown: the migration history could not be read, see the conclude log)"]
 
 
 def conclude(environment: Environment) -> dict[str, Any]:
     """The ``conclude`` task, from what the run's tasks returned."""
     context = get_current_context()
     ti, dag_run = context["ti"], context["dag_run"]
+    planned = ti.xcom_pull(task_ids=TaskIds.PLAN)
+    run = release_run(environment, run_task_states(context))
+    rolled_back = ti.xcom_pull(task_ids=TaskIds.ROLLBACK) or ti.xcom_pull(
+        task_ids=TaskIds.ROLLBACK, key=ROLLBACK_REPORT
+    )
+    went_out = planned is not None and run.every_wave_verified
     return conclude_release(
         environment,
         dag_id=dag_run.dag_id,
         run_id=dag_run.run_id,
         params=context["params"],
-        planned=ti.xcom_pull(task_ids=TaskIds.PLAN),
+        planned=planned,
         approval=ti.xcom_pull(task_ids=TaskIds.APPROVE),
-        rollback=ti.xcom_pull(task_ids=TaskIds.ROLLBACK),
+        rollback=rolled_back,
         backup=ti.xcom_pull(task_ids=TaskIds.BACKUP),
-        run=release_run(environment, run_task_states(context)),
+        run=run,
         started_at=dag_run.start_date,
         triggered_by=triggering_user(context),
+        migrations_applied=None if went_out else applied_by_this_run(environment, planned, dag_run.run_id),
     )

@@ -16,13 +16,14 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
-from airlock.core.outcome import approver, describe_failed, rollback_outcome
+from airlock.core.outcome import ROLLBACK_INCOMPLETE, approver, describe_failed, rollback_outcome
 from airlock.core.release import InvalidReleaseRequest, RollbackPlan, build_rollback_plan, validate_version
 from airlock.hooks.hosts import roll_back_host
+from airlock.hooks.lock import AttentionMark
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.notifications.slack import post, render
 from airlock.tasks import environment as shared
-from airlock.tasks.environment import hold_lock, run_task_states, triggering_user
+from airlock.tasks.environment import hold_lock, mapped, run_task_states, triggering_user
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,27 @@ def conclude_rollback(
             f"Rollback of {environment.name} stopped before planning: see the failed task"
         )
     rollback_plan = RollbackPlan.from_dict(planned["plan"])
+    host_states = {
+        planned_host.host: task_states.get(mapped(TaskIds.ROLL_BACK_HOST, index))
+        for index, planned_host in enumerate(rollback_plan.hosts)
+    }
+    names = {
+        mapped(TaskIds.ROLL_BACK_HOST, index): f"{TaskIds.ROLL_BACK_HOST} ({planned_host.host})"
+        for index, planned_host in enumerate(rollback_plan.hosts)
+    }
     outcome = rollback_outcome(
-        [state for task, state in task_states.items() if task.startswith(TaskIds.ROLL_BACK_HOST)],
+        host_states,
         approval=task_states.get(TaskIds.APPROVE),
-        failed=describe_failed(task_states),
+        failed=describe_failed(task_states, names),
     )
+    mark = AttentionMark(environment=environment.name, redis_conn_id=environment.redis_conn_id)
+    resolve = (
+        f"To resolve: make the hosts reachable and trigger rollback_{environment.name} again "
+        f"(to_version={rollback_plan.hosts[0].new_version} if every host should run it); once it "
+        "succeeds the mark is cleared"
+    )
+    if outcome.result == ROLLBACK_INCOMPLETE:
+        mark.set(dag_id=dag_id, run_id=run_id, what=f"rollback {outcome.detail}", resolve=resolve)
     write_audit_record(
         environment,
         AuditRecord(
@@ -109,8 +126,21 @@ def conclude_rollback(
             detail=outcome.detail,
         ),
     )
+    if outcome.result == ROLLBACK_INCOMPLETE:
+        post(
+            environment.slack_conn_id,
+            render(
+                "rollback_incomplete",
+                environment=environment.name,
+                triggered_by=rollback_plan.triggered_by,
+                detail=outcome.detail,
+                resolve=resolve,
+            ),
+        )
     if not outcome.ended_well:
         raise AirflowFailException(f"Rollback of {environment.name}: {outcome.result} ({outcome.detail})")
+    # Every host is healthy on its planned release: whatever an incomplete rollback left is resolved.
+    cleared = mark.clear()
     post(
         environment.slack_conn_id,
         render(
@@ -118,9 +148,12 @@ def conclude_rollback(
             environment=environment.name,
             targets=rollback_plan.targets(),
             triggered_by=rollback_plan.triggered_by,
+            cleared=f" Cleared the needs-attention mark ({cleared.describe()}); releases may start again."
+            if cleared
+            else "",
         ),
     )
-    return {"result": outcome.result}
+    return {"result": outcome.result, "cleared_attention": cleared.run_id if cleared else None}
 
 
 # -- task bodies: what they need from the run comes from its context ---------------------------------

@@ -7,12 +7,15 @@ from types import SimpleNamespace
 import pytest
 
 from airlock.core.outcome import (
+    HostRollback,
     ReleaseRun,
+    RollbackReport,
     approver,
     describe_failed,
     nothing_to_roll_back,
     release_outcome,
     rollback_outcome,
+    rollback_waves,
     triggering_user,
     user_id,
 )
@@ -131,20 +134,73 @@ def test_a_failed_approval_is_a_rejection_that_changed_nothing():
     assert not outcome.ended_well
 
 
+def report(*hosts: tuple[str, bool, str], failed: str = "wave_1.verify") -> dict:
+    """A rollback step's report: (host, confirmed back, note) per host."""
+    return RollbackReport(
+        failed=failed,
+        version="2.0.0",
+        hosts=[HostRollback(host, "1.0.0", back, note) for host, back, note in hosts],
+    ).to_dict()
+
+
 def test_a_rolled_back_release_names_what_failed_the_hosts_and_the_backup():
     outcome = release_outcome(
         run(["failed", None]),
         planned=True,
         dry_run=False,
-        rollback={"failed": "wave_1.verify", "hosts": {"web-1": "back on 1.0.0"}},
+        rollback=report(("web-1", True, "back on 1.0.0")),
         backup="demo-1-pre-release",
     )
 
     assert outcome.result == "rolled_back"
     assert outcome.detail == (
-        "failed at wave_1.verify; {'web-1': 'back on 1.0.0'}; pre-release backup demo-1-pre-release"
+        "failed at wave_1.verify. Rolled back web-1 (back on 1.0.0). "
+        "Database not rolled back; pre-release backup: demo-1-pre-release."
     )
     assert not outcome.ended_well
+
+
+def test_a_rollback_that_could_not_put_a_host_back_is_incomplete_and_names_it():
+    outcome = release_outcome(
+        run(["success", "failed"]),
+        planned=True,
+        dry_run=False,
+        rollback=report(
+            ("web-1", True, "back on 1.0.0"),
+            ("web-2", False, "not put back on 1.0.0: connection refused"),
+            ("web-3", True, "never switched by this run; left alone"),
+            failed="wave_2.verify",
+        ),
+        backup=None,
+    )
+
+    assert outcome.result == "rollback_incomplete"
+    assert outcome.detail == (
+        "failed at wave_2.verify. Rollback INCOMPLETE: web-2 may still serve 2.0.0 "
+        "(not put back on 1.0.0: connection refused). Rolled back: web-1 (back on 1.0.0), "
+        "web-3 (never switched by this run; left alone)."
+    )
+    assert not outcome.ended_well
+
+
+def test_a_rollback_step_that_failed_without_a_report_is_incomplete_not_no_host_switched():
+    outcome = release_outcome(
+        ReleaseRun(
+            verifications=["failed", None],
+            deploys={"web-1": "success", "web-2": None},
+            approval="success",
+            failed="rollback, wave_1.verify",
+            rollback="failed",
+        ),
+        planned=True,
+        dry_run=False,
+        rollback=None,
+        backup=None,
+    )
+
+    assert outcome.result == "rollback_incomplete"
+    assert "hosts this run may have switched: web-1" in outcome.detail
+    assert "No host was switched" not in outcome.detail
 
 
 def test_a_release_failed_before_any_switch_says_so():
@@ -152,7 +208,23 @@ def test_a_release_failed_before_any_switch_says_so():
         run([None, None], failed="migrate"), planned=True, dry_run=False, rollback=None, backup=None
     )
 
-    assert (outcome.result, outcome.detail) == ("failed", "failed at migrate; no host was switched")
+    assert (outcome.result, outcome.detail) == ("failed", "failed at migrate. No host was switched.")
+
+
+def test_a_release_failed_in_its_migrations_names_those_it_applied():
+    outcome = release_outcome(
+        run([None, None], failed="migrate"),
+        planned=True,
+        dry_run=False,
+        rollback=None,
+        backup="b-1",
+        migrations_applied=["V10__a.sql"],
+    )
+
+    assert outcome.detail == (
+        "failed at migrate. No host was switched. Migrations applied by this run (not rolled back): "
+        "V10__a.sql. Database not rolled back; pre-release backup: b-1."
+    )
 
 
 def test_a_release_without_a_plan_failed_even_if_nothing_ran():
@@ -164,18 +236,48 @@ def test_a_release_without_a_plan_failed_even_if_nothing_ran():
         backup=None,
     )
 
-    assert (outcome.result, outcome.detail) == ("failed", "failed at check_artifact; no host was switched")
+    assert (outcome.result, outcome.detail) == ("failed", "failed at check_artifact. No host was switched.")
+
+
+def test_only_deploys_that_failed_for_good_count_for_fail_fast():
+    release = run([None, None], deploys={"web-1": "up_for_retry", "web-2": "failed", "web-3": "running"})
+
+    assert release.failed_hosts() == ["web-2"]
+
+
+@pytest.mark.parametrize(
+    ("switched", "expected"),
+    [
+        pytest.param({"web-1", "web-2", "web-3"}, [["web-2", "web-3"], ["web-1"]], id="every-host"),
+        pytest.param({"web-1", "web-3"}, [["web-3"], ["web-1"]], id="only-switched-hosts"),
+        pytest.param({"web-1"}, [["web-1"]], id="empty-waves-dropped"),
+    ],
+)
+def test_a_rollback_goes_in_the_rollouts_waves_last_wave_first(switched, expected):
+    assert rollback_waves([["web-1"], ["web-2", "web-3"]], switched) == expected
 
 
 def test_a_rollback_succeeds_only_when_every_host_was_rolled_back():
-    assert rollback_outcome(["success", "success"], approval="success", failed="-").result == "succeeded"
-    failed = rollback_outcome(["success", "failed"], approval="success", failed="roll_back_host_1")
-    assert (failed.result, failed.detail) == ("failed", "failed at roll_back_host_1")
-    assert rollback_outcome([], approval=None, failed="plan").result == "failed"
+    both = {"web-1": "success", "web-2": "success"}
+    assert rollback_outcome(both, approval="success", failed="-").result == "succeeded"
+    failed = rollback_outcome({"web-1": "failed", "web-2": "failed"}, approval="success", failed="x")
+    assert (failed.result, failed.detail) == ("failed", "failed at x")
+    assert rollback_outcome({}, approval=None, failed="plan").result == "failed"
+
+
+def test_a_rollback_that_switched_some_hosts_but_not_others_is_incomplete():
+    outcome = rollback_outcome(
+        {"web-1": "success", "web-2": "failed"}, approval="success", failed="roll_back_host (web-2)"
+    )
+
+    assert outcome.result == "rollback_incomplete"
+    assert outcome.detail == (
+        "failed at roll_back_host (web-2). Rollback INCOMPLETE: not back: web-2; back: web-1."
+    )
 
 
 def test_a_rejected_rollback_changed_nothing():
-    outcome = rollback_outcome(["skipped", "skipped"], approval="failed", failed="approve")
+    outcome = rollback_outcome({"web-1": "skipped", "web-2": "skipped"}, approval="failed", failed="approve")
 
     assert (outcome.result, outcome.detail) == (
         "rejected",
