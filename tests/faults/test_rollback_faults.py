@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,9 +28,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from airlock.hooks.hosts import host_session
+from airlock.hooks.hosts import host_hook, host_session
 from airlock.hooks.lock import AttentionMark
 from airlock.tasks import release as release_steps
 from airlock.tasks.environment import environment_lock
@@ -236,8 +237,10 @@ def test_a_switched_host_lost_before_a_later_wave_fails_makes_the_rollback_incom
     _, refused, _ = run_dag(release_dag(environment), {"version": NEW})
     assert refused["validate_request"] == "failed"
     refusal = [t for t in slack_messages.texts() if "task validate_request failed" in t][-1]
-    assert f"needs attention (since {attention.get().since}, set by run {run_id}" in refusal
+    assert f"Release refused: {environment.name} needs attention." in refusal
     assert f"trigger rollback_{environment.name} with to_version={OLD}" in refusal
+    with pytest.raises(AirflowFailException, match=f"Why: since .*, set by run {re.escape(run_id)}"):
+        release_steps.refuse_while_attention_needed(environment)
 
     # The operator brings web-1 back and runs rollback_<env> as told: every host on 1.0.0, mark gone.
     sshd["restart"]("web-1")
@@ -304,6 +307,11 @@ def test_a_hung_host_is_bounded_by_the_ssh_timeouts_and_never_switched(
 
     assert states["wave_2.deploy[0]"] == "failed"
     assert states["conclude"] == "failed"
+    # What bounds the wait for a host that accepts the connection and never speaks: the banner
+    # and authentication timeouts are ssh.connect_timeout, not SSHHook's own 30 s defaults.
+    hook = host_hook(environment, environment.hosts[1])
+    connect_timeout = environment.ssh.connect_timeout.total_seconds()
+    assert (hook.conn_timeout, hook.banner_timeout, hook.auth_timeout) == (connect_timeout,) * 3
     [(_, result, detail)] = releases.audit_rows(postgres_url, run_id, *AUDIT)
     assert result == "rolled_back"
     assert "web-2 (never switched by this run; left alone)" in detail

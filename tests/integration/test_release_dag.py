@@ -375,3 +375,33 @@ def test_migrate_plans_in_a_dry_run_and_applies_after_approval(hosts_on_old, pos
     assert applied["apply"] == "success"
     assert migration_history(postgres_url)[-1] == "4"
     assert any("migrations of 2.4.0 needs approval" in t for t in slack_messages.texts())
+
+
+def test_two_rollbacks_in_a_row_never_toggle_back_to_the_build_rolled_back_from(rollback, hosts_on_old):
+    environment = hosts_on_old
+    on_every_host(environment, NEW)
+
+    _, first, _ = run_dag(rollback, {"reason": "bad build"}, answer="Approve")
+    second_dag = load_dag(f"rollback_{environment.name}")  # a fresh parse: see the `release` fixture
+    _, second, _ = run_dag(second_dag, {"reason": "again"}, answer="Approve")
+
+    assert first["conclude"] == "success", first
+    # Nothing older than 1.0.0 is recorded once 2.0.0 is backed out of: the second one is refused.
+    assert second["plan"] == "failed", second
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+    for host in environment.hosts:
+        with host_session(environment, host) as layout:
+            assert layout.previous_version() != NEW
+            assert NEW not in layout.history()
+
+
+def test_an_automatic_rollback_does_not_record_the_broken_build_as_previous(release, hosts_on_old):
+    environment = hosts_on_old
+
+    _, states, _ = run_dag(release, {"version": BROKEN}, answer="Approve")
+
+    assert states["rollback"] == "success"
+    with host_session(environment, environment.hosts[0]) as layout:
+        assert layout.current_version() == OLD
+        assert layout.previous_version() != BROKEN
+        assert BROKEN not in layout.history()

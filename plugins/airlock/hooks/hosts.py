@@ -183,7 +183,7 @@ class HostLayout:
         pending = f"{self.root}/.current-{version}"
         before = self.current_version()
         if rollback:
-            history = history_after_rollback(self.history(), version)
+            history = history_after_rollback(self.history(), before, version)
         else:
             history = history_after_release(self.history(), before, version)
         previous = history[-2] if len(history) > 1 else None
@@ -234,13 +234,22 @@ def history_after_release(history: list[str], before: str | None, version: str) 
     return history[-HISTORY_LENGTH:]
 
 
-def history_after_rollback(history: list[str], version: str) -> list[str]:
-    """The history once a rollback put ``current`` back on ``version``: what came after its last
-    occurrence is backed out of; a ``version`` the history never saw starts it afresh."""
+def history_after_rollback(history: list[str], leaving: str | None, version: str) -> list[str]:
+    """The history once a rollback put ``current`` back on ``version``, leaving ``leaving``.
+
+    What came after the last ``version`` is backed out of, and so is ``leaving``: none of those
+    builds stays anywhere in the history, so none can become "previous" again. A ``version`` the
+    history never saw starts it afresh.
+    """
     if version not in history:
         return [version]
     last = len(history) - 1 - history[::-1].index(version)
-    return history[: last + 1]
+    backed_out = {*history[last + 1 :], leaving} - {version, None}
+    kept: list[str] = []
+    for entry in history[: last + 1]:
+        if entry not in backed_out and (not kept or kept[-1] != entry):
+            kept.append(entry)
+    return kept
 
 
 def serving_version(environment: Environment, host: Host) -> tuple[bool, str | None, str]:

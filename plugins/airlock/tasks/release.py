@@ -278,8 +278,8 @@ def refuse_while_attention_needed(environment: Environment) -> None:
     attention = attention_mark(environment).get()
     if attention is not None:
         raise AirflowFailException(
-            f"Release refused: {environment.name} needs attention ({attention.describe()}). "
-            f'{attention.resolve}. See docs/runbooks/rollback.md, "Rollback incomplete".'
+            f"Release refused: {environment.name} needs attention. {attention.resolve}. "
+            f'See docs/runbooks/rollback.md, "Rollback incomplete". Why: {attention.describe()}'
         )
 
 
