@@ -358,25 +358,6 @@ def test_a_failing_migration_stops_the_release_before_any_host_is_switched(
     assert (version, result) == (BAD_MIGRATION, "failed")
 
 
-# Kept last in this file: it applies V4, after which 2.2.0's V3 would be out of order.
-def test_migrate_plans_in_a_dry_run_and_applies_after_approval(hosts_on_old, postgres_url, slack_messages):
-    migrate = load_dag(f"migrate_{hosts_on_old.name}")
-    before = migration_history(postgres_url)
-
-    _, planned, _ = run_dag(migrate, {"version": GOOD_MIGRATION, "dry_run": True})
-
-    assert planned["plan"] == "success"
-    assert planned["apply"] == "skipped"
-    assert migration_history(postgres_url) == before
-
-    migrate = load_dag(f"migrate_{hosts_on_old.name}")  # a fresh parse: see the `release` fixture
-    _, applied, _ = run_dag(migrate, {"version": GOOD_MIGRATION}, answer="Approve")
-
-    assert applied["apply"] == "success"
-    assert migration_history(postgres_url)[-1] == "4"
-    assert any("migrations of 2.4.0 needs approval" in t for t in slack_messages.texts())
-
-
 def test_two_rollbacks_in_a_row_never_toggle_back_to_the_build_rolled_back_from(rollback, hosts_on_old):
     environment = hosts_on_old
     on_every_host(environment, NEW)
@@ -405,3 +386,22 @@ def test_an_automatic_rollback_does_not_record_the_broken_build_as_previous(rele
         assert layout.current_version() == OLD
         assert layout.previous_version() != BROKEN
         assert BROKEN not in layout.history()
+
+
+# Kept last in this file: it applies V4, after which 2.2.0's V3 would be out of order.
+def test_migrate_plans_in_a_dry_run_and_applies_after_approval(hosts_on_old, postgres_url, slack_messages):
+    migrate = load_dag(f"migrate_{hosts_on_old.name}")
+    before = migration_history(postgres_url)
+
+    _, planned, _ = run_dag(migrate, {"version": GOOD_MIGRATION, "dry_run": True})
+
+    assert planned["plan"] == "success"
+    assert planned["apply"] == "skipped"
+    assert migration_history(postgres_url) == before
+
+    migrate = load_dag(f"migrate_{hosts_on_old.name}")  # a fresh parse: see the `release` fixture
+    _, applied, _ = run_dag(migrate, {"version": GOOD_MIGRATION}, answer="Approve")
+
+    assert applied["apply"] == "success"
+    assert migration_history(postgres_url)[-1] == "4"
+    assert any("migrations of 2.4.0 needs approval" in t for t in slack_messages.texts())
