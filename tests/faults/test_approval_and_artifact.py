@@ -69,7 +69,8 @@ def mark_success_by_hand(dag_id: str, run_id: str, task_id: str) -> None:
     from airflow.utils.state import TaskInstanceState
     from sqlalchemy import update
 
-    while True:  # once parked: dag.test() records the park after the request is listed
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # once parked: dag.test() records the park after the listing
         with create_session() as session:
             marked = session.execute(
                 update(TaskInstance)
@@ -84,13 +85,13 @@ def mark_success_by_hand(dag_id: str, run_id: str, task_id: str) -> None:
         if marked:
             return
         time.sleep(0.05)
+    raise AssertionError(f"{task_id} of {run_id} never parked")
 
 
-@pytest.fixture
-def forget_the_unanswered_request():
-    """Marking an approval success leaves its request unanswered for good: the harness would take
-    it for the next test's, so it goes when the test ends."""
-    yield
+def forget_unanswered_requests_of_finished_tasks() -> None:
+    """``run_dag`` answers the first unanswered request of the DAG it finds; an approval marked
+    success (here) or refused (elsewhere) leaves one for good, which it would take for the next
+    run's."""
     from airflow.models import TaskInstance
     from airflow.models.hitl import HITLDetail
     from airflow.utils.session import create_session
@@ -104,8 +105,15 @@ def forget_the_unanswered_request():
         )
 
 
+@pytest.fixture(autouse=True)
+def only_this_runs_request():
+    forget_unanswered_requests_of_finished_tasks()
+    yield
+    forget_unanswered_requests_of_finished_tasks()
+
+
 def test_an_approval_marked_success_by_hand_changes_nothing_and_says_to_trigger_a_new_release(
-    forget_the_unanswered_request, release, hosts_on_old, postgres_url, capfd
+    release, hosts_on_old, postgres_url, capfd
 ):
     environment = hosts_on_old
     migrations_before = migration_history(postgres_url)
