@@ -32,6 +32,12 @@ def release_dag(environment: Environment) -> DAG:
             "version": Param(type="string", pattern=VERSION_PATTERN, description="Version to release"),
             "dry_run": Param(False, type="boolean", description="Plan only: check, plan and stop"),
             "reason": Param("", type="string", maxLength=500, description="Why (kept in the audit trail)"),
+            "artifact_sha256": Param(
+                "",
+                type="string",
+                pattern="^([0-9a-fA-F]{64})?$",
+                description="SHA-256 of the artifact CI built: any other is refused (empty: not pinned)",
+            ),
         },
         render_template_as_native_obj=False,
     ) as dag:
@@ -44,7 +50,8 @@ def release_dag(environment: Environment) -> DAG:
 
         @task(task_id=TaskIds.CHECK_ARTIFACT, retries=3)
         def check_artifact(request: dict):
-            return steps.check_artifact(environment, request["version"])
+            """The artifact matches its published SHA-256, and the trigger's artifact_sha256 if given."""
+            return steps.check_artifact(environment, request["version"], request.get("artifact_sha256", ""))
 
         @task(task_id=TaskIds.CHECK_DATABASE, retries=3)
         def check_database():

@@ -8,7 +8,9 @@ Exit codes: 0 released (or planned, for ``--dry-run``); 1 the run failed or was 
 2 bad usage or a request the server refused (its message is printed).
 
     python scripts/trigger_release.py --url https://airflow.example.com --env production \\
-        --version 2.0.0 --reason "PR #123" --wait
+        --version 2.0.0 --reason "PR #123" --artifact-sha256 "$(cut -d' ' -f1 app-2.0.0.tar.gz.sha256)" --wait
+
+``--artifact-sha256`` pins the artifact CI built: the release refuses any other one.
 """
 
 from __future__ import annotations
@@ -112,6 +114,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", required=True)
     parser.add_argument("--reason", default="")
     parser.add_argument("--dry-run", action="store_true", help="plan only")
+    parser.add_argument(
+        "--artifact-sha256",
+        default="",
+        help="SHA-256 of the artifact CI built (64 hex characters): the release refuses any other",
+    )
     parser.add_argument("--wait", action="store_true", help="follow the run until it finishes")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait with --wait")
     return parser.parse_args(argv)
@@ -125,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     url = arguments.url.rstrip("/")
     dag_id = f"release_{arguments.env}"
     conf = {"version": arguments.version, "reason": arguments.reason, "dry_run": arguments.dry_run}
+    if arguments.artifact_sha256:
+        conf["artifact_sha256"] = arguments.artifact_sha256
     try:
         with client_for(url) as api:
             run_id = trigger(api, dag_id, conf)

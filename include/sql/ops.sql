@@ -21,6 +21,9 @@ CREATE TABLE IF NOT EXISTS {schema}.releases (
     detail          text,
     UNIQUE (run_id, action)
 );
+-- approved_by is the approver's user id; under FAB (numeric ids) or Keycloak it differs from the
+-- name people know them by, which is kept beside it.
+ALTER TABLE {schema}.releases ADD COLUMN IF NOT EXISTS approved_by_name text;
 
 -- The health-check history: one row per check, target and run of health_<env>. Read it for
 -- trends and dashboards, e.g.

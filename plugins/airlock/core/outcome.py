@@ -6,9 +6,10 @@ deploy, the approval) and ask this module what happened: whether anything is to 
 which result goes into the audit trail, and who approved.
 
 Users: a run's triggering user is ``triggering_user_name`` of the DAG run, or
-:data:`UNKNOWN_USER` when Airflow recorded none (a run created without a user). That one name
-is what the audit rows, the plans and the Slack texts show, and what the approval gate compares
-approvers against.
+:data:`UNKNOWN_USER` when Airflow recorded none (a run created without a user); Airflow 3.3
+records no id for it. That one name is what the audit rows, the plans and the Slack texts show.
+An approver has an id and a name (numeric ids under FAB): the audit keeps both
+(:func:`approver`, :func:`approver_name`); who may approve is :mod:`airlock.core.evidence`'s.
 """
 
 from __future__ import annotations
@@ -39,9 +40,21 @@ def user_id(user: Any) -> str | None:
     return getattr(user, "id", None)
 
 
+def user_name(user: Any) -> str | None:
+    """The name of a human-in-the-loop responder (a mapping or an object), as :func:`user_id`."""
+    if isinstance(user, Mapping):
+        return user.get("name")
+    return getattr(user, "name", None)
+
+
 def approver(approval: Mapping[str, Any] | None) -> str | None:
-    """Who answered the approval gate, from the ``approve`` task's XCom; None if nobody did."""
+    """The id of who answered the approval gate, from the ``approve`` task's XCom; None if nobody did."""
     return user_id((approval or {}).get("responded_by_user"))
+
+
+def approver_name(approval: Mapping[str, Any] | None) -> str | None:
+    """The name of who answered the approval gate (differs from the id under FAB); None if nobody did."""
+    return user_name((approval or {}).get("responded_by_user"))
 
 
 def failed_steps(task_states: Mapping[str, str | None]) -> list[str]:

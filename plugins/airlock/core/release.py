@@ -8,6 +8,8 @@ stores it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -17,7 +19,8 @@ from airlock.config import VERSION_PATTERN, Environment
 from airlock.core.migrations import pending_migrations_markdown
 
 _VERSION = re.compile(VERSION_PATTERN)
-REQUEST_KEYS = frozenset({"version", "dry_run", "reason"})
+REQUEST_KEYS = frozenset({"version", "dry_run", "reason", "artifact_sha256"})
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class InvalidReleaseRequest(ValueError):
@@ -29,6 +32,8 @@ class ReleaseRequest:
     version: str
     dry_run: bool
     reason: str
+    #: The artifact's SHA-256 CI expects (lower-case hex), or "" when the trigger pinned none.
+    artifact_sha256: str = ""
 
 
 def validate_version(version: Any) -> str:
@@ -59,7 +64,23 @@ def validate_request(conf: Mapping[str, Any], params: Mapping[str, Any]) -> Rele
     reason = params.get("reason") or ""
     if not isinstance(reason, str) or len(reason) > 500:
         raise InvalidReleaseRequest("reason must be text of at most 500 characters")
-    return ReleaseRequest(version=version, dry_run=dry_run, reason=reason)
+    return ReleaseRequest(
+        version=version,
+        dry_run=dry_run,
+        reason=reason,
+        artifact_sha256=validate_artifact_sha256(params.get("artifact_sha256")),
+    )
+
+
+def validate_artifact_sha256(value: Any) -> str:
+    """The trigger's ``artifact_sha256``: 64 hex characters (returned lower-case), or "" for none."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not _SHA256.fullmatch(value.lower()):
+        raise InvalidReleaseRequest(
+            f"artifact_sha256 {value!r} is not a SHA-256: give 64 hex characters, or leave it empty"
+        )
+    return value.lower()
 
 
 @dataclass(frozen=True)
@@ -171,6 +192,42 @@ def build_plan(
         checks=checks,
         migrations=list(migrations or []),
         backup=backup,
+    )
+
+
+def migration_checksum(entry: Mapping[str, str]) -> str:
+    """A planned migration's SHA-256: its ``checksum``, else that of its SQL (the file's bytes,
+    which are UTF-8: :func:`airlock.core.migrations.read_migration` refuses anything else)."""
+    return entry.get("checksum") or hashlib.sha256(entry["sql"].encode("utf-8")).hexdigest()
+
+
+def plan_digest(plan: ReleasePlan) -> str:
+    """The SHA-256 binding an approval to a plan: over the environment, the version, the
+    artifact's SHA-256, each pending migration's file and checksum, and every host of every wave
+    with its current release. Two plans with the same digest change the same things the same way.
+    """
+    canonical = {
+        "environment": plan.environment,
+        "version": plan.version,
+        "artifact_sha256": plan.artifact_sha256,
+        "migrations": [[entry["file"], migration_checksum(entry)] for entry in plan.migrations],
+        "waves": [[[planned.host, planned.current_version] for planned in wave] for wave in plan.waves],
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def evidence_markdown(plan: ReleasePlan, digest: str) -> str:
+    """The plan's last section: what an approval is bound to, and what checks it."""
+    if not plan.approval_required:
+        return (
+            "### Approval evidence\n\nNone required: this environment has no approval gate "
+            "(approval.required is false), so backup, migrations and deploys run without one."
+        )
+    return (
+        f"### Approval evidence\n\nPlan digest `{digest}` (version, artifact SHA-256, migration "
+        "checksums, hosts and their current releases). Backup, migrations and every deploy check, "
+        "before changing anything, that an assigned approver approved this digest in this run."
     )
 
 

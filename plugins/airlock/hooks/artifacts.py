@@ -8,6 +8,10 @@ directory), keyed by that hash. Tasks may run on different workers, so each task
 :func:`release_artifact` itself (the environment's ``deploy.artifact_url`` and
 ``deploy.checksum_url``, by default ``artifact_url`` + ``.sha256``, filled with the version) and
 never relies on a file another task left behind.
+
+A step that works from an approved plan passes the plan's SHA-256 as ``expected_sha256``: when
+the published checksum is another one (the artifact was republished since the plan), it fails
+before downloading anything, naming both digests.
 """
 
 from __future__ import annotations
@@ -63,9 +67,32 @@ def read_published_sha256(checksum_url: str, conn_id: str | None = None) -> str:
     return digest
 
 
-def fetch_artifact(url: str, checksum_url: str, *, conn_id: str | None = None) -> Artifact:
-    """Return a verified local copy of the artifact at ``url`` (from the cache when present)."""
+class ArtifactChangedError(ArtifactError):
+    """The published artifact is not the one the plan (or the trigger) expects."""
+
+    def __init__(self, url: str, *, published: str, expected: str) -> None:
+        super().__init__(f"artifact {url} is published with SHA-256 {published}, not the expected {expected}")
+        self.url, self.published, self.expected = url, published, expected
+
+    def since_approval(self, untouched: str) -> str:
+        """The refusal of a step working from an approved plan; ``untouched`` says what it left alone."""
+        return (
+            f"{self} (the approved plan's): it was republished after the plan. {untouched}; trigger a "
+            "new release so that the new artifact is checked and approved"
+        )
+
+
+def fetch_artifact(
+    url: str, checksum_url: str, *, conn_id: str | None = None, expected_sha256: str | None = None
+) -> Artifact:
+    """Return a verified local copy of the artifact at ``url`` (from the cache when present).
+
+    :param expected_sha256: the digest the caller requires (the approved plan's); a published
+        checksum that differs raises :class:`ArtifactChangedError` before any download.
+    """
     expected = read_published_sha256(checksum_url, conn_id)
+    if expected_sha256 and expected != expected_sha256.lower():
+        raise ArtifactChangedError(url, published=expected, expected=expected_sha256.lower())
     cached = cache_dir() / f"{expected}.artifact"
     if cached.exists() and sha256_of(cached) == expected:
         return Artifact(url=url, sha256=expected, size=cached.stat().st_size, path=cached)
@@ -103,6 +130,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def release_artifact(deploy: DeploySettings, version: str) -> Artifact:
-    """The verified artifact of ``version``, from the environment's ``deploy`` settings."""
-    return fetch_artifact(deploy.artifact_url_for(version), deploy.checksum_url_for(version))
+def release_artifact(deploy: DeploySettings, version: str, *, expected_sha256: str | None = None) -> Artifact:
+    """The verified artifact of ``version``, from the environment's ``deploy`` settings; with
+    ``expected_sha256``, only that artifact (see :func:`fetch_artifact`)."""
+    return fetch_artifact(
+        deploy.artifact_url_for(version), deploy.checksum_url_for(version), expected_sha256=expected_sha256
+    )

@@ -64,6 +64,8 @@ class AuditRecord:
     started_at: datetime | None
     result: str
     detail: str | None = None
+    #: The approver's name; ``approved_by`` is their user id (the two differ under FAB).
+    approved_by_name: str | None = None
 
 
 def write_audit_record(environment: Environment, record: AuditRecord) -> None:
@@ -71,11 +73,11 @@ def write_audit_record(environment: Environment, record: AuditRecord) -> None:
     statement = sql.SQL(
         """
         INSERT INTO {schema}.releases (environment, dag_id, run_id, action, version, previous,
-            triggered_by, approved_by, reason, started_at, result, detail)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            triggered_by, approved_by, reason, started_at, result, detail, approved_by_name)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (run_id, action) DO UPDATE SET
             result = EXCLUDED.result, detail = EXCLUDED.detail, approved_by = EXCLUDED.approved_by,
-            finished_at = now()
+            approved_by_name = EXCLUDED.approved_by_name, finished_at = now()
         """
     ).format(schema=_schema(environment))
     with ops_session(environment) as connection:
@@ -94,6 +96,7 @@ def write_audit_record(environment: Environment, record: AuditRecord) -> None:
                 record.started_at,
                 record.result,
                 record.detail,
+                record.approved_by_name,
             ),
         )
 

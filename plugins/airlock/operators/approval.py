@@ -1,9 +1,14 @@
 """The approval gate: Airflow's human-in-the-loop ``ApprovalOperator`` with Airlock's rules.
 
 - Only the environment's approvers are assigned, so only they can answer (Airflow checks the
-  assignment when the response is submitted through the UI or the REST API).
-- Unless the environment allows it, the person who triggered the run is removed from the
-  assignees and, should they still answer, their answer is refused.
+  assignment when the response is submitted through the UI or the REST API, by the user's *id*
+  only: under FAB, list approvers by id for Airflow to let them answer).
+- The answer counts only when the responder's id or name is one of the approvers, and, unless
+  the environment allows it, neither their id nor their name is the triggering user's (the
+  triggering user is also removed from the assignees).
+- The gate records what its request showed (the plan digest, the run and its clear number, as
+  XCom ``request``) and returns it with the answer: the evidence every later step that changes
+  something checks (:mod:`airlock.core.evidence`).
 - No answer within the environment's timeout counts as a rejection (the default option).
 - Approved: the run goes on. Rejected or timed out: the task fails, nothing downstream runs
   except the teardown, and Slack says who rejected or that time ran out.
@@ -17,7 +22,8 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOper
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
-from airlock.core.outcome import triggering_user, user_id
+from airlock.core.evidence import describe_user, response_refusal
+from airlock.core.outcome import triggering_user
 from airlock.notifications.slack import post, render
 
 
@@ -27,9 +33,10 @@ class ReleaseApprovalOperator(ApprovalOperator):
 
     :param environment: environment name (for messages).
     :param change: what is to be approved, e.g. "release 2.0.0" (templated).
-    :param approvers: Airflow user ids allowed to approve.
+    :param approvers: Airflow user ids or names allowed to approve.
     :param allow_self_approval: whether the user who triggered the run may approve it.
     :param slack_conn_id: Slack webhook connection for the request and the outcome.
+    :param plan_task_id: the task whose XCom holds the plan shown (its ``digest`` is recorded).
     """
 
     template_fields = (*ApprovalOperator.template_fields, "change")
@@ -42,6 +49,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
         approvers: list[str],
         allow_self_approval: bool,
         slack_conn_id: str | None,
+        plan_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -56,6 +64,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
         self.approvers = approvers
         self.allow_self_approval = allow_self_approval
         self.slack_conn_id = slack_conn_id
+        self.plan_task_id = plan_task_id
 
     def execute(self, context: Any) -> Any:
         triggered_by = triggering_user(context["dag_run"])
@@ -70,6 +79,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
             link = self.generate_link_to_ui_from_context(context=context)
         except ValueError:
             link = "(set [api] base_url to get a link)"
+        context["ti"].xcom_push(key="request", value=self.shown_request(context))
         post(
             self.slack_conn_id,
             render(
@@ -94,9 +104,15 @@ class ReleaseApprovalOperator(ApprovalOperator):
                 ),
             )
             raise AirflowFailException(f"Nobody approved {self.change} within {self.response_timeout}")
-        responder = user_id(event.get("responded_by_user"))
-        if not self.allow_self_approval and responder and responder == triggering_user(context["dag_run"]):
-            raise AirflowFailException(f"{responder} may not approve a change they triggered")
+        responder = describe_user(event.get("responded_by_user"))
+        refused = response_refusal(
+            event.get("responded_by_user"),
+            approvers=self.approvers,
+            triggered_by=triggering_user(context["dag_run"]),
+            allow_self_approval=self.allow_self_approval,
+        )
+        if refused:
+            raise AirflowFailException(f"The answer to {self.change} does not count: {refused}")
         # HITLOperator's validation only: ApprovalOperator would skip the downstream tasks on
         # "Reject" and end the run as a success; a rejected release must end failed instead.
         result = HITLOperator.execute_complete(self, context=context, event=event)
@@ -107,7 +123,19 @@ class ReleaseApprovalOperator(ApprovalOperator):
                 render("approval_rejected", environment=self.environment, change=self.change, who=responder),
             )
             raise AirflowFailException(f"{self.change} was rejected by {responder}")
-        return result
+        shown = context["ti"].xcom_pull(task_ids=self.task_id, key="request") or {}
+        return {**result, **shown}
+
+    def shown_request(self, context: Any) -> dict[str, Any]:
+        """What this request shows and binds the answer to: the plan's digest, the run and how
+        often it had been cleared (a later clear makes the answer stale)."""
+        planned = context["ti"].xcom_pull(task_ids=self.plan_task_id) if self.plan_task_id else None
+        dag_run = context["dag_run"]
+        return {
+            "plan_digest": (planned or {}).get("digest"),
+            "run_id": dag_run.run_id,
+            "clear_number": getattr(dag_run, "clear_number", None) or 0,
+        }
 
 
 def plan_markdown(plan_task_id: str) -> str:
@@ -139,5 +167,6 @@ def approval_gate(
         allow_self_approval=environment.approval.allow_self_approval,
         slack_conn_id=environment.slack_conn_id,
         response_timeout=environment.approval.timeout,
+        plan_task_id=plan_task_id,
     )
     return [gate]

@@ -24,7 +24,7 @@ from airlock.core.migrations import (
     pending_migrations_markdown,
     plan_entry,
 )
-from airlock.hooks.artifacts import release_artifact
+from airlock.hooks.artifacts import ArtifactChangedError, release_artifact
 from airlock.hooks.migrations import MigrationRunner
 from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
 from airlock.tasks.environment import hold_lock
@@ -41,9 +41,12 @@ class TaskIds(EnvironmentTaskIds):
     APPLY = "apply"
 
 
-def artifact_migrations(environment: Environment, version: str, workdir: Path) -> list[Migration]:
-    """The migrations shipped in ``migrations/`` of the version's artifact (fetched and verified)."""
-    artifact = release_artifact(environment.deploy, version)
+def artifact_migrations(
+    environment: Environment, version: str, workdir: Path, *, expected_sha256: str | None = None
+) -> list[Migration]:
+    """The migrations shipped in ``migrations/`` of the version's artifact (fetched and verified;
+    with ``expected_sha256``, only from that artifact)."""
+    artifact = release_artifact(environment.deploy, version, expected_sha256=expected_sha256)
     with tarfile.open(artifact.path) as archive:
         members = [m for m in archive.getmembers() if m.name.startswith("migrations/") and m.isfile()]
         archive.extractall(workdir, members=members, filter="data")
@@ -68,14 +71,23 @@ def check_migrations(environment: Environment, version: str) -> list[dict[str, s
     return [plan_entry(m) for m in pending]
 
 
-def apply_migrations(environment: Environment, *, version: str, run_id: str) -> list[str]:
-    """Apply the version's pending migrations in order, each in its own transaction."""
+def apply_migrations(
+    environment: Environment, *, version: str, run_id: str, expected_sha256: str | None = None
+) -> list[str]:
+    """Apply the version's pending migrations in order, each in its own transaction.
+
+    ``expected_sha256`` is the approved plan's artifact digest: a republished artifact is refused
+    before any migration runs (naming both digests).
+    """
     hold_lock(environment, run_id)
     with tempfile.TemporaryDirectory(prefix="airlock-migrations-") as workdir:
         try:
-            applied = migration_runner(environment).apply(
-                artifact_migrations(environment, version, Path(workdir)), run_id
+            shipped = artifact_migrations(
+                environment, version, Path(workdir), expected_sha256=expected_sha256
             )
+            applied = migration_runner(environment).apply(shipped, run_id)
+        except ArtifactChangedError as error:
+            raise AirflowFailException(error.since_approval("No migration was applied")) from None
         except MigrationError as error:
             raise AirflowFailException(str(error)) from None
     log.info("Applied migrations: %s", ", ".join(applied) or "none pending")

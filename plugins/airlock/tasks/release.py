@@ -21,12 +21,14 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from airlock.config import Environment, Wave
 from airlock.core.backups import BackupError
+from airlock.core.evidence import approval_refusal, host_drift
 from airlock.core.outcome import (
     ROLLBACK_INCOMPLETE,
     HostRollback,
     ReleaseRun,
     RollbackReport,
     approver,
+    approver_name,
     describe_failed,
     nothing_to_roll_back,
     release_outcome,
@@ -37,11 +39,14 @@ from airlock.core.release import (
     ReleasePlan,
     build_plan,
     describe_backups,
+    evidence_markdown,
+    migration_checksum,
+    plan_digest,
     preflight_checks,
     validate_request,
 )
-from airlock.hooks.artifacts import release_artifact
-from airlock.hooks.hosts import HostNotServingError, deploy_to_host, prune_host, roll_back_host
+from airlock.hooks.artifacts import ArtifactChangedError, release_artifact
+from airlock.hooks.hosts import HostNotServingError, deploy_to_host, host_session, prune_host, roll_back_host
 from airlock.hooks.lock import AttentionMark, SwitchedHosts
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.hooks.postgres import first_row
@@ -88,11 +93,24 @@ def validate(conf: Mapping[str, Any] | None, params: Mapping[str, Any]) -> dict[
         request = validate_request(conf or {}, params)
     except InvalidReleaseRequest as error:
         raise AirflowFailException(f"Invalid release request: {error}") from None
-    return {"version": request.version, "dry_run": request.dry_run, "reason": request.reason}
+    return {
+        "version": request.version,
+        "dry_run": request.dry_run,
+        "reason": request.reason,
+        "artifact_sha256": request.artifact_sha256,
+    }
 
 
-def check_artifact(environment: Environment, version: str) -> dict[str, Any]:
-    artifact = release_artifact(environment.deploy, version)
+def check_artifact(environment: Environment, version: str, expected_sha256: str = "") -> dict[str, Any]:
+    """Preflight: the version's artifact matches its published SHA-256 and, when the trigger
+    pinned one (``artifact_sha256``), that one too."""
+    try:
+        artifact = release_artifact(environment.deploy, version, expected_sha256=expected_sha256 or None)
+    except ArtifactChangedError as error:
+        raise AirflowFailException(
+            f"{error}: the trigger pinned artifact_sha256 {error.expected}. Nothing was touched; publish "
+            "the expected artifact, or trigger again with the SHA-256 of the one published"
+        ) from None
     log.info("Artifact %s verified: SHA-256 %s, %d bytes", artifact.url, artifact.sha256, artifact.size)
     return {"url": artifact.url, "sha256": artifact.sha256, "size": artifact.size}
 
@@ -151,12 +169,59 @@ def plan_release(
             migrations=migrations,
             backup=backup,
         ),
-        migrations=[{"file": m["file"], "sql": m["sql"]} for m in migrations],
+        migrations=[
+            {"file": m["file"], "sql": m["sql"], "checksum": migration_checksum(m)} for m in migrations
+        ],
         backup=describe_backups(environment, backup),
     )
-    markdown = release_plan.to_markdown()
-    log.info("Release plan:\n%s", markdown)
-    return {"plan": release_plan.to_dict(), "markdown": markdown}
+    digest = plan_digest(release_plan)
+    markdown = f"{release_plan.to_markdown()}\n\n{evidence_markdown(release_plan, digest)}"
+    log.info("Release plan (digest %s):\n%s", digest, markdown)
+    return {"plan": release_plan.to_dict(), "markdown": markdown, "digest": digest}
+
+
+def require_approval(
+    environment: Environment,
+    *,
+    step: str,
+    planned: Mapping[str, Any] | None,
+    approval: Mapping[str, Any] | None,
+    run_id: str,
+    clear_number: int,
+    triggered_by: str,
+) -> ReleasePlan:
+    """Before ``step`` changes anything: this run's approved plan, or a refusal saying why not and
+    what to do. Environments without an approval gate need no approval evidence."""
+    if planned is None:
+        raise AirflowFailException(f"{step} refused: this run has no plan. Trigger a new release.")
+    release_plan = ReleasePlan.from_dict(planned["plan"])
+    if not environment.approval.required:
+        return release_plan
+    refused = approval_refusal(
+        approval,
+        step=step,
+        plan_digest=plan_digest(release_plan),
+        run_id=run_id,
+        clear_number=clear_number,
+        approvers=environment.approval.approvers,
+        triggered_by=triggered_by,
+        allow_self_approval=environment.approval.allow_self_approval,
+    )
+    if refused:
+        raise AirflowFailException(refused)
+    return release_plan
+
+
+def require_host_as_planned(environment: Environment, release_plan: ReleasePlan, host_name: str) -> None:
+    """The host still runs what the approved plan saw (or this run's version): else refuse."""
+    [planned] = [p for wave in release_plan.waves for p in wave if p.host == host_name]
+    with host_session(environment, environment.host(host_name)) as layout:
+        current = layout.current_version()
+    drift = host_drift(
+        host_name, planned_current=planned.current_version, new_version=planned.new_version, current=current
+    )
+    if drift:
+        raise AirflowFailException(drift)
 
 
 def announce(environment: Environment, planned: Mapping[str, Any]) -> bool:
@@ -221,10 +286,13 @@ def deploy_host(
     host_name: str,
     wave_hosts: list[str],
     run_id: str,
+    approved: ReleasePlan | None = None,
     fail_fast: FailFast | None = None,
 ) -> dict[str, Any]:
     """Install ``version`` on one host of a wave, switch it and wait until it serves it.
 
+    ``approved``: the run's approved plan. The host must still run what it saw, and only the
+    artifact whose SHA-256 it shows is installed; either refusal comes before any change.
     With ``fail_fast`` (every deploy task has it), a deploy refuses (skipped, nothing switched)
     when another host of this run failed: at its start, and again right before the switch.
     """
@@ -233,7 +301,14 @@ def deploy_host(
     if fail_fast is not None:
         fail_fast.refuse_if_another_failed(host_name)
     hold_lock(environment, run_id)
-    artifact = release_artifact(environment.deploy, version)
+    if approved is not None:
+        require_host_as_planned(environment, approved, host_name)
+    try:
+        artifact = release_artifact(
+            environment.deploy, version, expected_sha256=approved.artifact_sha256 if approved else None
+        )
+    except ArtifactChangedError as error:
+        raise AirflowFailException(error.since_approval(f"{host_name} was not touched")) from None
     try:
         release = deploy_to_host(
             environment,
@@ -447,6 +522,7 @@ def conclude_release(
                 previous=release_plan.previous_versions(),
                 triggered_by=triggered_by,
                 approved_by=approver(approval),
+                approved_by_name=approver_name(approval),
                 reason=release_plan.reason,
                 started_at=started_at,
                 result=outcome.result,
@@ -526,15 +602,38 @@ def plan(
     )
 
 
+def approved_plan(environment: Environment, context: Any, step: str) -> ReleasePlan:
+    """This run's plan, once :func:`require_approval` has found this run's approval of it."""
+    ti, dag_run = context["ti"], context["dag_run"]
+    return require_approval(
+        environment,
+        step=step,
+        planned=ti.xcom_pull(task_ids=TaskIds.PLAN),
+        approval=ti.xcom_pull(task_ids=TaskIds.APPROVE) if environment.approval.required else None,
+        run_id=dag_run.run_id,
+        clear_number=getattr(dag_run, "clear_number", None) or 0,
+        triggered_by=triggering_user(context),
+    )
+
+
 def backup(environment: Environment) -> dict[str, Any]:
-    """The ``backup`` task: the pre-release backup of this run."""
-    dag_run = get_current_context()["dag_run"]
+    """The ``backup`` task: the pre-release backup of this run, once its approval is checked."""
+    context = get_current_context()
+    approved_plan(environment, context, TaskIds.BACKUP)
+    dag_run = context["dag_run"]
     return pre_release_backup(environment, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
 
 
 def migrate(environment: Environment, request: Mapping[str, Any]) -> list[str]:
-    """The ``migrate`` task: the requested version's pending migrations, under this run's lock."""
-    return apply_migrations(environment, version=request["version"], run_id=get_current_context()["run_id"])
+    """The ``migrate`` task: the approved plan's migrations, from its artifact, under this run's lock."""
+    context = get_current_context()
+    release_plan = approved_plan(environment, context, TaskIds.MIGRATE)
+    return apply_migrations(
+        environment,
+        version=request["version"],
+        run_id=context["run_id"],
+        expected_sha256=release_plan.artifact_sha256,
+    )
 
 
 def deploy(
@@ -543,12 +642,14 @@ def deploy(
     """A wave's ``deploy`` task for one host (its map index shows the host's name)."""
     context = get_current_context()
     context["host_name"] = host_name
+    release_plan = approved_plan(environment, context, f"{TaskIds.DEPLOY} of {host_name}")
     return deploy_host(
         environment,
         version=request["version"],
         host_name=host_name,
         wave_hosts=wave_hosts,
         run_id=context["run_id"],
+        approved=release_plan,
         fail_fast=fail_fast_for(environment, context, host_name),
     )
 
