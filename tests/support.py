@@ -82,18 +82,25 @@ def pending_approval(dag_id: str):
     """The unanswered human-in-the-loop request of ``dag_id``, as soon as it is listed, if any.
 
     Listed means what ``GET .../hitlDetails?response_received=false`` shows: the request exists,
-    whether or not the task has parked yet. An answer at that moment must count.
+    whether or not the task has parked yet. An answer at that moment must count. Requests of
+    tasks that ended unanswered (an approval refused, or marked success by hand) are not pending.
     """
     from airflow.models import TaskInstance
     from airflow.models.hitl import HITLDetail
     from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
     from sqlalchemy import select
 
+    waiting = (TaskInstanceState.RUNNING, TaskInstanceState.AWAITING_INPUT)
     with create_session() as session:
         return session.execute(
             select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index)
             .join(HITLDetail, HITLDetail.ti_id == TaskInstance.id)
-            .where(TaskInstance.dag_id == dag_id, HITLDetail.responded_at.is_(None))
+            .where(
+                TaskInstance.dag_id == dag_id,
+                TaskInstance.state.in_(waiting),
+                HITLDetail.responded_at.is_(None),
+            )
         ).first()
 
 

@@ -88,30 +88,6 @@ def mark_success_by_hand(dag_id: str, run_id: str, task_id: str) -> None:
     raise AssertionError(f"{task_id} of {run_id} never parked")
 
 
-def forget_unanswered_requests_of_finished_tasks() -> None:
-    """``run_dag`` answers the first unanswered request of the DAG it finds; an approval marked
-    success (here) or refused (elsewhere) leaves one for good, which it would take for the next
-    run's."""
-    from airflow.models import TaskInstance
-    from airflow.models.hitl import HITLDetail
-    from airflow.utils.session import create_session
-    from airflow.utils.state import TaskInstanceState
-    from sqlalchemy import delete, select
-
-    with create_session() as session:
-        parked = select(TaskInstance.id).where(TaskInstance.state == TaskInstanceState.AWAITING_INPUT)
-        session.execute(
-            delete(HITLDetail).where(HITLDetail.responded_at.is_(None), HITLDetail.ti_id.not_in(parked))
-        )
-
-
-@pytest.fixture(autouse=True)
-def only_this_runs_request():
-    forget_unanswered_requests_of_finished_tasks()
-    yield
-    forget_unanswered_requests_of_finished_tasks()
-
-
 def test_an_approval_marked_success_by_hand_changes_nothing_and_says_to_trigger_a_new_release(
     release, hosts_on_old, postgres_url, capfd
 ):

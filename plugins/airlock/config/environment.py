@@ -204,7 +204,13 @@ class RolloutSettings(_Model):
 
 class ApprovalSettings(_Model):
     required: bool = Field(default=True, description="Whether releases and rollbacks wait for an approval")
-    approvers: list[str] = Field(default_factory=list, description="Airflow user ids who may approve")
+    approvers: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Airflow user ids who may approve; a name matches only where the auth manager "
+            "uses names as ids (the simple auth manager)"
+        ),
+    )
     timeout: Duration = Field(default=timedelta(hours=4), description="No answer in time counts as rejected")
     allow_self_approval: bool = Field(default=False, description="Whether the triggering user may approve")
 

@@ -16,7 +16,13 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
-from airlock.core.outcome import ROLLBACK_INCOMPLETE, approver, describe_failed, rollback_outcome
+from airlock.core.outcome import (
+    ROLLBACK_INCOMPLETE,
+    approver,
+    approver_name,
+    describe_failed,
+    rollback_outcome,
+)
 from airlock.core.release import InvalidReleaseRequest, RollbackPlan, build_rollback_plan, validate_version
 from airlock.hooks.hosts import roll_back_host
 from airlock.hooks.lock import AttentionMark
@@ -120,6 +126,7 @@ def conclude_rollback(
             previous={p.host: p.current_version for p in rollback_plan.hosts},
             triggered_by=rollback_plan.triggered_by,
             approved_by=approver(approval),
+            approved_by_name=approver_name(approval),
             reason=rollback_plan.reason,
             started_at=started_at,
             result=outcome.result,
