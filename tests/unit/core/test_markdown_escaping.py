@@ -54,7 +54,9 @@ def test_a_reason_cannot_fake_a_section_of_the_release_plan():
     lines = markdown.splitlines()
     assert [line for line in lines if line.startswith("### Migrations")] == ["### Migrations"]
     assert not [line for line in lines if line.startswith("Nothing to see")]
-    assert r"- Requested by **\*\*mallory\*\***: hotfix ### Migrations Nothing to see. \*\*Approved" in markdown
+    assert (
+        r"- Requested by **\*\*mallory\*\***: hotfix ### Migrations Nothing to see. \*\*Approved" in markdown
+    )
 
 
 def test_the_rollback_restore_and_unlock_plans_escape_user_text_too():
