@@ -208,7 +208,9 @@ def test_the_keeper_ends_with_the_step(lock, redis_client):
 
     take(lock, "manual__short")
     with LockKeeper(lock, "manual__short", interval=timedelta(milliseconds=20)) as keeper:
-        pass
+        keeper.check()
+
+    assert keeper.renewals >= 2  # entering, and the check
 
     assert not [t for t in threading.enumerate() if t.name.startswith("airlock-lock-keeper-locktest")]
 
