@@ -245,3 +245,44 @@ def test_a_deploy_killed_mid_way_converges_when_run_again(hosts_on_old, tmp_path
     assert {OLD, NEW} <= set(entries)
     assert [name for name in entries if name.startswith(".")] == []  # no partial upload or unpacking
     assert (root / "current").resolve().name == NEW
+
+
+# -- audit everywhere: runs that stopped before the plan, and migrate_ runs -----------------------
+
+
+def test_a_release_stopped_by_a_host_key_mismatch_before_the_plan_leaves_an_audit_row(
+    hosts_on_old, postgres_url
+):
+    environment = hosts_on_old
+    known_hosts = environment.ssh.known_hosts
+    pinned = known_hosts.read_text()
+    lines = pinned.splitlines()
+    web_1, web_2 = (f"[127.0.0.1]:{environment.host(name).ssh_port} " for name in ("web-1", "web-2"))
+    key_of_web_1 = next(line for line in lines if line.startswith(web_1)).removeprefix(web_1)
+    # web-2 now answers with a key that is not the pinned one (as after a rebuild, or a MITM)
+    known_hosts.write_text(
+        "\n".join(web_2 + key_of_web_1 if line.startswith(web_2) else line for line in lines) + "\n"
+    )
+    try:
+        run_id, states, _ = run_dag(load_dag(f"release_{environment.name}"), {"version": NEW, "reason": "x"})
+    finally:
+        known_hosts.write_text(pinned)
+
+    assert states["check_host[1]"] == "failed", states
+    assert states["plan"] == "upstream_failed"
+    assert served_versions(environment) == dict.fromkeys(HOSTS, OLD)
+    [(action, version, result, detail, reason)] = audit_rows(
+        postgres_url, run_id, "action", "version", "result", "detail", "reason"
+    )
+    assert (action, version, result, reason) == ("release", NEW, "failed", "x")
+    assert detail.startswith("failed at check_host_1")
+
+
+def test_a_migrate_dry_run_leaves_an_audit_row(hosts_on_old, postgres_url):
+    environment = hosts_on_old
+
+    run_id, states, _ = run_dag(load_dag(f"migrate_{environment.name}"), {"version": NEW, "dry_run": True})
+
+    assert states["apply"] == "skipped", states
+    [(action, version, result)] = audit_rows(postgres_url, run_id, "action", "version", "result")
+    assert (action, version, result) == ("migrate", NEW, "planned")
