@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 import pytest
 import redis
 from airflow.sdk.exceptions import AirflowFailException
@@ -48,6 +49,24 @@ def wait_until(condition, *, limit: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition never became true"
         time.sleep(0.02)
+
+
+def public_tables(postgres_url: str) -> set[str]:
+    with psycopg.connect(postgres_url) as connection:
+        rows = connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {name for (name,) in rows}
+
+
+@pytest.fixture
+def database_as_before(postgres_url):
+    """Drop the tables a test's release or setup created (its migrations, the history table), so
+    the session's later tests find the application database as they expect it."""
+    before = public_tables(postgres_url)
+    yield
+    created = public_tables(postgres_url) - before
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        for table in created:
+            connection.execute(psycopg.sql.SQL("DROP TABLE {} CASCADE").format(psycopg.sql.Identifier(table)))
 
 
 @pytest.fixture
@@ -104,7 +123,7 @@ def test_with_redis_down_a_release_does_not_start_says_why_and_is_audited(
 
 
 def test_a_restore_whose_redis_dies_mid_step_stops_before_the_swap(
-    environment, verified_backup, postgres_url, private_redis, monkeypatch
+    environment, verified_backup, postgres_url, private_redis, monkeypatch, database_as_before
 ):
     server, port = private_redis
     connect("airlock_redis_private", {"conn_type": "redis", "host": "127.0.0.1", "port": port}, monkeypatch)
@@ -146,7 +165,7 @@ def test_a_restore_whose_redis_dies_mid_step_stops_before_the_swap(
 
 
 def test_with_slack_down_the_release_goes_on_and_the_failures_are_logged(
-    hosts_on_old, postgres_url, monkeypatch, caplog
+    hosts_on_old, postgres_url, monkeypatch, caplog, database_as_before
 ):
     environment = hosts_on_old
     with SlackReceiver() as gone:
