@@ -10,6 +10,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
+from airlock.config.environment import REASON_MAX_LENGTH, REASON_PATTERN
 from airlock.conventions import default_args, runbook
 from airlock.core.release import takes_pre_release_backup
 from airlock.operators.approval import approval_gate
@@ -31,7 +32,13 @@ def release_dag(environment: Environment) -> DAG:
         params={
             "version": Param(type="string", pattern=VERSION_PATTERN, description="Version to release"),
             "dry_run": Param(False, type="boolean", description="Plan only: check, plan and stop"),
-            "reason": Param("", type="string", maxLength=500, description="Why (kept in the audit trail)"),
+            "reason": Param(
+                "",
+                type="string",
+                maxLength=REASON_MAX_LENGTH,
+                pattern=REASON_PATTERN,
+                description="Why (kept in the audit trail); one line",
+            ),
             "artifact_sha256": Param(
                 "",
                 type="string",

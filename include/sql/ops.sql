@@ -3,13 +3,13 @@
 -- quoted identifier (database.ops_schema of the environment file).
 CREATE SCHEMA IF NOT EXISTS {schema};
 
--- The audit trail of releases and rollbacks: one row per run and action.
+-- The audit trail of releases, rollbacks, migrations and restores: one row per run and action.
 CREATE TABLE IF NOT EXISTS {schema}.releases (
     id              bigserial PRIMARY KEY,
     environment     text        NOT NULL,
     dag_id          text        NOT NULL,
     run_id          text        NOT NULL,
-    action          text        NOT NULL,  -- release | rollback
+    action          text        NOT NULL,  -- release | rollback | migrate | restore | break_lock
     version         text        NOT NULL,
     previous        jsonb       NOT NULL,  -- host -> release it had before
     triggered_by    text,
@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS {schema}.releases (
     reason          text,
     started_at      timestamptz,
     finished_at     timestamptz NOT NULL DEFAULT now(),
-    result          text        NOT NULL,  -- succeeded | rolled_back | failed | rejected
+    result          text        NOT NULL,  -- succeeded | rolled_back | failed | rejected | planned | broken
     detail          text,
     UNIQUE (run_id, action)
 );

@@ -152,3 +152,118 @@ def test_breaking_by_token_leaves_a_lock_that_changed_hands_alone(lock, redis_cl
     assert stored(redis_client, lock)["run_id"] == "manual__live"
     assert lock.break_holder(stored(redis_client, lock)["token"]).run_id == "manual__live"
     assert redis_client.get(lock.key) is None
+
+
+# -- the lock held while a long step works (LockKeeper) -------------------------------------------
+
+
+def wait_until(condition, *, limit: float = 20.0) -> None:
+    """Wait for ``condition()`` (a state change, not a duration), failing after ``limit`` seconds."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.02)
+
+
+def test_a_kept_lock_is_renewed_in_the_background_while_the_step_works(lock, redis_client):
+    from airlock.hooks.lock import LockKeeper
+
+    take(lock, "manual__long")
+    with LockKeeper(lock, "manual__long", interval=timedelta(milliseconds=50)) as keeper:
+        redis_client.pexpire(lock.key, 2000)  # as if most of lock_ttl had gone by in a long pg_dump
+        renewed = keeper.renewals
+        wait_until(lambda: keeper.renewals > renewed)
+
+        assert redis_client.pttl(lock.key) > 2000  # renewed back to the whole TTL (10 minutes)
+        keeper.check()  # still held: the step may make its next change
+    assert stored(redis_client, lock)["run_id"] == "manual__long"
+
+
+def test_a_step_that_lost_its_lock_stops_before_its_next_change(lock, redis_client):
+    from airlock.hooks.lock import LockKeeper, LockLostError
+
+    take(lock, "manual__slow")
+    changes = []
+
+    def switch(keeper: LockKeeper, host: str) -> None:
+        keeper.check()
+        changes.append(f"host {host} switched")
+
+    with LockKeeper(lock, "manual__slow", interval=timedelta(milliseconds=50)) as keeper:
+        switch(keeper, "web-1")
+        redis_client.delete(lock.key)  # it expired (or was broken by unlock_<env>) ...
+        take(lock, "manual__other")  # ... and another run took it
+        with pytest.raises(LockLostError, match=r"no longer holds the lock .* by release of manual__other"):
+            switch(keeper, "web-2")
+        wait_until(lambda: keeper.lost is not None)  # the background renewal found it lost too
+
+    assert changes == ["host web-1 switched"]
+    assert stored(redis_client, lock)["run_id"] == "manual__other"  # the other run's lock is untouched
+
+
+def test_the_keeper_ends_with_the_step(lock, redis_client):
+    from airlock.hooks.lock import LockKeeper
+
+    take(lock, "manual__short")
+    with LockKeeper(lock, "manual__short", interval=timedelta(milliseconds=20)) as keeper:
+        keeper.check()
+
+    assert keeper.renewals >= 2  # entering, and the check
+
+    assert not [t for t in threading.enumerate() if t.name.startswith("airlock-lock-keeper-locktest")]
+
+
+# -- the lock task: two triggers at once, and the audit row of the one that could not start ------
+
+
+def test_of_two_runs_triggered_together_exactly_one_takes_the_lock_and_the_other_is_audited(
+    environment, postgres_url, redis_client
+):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airlock.tasks.environment import lock as take_lock
+    from tests.integration.releases import audit_rows
+
+    redis_client.delete(f"airlock:lock:{environment.name}")
+    start = threading.Barrier(2)
+    results: dict[str, object] = {}
+
+    def trigger(run_id: str) -> None:
+        start.wait()
+        try:
+            results[run_id] = take_lock(
+                environment,
+                dag_id=f"release_{environment.name}",
+                run_id=run_id,
+                purpose=f"release 2.0.0 ({run_id})",
+                triggered_by="alice",
+                run_state=lambda dag_id, run_id: "running",
+                version="2.0.0",
+                reason="two CI jobs at once",
+            )
+        except AirflowFailException as error:
+            results[run_id] = error
+
+    runs = [f"manual__race-{side}-{threading.get_ident()}" for side in ("a", "b")]
+    threads = [threading.Thread(target=trigger, args=(run_id,)) for run_id in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    try:
+        winners = [run for run in runs if not isinstance(results[run], AirflowFailException)]
+        assert len(winners) == 1, results
+        [loser] = [run for run in runs if run not in winners]
+        assert f"locked by release 2.0.0 ({winners[0]})" in str(results[loser])
+        assert json.loads(redis_client.get(f"airlock:lock:{environment.name}"))["run_id"] == winners[0]
+        assert audit_rows(postgres_url, winners[0], "result") == []  # its own steps will write it
+        [(action, version, result, detail, reason)] = audit_rows(
+            postgres_url, loser, "action", "version", "result", "detail", "reason"
+        )
+        assert (action, version, result, reason) == ("release", "2.0.0", "failed", "two CI jobs at once")
+        assert detail.startswith(f"not started: Environment {environment.name} is locked by release 2.0.0")
+    finally:
+        redis_client.delete(f"airlock:lock:{environment.name}")

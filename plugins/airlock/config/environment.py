@@ -42,8 +42,13 @@ ENVIRONMENTS_DIR_VARIABLE = "AIRLOCK_ENVIRONMENTS_DIR"
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,30}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+#: A run's ``reason``: one line (a newline could fake a section of the plan the approver reads).
+REASON_PATTERN = r"^[^\r\n]*$"
+REASON_MAX_LENGTH = 500
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The execution timeout of every step that sets none of its own (``conventions.default_args``).
+STEP_TIMEOUT = timedelta(minutes=30)
 
 
 class EnvironmentConfigError(ConfigFileError):
@@ -69,6 +74,17 @@ def parse_duration(value: Any) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _describe(duration: timedelta) -> str:
+    """A duration as the environment files write it (``4h``, ``90m``, ``45s``)."""
+    seconds = int(duration.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 Percent = Annotated[float, Field(ge=0, le=100)]
 
 
@@ -473,7 +489,11 @@ class Environment(_Model):
     )
     redis_conn_id: str = Field(default="airlock_redis", description="Redis connection for locks")
     lock_ttl: Duration = Field(
-        default=timedelta(hours=6), description="A crashed run's lock expires after this"
+        default=timedelta(hours=12),
+        description=(
+            "A crashed run's lock expires after this; at least approval.timeout plus the longest "
+            "step timeout (backup.timeout, or 30 minutes)"
+        ),
     )
     smoke_tests: list[SmokeTest] = Field(default_factory=list, description="Checks run after every wave")
 
@@ -492,6 +512,27 @@ class Environment(_Model):
                     raise ValueError(f"duplicate host {label} {value!r}")
                 seen.add(value)
         return hosts
+
+    @model_validator(mode="after")
+    def _lock_outlives_approval_and_step(self) -> Environment:
+        """The lock is not renewed while a run waits for its approval: it must survive the whole
+        wait and then the longest step (which renews it as it starts)."""
+        waits = self.approval.timeout if self.approval.required else timedelta(0)
+        longest, step = self.longest_step_timeout
+        if self.lock_ttl < waits + longest:
+            raise ValueError(
+                f"lock_ttl ({_describe(self.lock_ttl)}) is shorter than approval.timeout "
+                f"({_describe(waits)}) plus the longest step timeout, {step} ({_describe(longest)}): "
+                f"set lock_ttl to at least {_describe(waits + longest)}"
+            )
+        return self
+
+    @property
+    def longest_step_timeout(self) -> tuple[timedelta, str]:
+        """The longest execution timeout of a step under the lock, and the field that sets it."""
+        if self.backup is not None and self.backup.timeout > STEP_TIMEOUT:
+            return self.backup.timeout, "backup.timeout"
+        return STEP_TIMEOUT, "the default step timeout"
 
     @model_validator(mode="after")
     def _waves_cover_all_hosts(self) -> Environment:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airlock.config import VERSION_PATTERN, Environment
+from airlock.core.markdown import inline
 from airlock.core.migrations import pending_migrations_markdown
 
 _VERSION = re.compile(VERSION_PATTERN)
@@ -126,7 +127,8 @@ class ReleasePlan:
         lines = [
             f"## Release {self.version} to {self.environment}",
             "",
-            f"- Requested by **{self.triggered_by}**" + (f": {self.reason}" if self.reason else ""),
+            f"- Requested by **{inline(self.triggered_by)}**"
+            + (f": {inline(self.reason)}" if self.reason else ""),
             f"- Artifact `{self.artifact_url}` (SHA-256 `{self.artifact_sha256[:16]}…`, verified)",
             "- Approval: "
             + ("required from " + ", ".join(self.approvers) if self.approval_required else "not required"),
@@ -254,7 +256,8 @@ class RollbackPlan:
         lines = [
             f"## Rollback of {self.environment}",
             "",
-            f"- Requested by **{self.triggered_by}**" + (f": {self.reason}" if self.reason else ""),
+            f"- Requested by **{inline(self.triggered_by)}**"
+            + (f": {inline(self.reason)}" if self.reason else ""),
             "",
             "| Host | Current | Back to |",
             "| --- | --- | --- |",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airlock.core.backups import BACKUP_NAME
+from airlock.core.markdown import inline
 
 # The ``backup`` param of ``restore_<env>``: a backup's name, or empty for the newest verified one.
 BACKUP_PARAM_PATTERN = rf"^$|^{BACKUP_NAME}$"
@@ -43,7 +44,8 @@ class RestorePlan:
             [
                 f"## Restore the {self.environment} database `{self.database}`",
                 "",
-                f"- Requested by **{self.triggered_by}**" + (f": {self.reason}" if self.reason else ""),
+                f"- Requested by **{inline(self.triggered_by)}**"
+                + (f": {inline(self.reason)}" if self.reason else ""),
                 f"- Backup `{backup['name']}` ({backup['kind']}), taken {backup['finished_at']}, {verified}",
                 f"- {backup['tables']} tables, {backup['rows']} rows, {backup['bytes']} bytes",
                 "",

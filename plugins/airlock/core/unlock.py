@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from airlock.core.markdown import inline
+
 
 def normalized_reason(reason: str) -> str:
     """The reason on one line, runs of white space made one space ("" when only space was given)."""
@@ -19,10 +21,10 @@ def break_lock_markdown(
         [
             f"## Break the lock of {environment}",
             "",
-            f"- Held by: {holder}",
+            f"- Held by: {inline(holder)}",
             f"- DAG: {dag_id or '(not recorded)'}",
             f"- Installation: {installation or '(not recorded)'}",
-            f"- Reason given: {reason}",
+            f"- Reason given: {inline(reason)}",
             "",
             "Breaking it lets the next release, rollback, migration or restore start while that run"
             " may still be changing things: make sure it is dead or stopped first.",

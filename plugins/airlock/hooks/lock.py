@@ -18,20 +18,32 @@ still alive (:func:`stale_reason`):
 A dead holder's lock is broken with compare-and-delete on its exact value, so a lock that a
 live run took meanwhile is never broken; of two takers racing for one stale lock exactly one
 wins. ``unlock_<env>`` breaks a lock by hand, behind approval, with a reason in the audit trail.
+
+A held lock is kept while a long step works (:class:`LockKeeper`): a background thread renews it
+every third of its TTL, and the step asks the keeper before each change (:meth:`LockKeeper.check`),
+which confirms with Redis that this run still holds it. A lock that was lost, or that cannot be
+confirmed (Redis unreachable), stops the step before its next change: the keeper fails closed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
+from redis.exceptions import RedisError
+
 from airlock.hooks.redis import redis_client
+
+log = logging.getLogger(__name__)
 
 #: How long an installation may stay silent before another one may break its runs' locks.
 PRESENCE_TIMEOUT = timedelta(seconds=90)
@@ -62,6 +74,10 @@ class LockLostError(RuntimeError):
 
 class LockHeldError(RuntimeError):
     """Another run holds the environment's lock."""
+
+
+class LockUnavailableError(RuntimeError):
+    """Redis cannot be reached, so the lock can be neither taken nor confirmed: fail closed."""
 
 
 def installation_id() -> str:
@@ -212,7 +228,35 @@ class EnvironmentLock:
 
         :param run_state: this installation's state of a run, to judge a holder of this
             installation; without it (and ``installation``) no lock is ever broken.
+
+        Redis unreachable: :class:`LockUnavailableError` (fail closed: no lock, no release).
         """
+        try:
+            return self._acquire(
+                run_id=run_id,
+                purpose=purpose,
+                triggered_by=triggered_by,
+                dag_id=dag_id,
+                installation=installation,
+                run_state=run_state,
+            )
+        except RedisError as error:
+            raise LockUnavailableError(
+                f"Cannot take the lock of {self.environment}: Redis ({self.redis_conn_id}) did not "
+                f"answer ({error}). Nothing was changed. Once Redis answers (redis-cli PING), trigger "
+                "the run again; see the troubleshooting runbook, 'Redis is down'."
+            ) from error
+
+    def _acquire(
+        self,
+        *,
+        run_id: str,
+        purpose: str,
+        triggered_by: str,
+        dag_id: str | None,
+        installation: str | None,
+        run_state: Callable[[str, str], str | None] | None,
+    ) -> Acquired:
         current = self.holder()
         if current is not None and current.run_id == run_id and current.dag_id in (None, dag_id):
             return Acquired(current)
@@ -400,3 +444,92 @@ class SwitchedHosts:
 
     def hosts(self) -> set[str]:
         return {h.decode() if isinstance(h, bytes) else h for h in self.client.smembers(self.key)}
+
+
+class LockKeeper:
+    """
+    Keep ``run_id``'s lock while a long step works: renewed every ``interval`` in a thread.
+
+    Use as a context manager around the step; entering renews the lock once (and raises
+    :class:`LockLostError` if this run does not hold it). Before each change, the step calls
+    :meth:`check`: it raises :class:`LockLostError` when the background renewal found the lock
+    lost, and otherwise confirms with Redis that the run still holds it, so a step never makes a
+    change it cannot prove it holds the lock for (Redis unreachable: it stops, fail closed).
+
+    :param lock: the environment's lock.
+    :param run_id: the run holding it.
+    :param interval: how often to renew; a third of the lock's TTL by default.
+    """
+
+    def __init__(self, lock: EnvironmentLock, run_id: str, *, interval: timedelta | None = None) -> None:
+        self.lock = lock
+        self.run_id = run_id
+        self.interval = interval or lock.ttl / 3
+        self.renewals = 0
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> LockKeeper:
+        self.renew()
+        self._thread = threading.Thread(
+            target=self._keep, name=f"airlock-lock-keeper-{self.lock.environment}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def renew(self) -> None:
+        """Restart the TTL now; :class:`LockLostError` if lost, :class:`LockUnavailableError` if
+        Redis does not answer."""
+        try:
+            self.lock.extend_for_run(self.run_id)
+        except LockLostError:
+            raise
+        except Exception as error:
+            raise LockUnavailableError(
+                f"Cannot confirm that run {self.run_id} still holds the lock of {self.lock.environment}: "
+                f"Redis ({self.lock.redis_conn_id}) did not answer ({error}); stopping before the next "
+                "change"
+            ) from error
+        self.renewals += 1
+
+    def check(self) -> None:
+        """Before a change: raise :class:`LockLostError` unless this run provably holds the lock."""
+        if self._lost is not None:
+            raise LockLostError(self._lost)
+        try:
+            self.renew()
+        except (LockLostError, LockUnavailableError) as error:
+            self._lost = str(error)
+            raise LockLostError(self._lost) from error
+
+    @property
+    def lost(self) -> str | None:
+        """Why the lock was found lost, or None while it is held."""
+        return self._lost
+
+    def _keep(self) -> None:
+        last_renewed = time.monotonic()
+        while not self._stop.wait(self.interval.total_seconds()):
+            try:
+                self.renew()
+                last_renewed = time.monotonic()
+            except LockLostError as error:
+                self._lost = str(error)
+                log.error("%s", error)
+                return
+            except LockUnavailableError as error:
+                # Redis may come back before the TTL runs out: keep trying until the lock may have
+                # expired, then give it up (the next check() stops the step either way).
+                log.warning("%s", error)
+                if (
+                    time.monotonic() - last_renewed + self.interval.total_seconds()
+                    >= self.lock.ttl.total_seconds()
+                ):
+                    self._lost = f"{error}; the lock may have expired (lock_ttl {self.lock.ttl})"
+                    return

@@ -4,8 +4,9 @@
 :func:`ops_session` is the one way they are created (if missing) and reached. Both writers are
 keyed so that a retried task updates its rows instead of adding:
 
-- the audit trail: one row per release or rollback, written by the last task of a run whatever its
-  outcome, so the trail has the failures too (keyed by run and action);
+- the audit trail: one row per run of release, rollback, migrate and restore, written by the
+  step that concludes the run whatever its outcome, or (for a run that stopped before it) by the
+  lock task or the teardown, so the trail has the failures too (keyed by run and action);
 - the health history: one row per check, target and run of ``health_<env>``.
 """
 
@@ -99,6 +100,39 @@ def write_audit_record(environment: Environment, record: AuditRecord) -> None:
                 record.approved_by_name,
             ),
         )
+
+
+def write_audit_record_if_missing(environment: Environment, record: AuditRecord) -> bool:
+    """Write the run's row unless the run already wrote one for ``record.action``; returns
+    whether it wrote. The fallback for runs that stopped before the step that writes their row."""
+    statement = sql.SQL(
+        """
+        INSERT INTO {schema}.releases (environment, dag_id, run_id, action, version, previous,
+            triggered_by, approved_by, reason, started_at, result, detail)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (run_id, action) DO NOTHING
+        """
+    ).format(schema=_schema(environment))
+    with ops_session(environment) as connection:
+        cursor = connection.execute(statement, _audit_values(environment, record))
+        return cursor.rowcount == 1
+
+
+def _audit_values(environment: Environment, record: AuditRecord) -> tuple[Any, ...]:
+    return (
+        environment.name,
+        record.dag_id,
+        record.run_id,
+        record.action,
+        record.version,
+        json.dumps(record.previous),
+        record.triggered_by,
+        record.approved_by,
+        record.reason,
+        record.started_at,
+        record.result,
+        record.detail,
+    )
 
 
 # --- the health history ----------------------------------------------------------------------

@@ -24,9 +24,18 @@ def _templates() -> dict[str, str]:
     return yaml.safe_load(TEMPLATES.read_text())
 
 
+def escape_mrkdwn(text: Any) -> str:
+    """``text`` made inert for Slack's mrkdwn: ``&``, ``<`` and ``>`` as ``&amp;``, ``&lt;``,
+    ``&gt;`` (Slack's rule for control characters), so ``<!channel>`` or ``<https://x|y>`` typed
+    by a user shows as typed instead of pinging a channel or making a link."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def render(name: str, **fields: Any) -> str:
-    """Fill template ``name``; a missing template or field is a bug and raises."""
-    return _templates()[name].format(**fields)
+    """Fill template ``name`` with every field escaped (:func:`escape_mrkdwn`): user text (a reason,
+    a user name, an error) never becomes Slack markup. A missing template or field is a bug and
+    raises."""
+    return _templates()[name].format(**{key: escape_mrkdwn(value) for key, value in fields.items()})
 
 
 def post(conn_id: str | None, text: str) -> bool:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
@@ -25,6 +26,9 @@ from airlock.config import Environment
 from airlock.core.evidence import describe_user, response_refusal
 from airlock.core.outcome import triggering_user
 from airlock.notifications.slack import post, render
+
+#: How long the gate's own work may take, before it parks to wait and after the answer comes.
+APPROVAL_EXECUTION_TIMEOUT = timedelta(minutes=5)
 
 
 class ReleaseApprovalOperator(ApprovalOperator):
@@ -157,7 +161,12 @@ def approval_gate(
     ids come from the DAG's ``TaskIds``."""
     if not environment.approval.required:
         return []
+    # Two separate limits, both explicit (default_args' 30-minute execution_timeout is not inherited):
+    # response_timeout bounds the wait for an answer (the task is parked in awaiting_input, no
+    # process runs; Airflow 3.3's scheduler enforces it); execution_timeout bounds only the task's
+    # own work before parking and after the answer (writing the request, Slack, checking it).
     gate = ReleaseApprovalOperator(
+        execution_timeout=APPROVAL_EXECUTION_TIMEOUT,
         task_id=task_id,
         subject=subject,
         body=plan_markdown(plan_task_id),

@@ -1,8 +1,10 @@
 """Steps and tasks every environment DAG shares (release, rollback, migrate, unlock, restore).
 
-The lock: taken by a setup task, held (renewed) by every step that changes things, released by a
-teardown, broken (with an audit row and a Slack message) when its holder is dead or by hand. The
-per-host preflight. Who triggered the run, and the run's task states.
+The lock: taken by a setup task, held (renewed) by every step that changes things, kept renewed in
+the background while a long step works (:func:`keep_lock`), released by a teardown, broken (with
+an audit row and a Slack message) when its holder is dead or by hand. The audit row of a run that
+stopped before the step that writes its own (:func:`audit_unconcluded_run`). The per-host
+preflight. Who triggered the run, and the run's task states.
 
 Each ``*_task`` builder must be called inside a ``with DAG(...)`` block; it returns the task (or
 mapped task) wired to that DAG.
@@ -11,7 +13,8 @@ mapped task) wired to that DAG.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from airflow.sdk import get_current_context, setup, task, teardown
@@ -19,9 +22,18 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
 from airlock.core import outcome
+from airlock.core.audit import audited_action, unconcluded_outcome
 from airlock.hooks.hosts import inspect_host
-from airlock.hooks.lock import EnvironmentLock, LockHeldError, LockHolder, LockLostError, installation_id
-from airlock.hooks.ops_store import AuditRecord, write_audit_record
+from airlock.hooks.lock import (
+    EnvironmentLock,
+    LockHeldError,
+    LockHolder,
+    LockKeeper,
+    LockLostError,
+    LockUnavailableError,
+    installation_id,
+)
+from airlock.hooks.ops_store import AuditRecord, write_audit_record, write_audit_record_if_missing
 from airlock.hooks.ssh import HostKeyError
 from airlock.notifications.slack import post, render
 
@@ -34,6 +46,19 @@ class TaskIds:
     LOCK = "lock"
     UNLOCK = "unlock"
     CHECK_HOST = "check_host"
+    #: The approval gate's id in every DAG that has one.
+    APPROVE = "approve"
+
+
+#: Per audited action (``migrate``, ``restore``...), the steps that change something: a run with
+#: no failure whose change steps all succeeded, yet wrote no row, is recorded as succeeded.
+#: Filled by each DAG's tasks module (:func:`register_change_steps`).
+_CHANGE_STEPS: dict[str, tuple[str, ...]] = {}
+
+
+def register_change_steps(action: str, task_ids: Sequence[str]) -> None:
+    """Declare the steps of ``action``'s DAG that change something (see :func:`audit_unconcluded_run`)."""
+    _CHANGE_STEPS[action] = tuple(task_ids)
 
 
 def mapped(task_id: str, map_index: int) -> str:
@@ -93,8 +118,17 @@ def lock(
     purpose: str,
     triggered_by: str,
     run_state: Callable[[str, str], str | None],
+    version: str = "",
+    reason: str | None = None,
 ) -> dict[str, Any]:
-    """Take the environment's lock for this run; a dead holder's lock is broken and said so."""
+    """Take the environment's lock for this run; a dead holder's lock is broken and said so.
+
+    A run that cannot take it (held by a live run, or Redis unreachable: fail closed) fails fast
+    and leaves an audit row saying why.
+
+    :param version: what the run is about (its ``version`` param, ...), for its audit row.
+    :param reason: the run's reason, for its audit row.
+    """
     try:
         acquired = environment_lock(environment).acquire(
             dag_id=dag_id,
@@ -104,7 +138,16 @@ def lock(
             installation=installation_id(),
             run_state=run_state,
         )
-    except LockHeldError as error:
+    except (LockHeldError, LockUnavailableError) as error:
+        record_refused_run(
+            environment,
+            dag_id=dag_id,
+            run_id=run_id,
+            version=version or purpose,
+            triggered_by=triggered_by,
+            reason=reason,
+            why=str(error),
+        )
         raise AirflowFailException(str(error)) from None  # waiting is the holder's business: fail fast
     holder = acquired.holder
     if acquired.broke is not None:
@@ -151,12 +194,74 @@ def record_broken_lock(
     )
 
 
+def record_refused_run(
+    environment: Environment,
+    *,
+    dag_id: str,
+    run_id: str,
+    version: str,
+    triggered_by: str,
+    reason: str | None,
+    why: str,
+) -> None:
+    """The audit row of a run that could not take the lock (nothing was changed)."""
+    action = audited_action(dag_id, environment.name)
+    if action is None:
+        return
+    write_audit_record(
+        environment,
+        AuditRecord(
+            dag_id=dag_id,
+            run_id=run_id,
+            action=action,
+            version=version,
+            previous={},
+            triggered_by=triggered_by,
+            approved_by=None,
+            reason=reason or None,
+            started_at=None,
+            result="failed",
+            detail=f"not started: {why}",
+        ),
+    )
+
+
 def hold_lock(environment: Environment, run_id: str) -> None:
-    """Renew this run's lock before a step changes things; a run that lost it stops here."""
+    """Renew this run's lock before a step changes things; a run that lost it stops here.
+
+    Redis unreachable: the run cannot prove it holds the lock, so it stops too (fail closed).
+    """
     try:
-        environment_lock(environment).extend_for_run(run_id)
-    except LockLostError as error:
+        LockKeeper(environment_lock(environment), run_id).renew()
+    except (LockLostError, LockUnavailableError) as error:
         raise AirflowFailException(str(error)) from None
+
+
+@contextmanager
+def keep_lock(environment: Environment, run_id: str) -> Iterator[Callable[[], None]]:
+    """Hold this run's lock for a long step: renewed now, then every third of ``lock_ttl`` in the
+    background while the block runs.
+
+    Yields ``check``: call it before each change; it confirms with Redis that this run still holds
+    the lock and raises ``AirflowFailException`` when it does not (lost, broken, or Redis
+    unreachable), so the step stops before that change.
+    """
+    try:
+        keeper = LockKeeper(environment_lock(environment), run_id)
+        keeper.__enter__()
+    except (LockLostError, LockUnavailableError) as error:
+        raise AirflowFailException(str(error)) from None
+
+    def check() -> None:
+        try:
+            keeper.check()
+        except LockLostError as error:
+            raise AirflowFailException(str(error)) from None
+
+    try:
+        yield check
+    finally:
+        keeper.__exit__(None, None, None)
 
 
 def unlock(environment: Environment, *, run_id: str) -> None:
@@ -164,6 +269,50 @@ def unlock(environment: Environment, *, run_id: str) -> None:
         log.info("Released the lock of %s", environment.name)
     else:
         log.info("Run %s did not hold the lock of %s; nothing to release", run_id, environment.name)
+
+
+def audit_unconcluded_run(
+    environment: Environment,
+    *,
+    dag_id: str,
+    run_id: str,
+    task_states: Mapping[str, str],
+    params: Mapping[str, Any],
+    triggered_by: str,
+    approval: Mapping[str, Any] | None,
+    started_at: Any = None,
+) -> bool:
+    """The audit row of a run that stopped before the step writing its own (e.g. a checksum or host
+    key mismatch before the plan, a rejection), from its task states; a run that wrote its row
+    keeps it untouched. Returns whether a row was written."""
+    action = audited_action(dag_id, environment.name)
+    if action is None:
+        return False
+    ended = unconcluded_outcome(
+        {task: state for task, state in task_states.items() if task != TaskIds.UNLOCK},
+        approve_task_id=TaskIds.APPROVE,
+        change_task_ids=_CHANGE_STEPS.get(action, ()),
+    )
+    version = params.get("version") or params.get("to_version") or params.get("backup") or ""
+    written = write_audit_record_if_missing(
+        environment,
+        AuditRecord(
+            dag_id=dag_id,
+            run_id=run_id,
+            action=action,
+            version=str(version),
+            previous={},
+            triggered_by=triggered_by,
+            approved_by=outcome.approver(approval),
+            reason=params.get("reason") or None,
+            started_at=started_at,
+            result=ended.result,
+            detail=ended.detail,
+        ),
+    )
+    if written:
+        log.info("Audit row of run %s: %s (%s)", run_id, ended.result, ended.detail)
+    return written
 
 
 def require_host_ready(environment: Environment, host_name: str) -> dict[str, Any]:
@@ -186,6 +335,7 @@ def lock_task(environment: Environment, purpose: str):
     @task(task_id=TaskIds.LOCK, retries=3)
     def take_lock(purpose: str):
         context = get_current_context()
+        params = context["params"]
         return lock(
             environment,
             dag_id=context["dag"].dag_id,
@@ -193,18 +343,33 @@ def lock_task(environment: Environment, purpose: str):
             purpose=purpose,
             triggered_by=triggering_user(context),
             run_state=dag_run_state(context),
+            version=str(params.get("version") or params.get("to_version") or params.get("backup") or ""),
+            reason=params.get("reason"),
         )
 
     return take_lock(purpose)
 
 
 def unlock_task(environment: Environment):
-    """The teardown that frees the environment's lock, whatever happened (only this run's lock)."""
+    """The teardown that frees the environment's lock, whatever happened (only this run's lock),
+    then writes the run's audit row if no step did (:func:`audit_unconcluded_run`)."""
 
     @teardown
     @task(task_id=TaskIds.UNLOCK, retries=3)
     def release_lock():
-        unlock(environment, run_id=get_current_context()["run_id"])
+        context = get_current_context()
+        unlock(environment, run_id=context["run_id"])
+        dag_run = context["dag_run"]
+        audit_unconcluded_run(
+            environment,
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            task_states=run_task_states(context),
+            params=context["params"],
+            triggered_by=triggering_user(context),
+            approval=context["ti"].xcom_pull(task_ids=TaskIds.APPROVE),
+            started_at=dag_run.start_date,
+        )
 
     return release_lock()
 

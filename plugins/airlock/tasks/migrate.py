@@ -24,10 +24,12 @@ from airlock.core.migrations import (
     pending_migrations_markdown,
     plan_entry,
 )
+from airlock.core.outcome import approver, approver_name
 from airlock.hooks.artifacts import ArtifactChangedError, release_artifact
 from airlock.hooks.migrations import MigrationRunner
+from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
-from airlock.tasks.environment import hold_lock
+from airlock.tasks.environment import hold_lock, keep_lock, register_change_steps, triggering_user
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ class TaskIds(EnvironmentTaskIds):
     PROCEED = "proceed"
     APPROVE = "approve"
     APPLY = "apply"
+
+
+register_change_steps("migrate", [TaskIds.APPLY])
 
 
 def artifact_migrations(
@@ -115,9 +120,41 @@ def proceed(planned: Mapping[str, Any]) -> bool:
 
 
 def apply(environment: Environment) -> list[str]:
-    """The ``apply`` task."""
+    """The ``apply`` task, and the run's audit row (``action = 'migrate'``) whatever it ends with."""
     context = get_current_context()
-    return apply_migrations(environment, version=context["params"]["version"], run_id=context["run_id"])
+    version = context["params"]["version"]
+    try:
+        with keep_lock(environment, context["run_id"]):  # renewed while long migrations run
+            applied = apply_migrations(environment, version=version, run_id=context["run_id"])
+    except Exception as error:
+        record_migrate_run(environment, context, version=version, result="failed", detail=str(error))
+        raise
+    detail = f"applied {', '.join(applied)}" if applied else "nothing pending"
+    record_migrate_run(environment, context, version=version, result="succeeded", detail=detail)
+    return applied
+
+
+def record_migrate_run(
+    environment: Environment, context: Any, *, version: str, result: str, detail: str
+) -> None:
+    dag_run = context["dag_run"]
+    write_audit_record(
+        environment,
+        AuditRecord(
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            action="migrate",
+            version=version,
+            previous={},
+            triggered_by=triggering_user(context),
+            approved_by=approver(context["ti"].xcom_pull(task_ids=TaskIds.APPROVE)),
+            approved_by_name=approver_name(context["ti"].xcom_pull(task_ids=TaskIds.APPROVE)),
+            reason=context["params"].get("reason") or None,
+            started_at=dag_run.start_date,
+            result=result,
+            detail=detail,
+        ),
+    )
 
 
 def migrations_applied_by_run(environment: Environment, run_id: str) -> list[str]:

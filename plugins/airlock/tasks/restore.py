@@ -10,6 +10,7 @@ A failure before the swap leaves the live database untouched.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,8 +19,10 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment, SqlSmokeTest
 from airlock.core.backups import BackupError, BackupManifest, backup_settings, compare_row_counts
+from airlock.core.outcome import approver
 from airlock.core.restore import RestorePlan, sibling_name
 from airlock.hooks.backup_store import BackupStore, check_files
+from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.hooks.postgres import (
     DatabaseAddress,
     count_rows,
@@ -32,7 +35,7 @@ from airlock.hooks.postgres import (
 from airlock.notifications.slack import post, render
 from airlock.tasks.backup import newest_verified, take_backup
 from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
-from airlock.tasks.environment import hold_lock, triggering_user
+from airlock.tasks.environment import keep_lock, register_change_steps, triggering_user
 from airlock.tasks.smoke import SmokeTestFailed, run_sql_test
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,9 @@ class TaskIds(EnvironmentTaskIds):
     SAFETY_BACKUP = "safety_backup"
     RESTORE = "restore"
     ANNOUNCE = "announce"
+
+
+register_change_steps("restore", [TaskIds.RESTORE])
 
 
 # What the approval request says is about to change (templated: the backup the plan chose).
@@ -77,15 +83,52 @@ def plan(environment: Environment) -> dict[str, Any]:
 def safety_backup(environment: Environment) -> dict[str, Any]:
     """Task ``safety_backup``: a pre-restore backup of the database as it is now, under the lock."""
     dag_run = get_current_context()["dag_run"]
-    hold_lock(environment, dag_run.run_id)  # the approval may have taken hours
-    safety = take_backup(environment, kind="pre-restore", dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+    # The approval may have taken hours, and a dump may take longer than lock_ttl.
+    with keep_lock(environment, dag_run.run_id):
+        safety = take_backup(environment, kind="pre-restore", dag_id=dag_run.dag_id, run_id=dag_run.run_id)
     return safety.summary()
 
 
 def restore(environment: Environment, planned: dict[str, Any], safety: dict[str, Any]) -> dict[str, Any]:
-    """Task ``restore``: :func:`restore_database` of the planned backup, under the lock."""
-    hold_lock(environment, get_current_context()["run_id"])
-    return {**restore_database(environment, planned["backup"]), "safety_backup": safety["name"]}
+    """Task ``restore``: :func:`restore_database` of the planned backup, under the lock (kept while
+    it restores, confirmed before the swap), and the run's audit row (``action = 'restore'``)."""
+    context = get_current_context()
+    try:
+        with keep_lock(environment, context["run_id"]) as check_lock:
+            restored = restore_database(environment, planned["backup"], before_change=check_lock)
+    except Exception as error:
+        record_restore_run(environment, context, backup=planned["backup"], result="failed", detail=str(error))
+        raise
+    record_restore_run(
+        environment,
+        context,
+        backup=planned["backup"],
+        result="succeeded",
+        detail=f"previous database kept as {restored['previous_kept_as']}; safety backup {safety['name']}",
+    )
+    return {**restored, "safety_backup": safety["name"]}
+
+
+def record_restore_run(
+    environment: Environment, context: Any, *, backup: str, result: str, detail: str
+) -> None:
+    dag_run = context["dag_run"]
+    write_audit_record(
+        environment,
+        AuditRecord(
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            action="restore",
+            version=backup,
+            previous={},
+            triggered_by=triggering_user(context),
+            approved_by=approver(context["ti"].xcom_pull(task_ids=TaskIds.APPROVE)),
+            reason=context["params"].get("reason") or None,
+            started_at=dag_run.start_date,
+            result=result,
+            detail=detail,
+        ),
+    )
 
 
 def announce(environment: Environment, restored: dict[str, Any]) -> None:
@@ -118,8 +161,18 @@ def choose_backup(environment: Environment, name: str | None) -> BackupManifest:
     return newest
 
 
-def restore_database(environment: Environment, name: str, *, now: datetime | None = None) -> dict[str, Any]:
-    """Restore backup ``name`` in place of the environment's database; see the module docstring."""
+def restore_database(
+    environment: Environment,
+    name: str,
+    *,
+    now: datetime | None = None,
+    before_change: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Restore backup ``name`` in place of the environment's database; see the module docstring.
+
+    :param before_change: called before the live database is touched (the swap); it raises to stop
+        the restore there, e.g. when the run's lock was lost during a long ``pg_restore``.
+    """
     settings = backup_settings(environment)
     store = BackupStore.of(environment)
     manifest = store.manifest(name)
@@ -147,6 +200,11 @@ def restore_database(environment: Environment, name: str, *, now: datetime | Non
             raise
     log.info("Backup %s restored into %s with equal row counts; swapping", name, restored_name)
 
+    try:
+        before_change()
+    except BaseException:
+        drop_database(admin, restored_name)
+        raise
     rename_databases(admin, live.dbname, [(live.dbname, kept_name), (restored_name, live.dbname)])
     log.info("%s now holds backup %s; the previous database is kept as %s", live.dbname, name, kept_name)
 
