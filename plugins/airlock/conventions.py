@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airlock.config import PROJECT_ROOT, Environment
+from airlock.config.environment import STEP_TIMEOUT
 from airlock.notifications.slack import TaskFailureNotifier
 
 RUNBOOKS = PROJECT_ROOT / "docs" / "runbooks"
@@ -46,7 +47,7 @@ def default_args(
         "retry_delay": timedelta(seconds=10),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=5),
-        "execution_timeout": timedelta(minutes=30),
+        "execution_timeout": STEP_TIMEOUT,
         "on_failure_callback": TaskFailureNotifier(
             slack_conn_id=slack_conn_id
             if slack_conn_id is not None or environment is None

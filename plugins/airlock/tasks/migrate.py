@@ -29,7 +29,7 @@ from airlock.hooks.artifacts import ArtifactChangedError, release_artifact
 from airlock.hooks.migrations import MigrationRunner
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
-from airlock.tasks.environment import hold_lock, keep_lock, register_change_steps, triggering_user
+from airlock.tasks.environment import keep_lock, register_change_steps, triggering_user
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ def apply_migrations(
     ``expected_sha256`` is the approved plan's artifact digest: a republished artifact is refused
     before any migration runs (naming both digests).
     """
-    hold_lock(environment, run_id)
-    with tempfile.TemporaryDirectory(prefix="airlock-migrations-") as workdir:
+    with keep_lock(environment, run_id), tempfile.TemporaryDirectory(prefix="airlock-migrations-") as workdir:
         try:
             shipped = artifact_migrations(
                 environment, version, Path(workdir), expected_sha256=expected_sha256
@@ -124,8 +123,7 @@ def apply(environment: Environment) -> list[str]:
     context = get_current_context()
     version = context["params"]["version"]
     try:
-        with keep_lock(environment, context["run_id"]):  # renewed while long migrations run
-            applied = apply_migrations(environment, version=version, run_id=context["run_id"])
+        applied = apply_migrations(environment, version=version, run_id=context["run_id"])
     except Exception as error:
         record_migrate_run(environment, context, version=version, result="failed", detail=str(error))
         raise

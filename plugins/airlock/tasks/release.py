@@ -53,7 +53,7 @@ from airlock.hooks.postgres import first_row
 from airlock.notifications.slack import post, render, summarize_error
 from airlock.tasks import environment as shared
 from airlock.tasks.backup import require_fresh_backup, take_backup
-from airlock.tasks.environment import hold_lock, mapped, run_task_states, triggering_user
+from airlock.tasks.environment import keep_lock, mapped, run_task_states, triggering_user
 from airlock.tasks.migrate import apply_migrations, migrations_applied_by_run
 from airlock.tasks.smoke import run_smoke_tests
 
@@ -139,9 +139,11 @@ def require_recent_backup(environment: Environment) -> dict[str, Any] | None:
 
 
 def pre_release_backup(environment: Environment, *, dag_id: str, run_id: str) -> dict[str, Any]:
-    """After approval, before migrations: a backup of the database as it is (not verified here)."""
-    hold_lock(environment, run_id)
-    return take_backup(environment, kind="pre-release", dag_id=dag_id, run_id=run_id).summary()
+    """After approval, before migrations: a backup of the database as it is (not verified here).
+
+    The lock is renewed in the background while ``pg_dump`` runs, however long it takes."""
+    with keep_lock(environment, run_id):
+        return take_backup(environment, kind="pre-release", dag_id=dag_id, run_id=run_id).summary()
 
 
 def plan_release(
@@ -300,27 +302,29 @@ def deploy_host(
         raise AirflowFailException(f"host {host_name} is not part of this wave ({', '.join(wave_hosts)})")
     if fail_fast is not None:
         fail_fast.refuse_if_another_failed(host_name)
-    hold_lock(environment, run_id)
-    if approved is not None:
-        require_host_as_planned(environment, approved, host_name)
-    try:
-        artifact = release_artifact(
-            environment.deploy, version, expected_sha256=approved.artifact_sha256 if approved else None
-        )
-    except ArtifactChangedError as error:
-        raise AirflowFailException(error.since_approval(f"{host_name} was not touched")) from None
-    try:
-        release = deploy_to_host(
-            environment,
-            environment.host(host_name),
-            version,
-            artifact,
-            before_switch=(lambda: fail_fast.before_switch(host_name)) if fail_fast else None,
-        )
-    except HostNotServingError as error:
-        # The health wait already gave the host its whole health_timeout: retrying would only
-        # delay the rollback. Connection and upload errors are retried as usual.
-        raise AirflowFailException(str(error)) from None
+    with keep_lock(environment, run_id) as still_held:
+        if approved is not None:
+            require_host_as_planned(environment, approved, host_name)
+        try:
+            artifact = release_artifact(
+                environment.deploy, version, expected_sha256=approved.artifact_sha256 if approved else None
+            )
+        except ArtifactChangedError as error:
+            raise AirflowFailException(error.since_approval(f"{host_name} was not touched")) from None
+
+        def before_switch() -> None:
+            still_held()  # a run that lost its lock switches nothing
+            if fail_fast is not None:
+                fail_fast.before_switch(host_name)
+
+        try:
+            release = deploy_to_host(
+                environment, environment.host(host_name), version, artifact, before_switch=before_switch
+            )
+        except HostNotServingError as error:
+            # The health wait already gave the host its whole health_timeout: retrying would only
+            # delay the rollback. Connection and upload errors are retried as usual.
+            raise AirflowFailException(str(error)) from None
     log.info(
         "Host %s: %s -> %s (%s)",
         host_name,
@@ -420,7 +424,6 @@ def roll_back_switched_hosts(
         raise AirflowSkipException(why_not)
     assert planned is not None
     release_plan = ReleasePlan.from_dict(planned["plan"])
-    hold_lock(environment, run_id)
     previous = release_plan.previous_versions()
     succeeded = {host for host, state in run.deploys.items() if state == "success"}
     to_roll_back = (switched or set()) | succeeded
@@ -446,12 +449,16 @@ def roll_back_switched_hosts(
         )
 
     waves = [[host.name for host in wave.hosts] for wave in environment.waves]
-    for wave in rollback_waves(waves, to_roll_back):
-        log.info("Rolling back %s", ", ".join(wave))
-        workers = min(environment.rollout.max_parallel_per_wave, len(wave))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(roll_back_to_previous, wave):
-                results[result.host] = result
+    # Renewed in the background; a run that lost its lock stops before its next wave, and the
+    # step's failure makes the outcome rollback_incomplete (conclude names the hosts).
+    with keep_lock(environment, run_id) as still_held:
+        for wave in rollback_waves(waves, to_roll_back):
+            still_held()
+            log.info("Rolling back %s", ", ".join(wave))
+            workers = min(environment.rollout.max_parallel_per_wave, len(wave))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for result in pool.map(roll_back_to_previous, wave):
+                    results[result.host] = result
     ordered = [results[host] for wave in waves for host in wave if host in results]
     report = RollbackReport(failed=run.failed, version=release_plan.version, hosts=ordered)
     for result in report.hosts:
