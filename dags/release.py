@@ -51,9 +51,8 @@ def release_dag(environment: Environment) -> DAG:
 
         @task(task_id=TaskIds.VALIDATE_REQUEST, retries=0)
         def validate_request():
-            """Refuse unknown keys, unsafe versions and bad types before anything is touched, and
-            any release while the environment needs attention (an incomplete rollback)."""
-            return steps.validate_run_request(environment)
+            """Refuse unknown keys, unsafe versions and bad types before anything is touched."""
+            return steps.validate_run_request()
 
         @task(task_id=TaskIds.CHECK_ARTIFACT, retries=3)
         def check_artifact(request: dict):
@@ -133,7 +132,9 @@ def release_dag(environment: Environment) -> DAG:
             return steps.conclude(environment)
 
         request = validate_request()
-        taken = lock_task(environment, purpose="release {{ params.version }}")
+        taken = lock_task(
+            environment, purpose="release {{ params.version }}", refuse=steps.refuse_while_attention_needed
+        )
         request >> taken
         artifact = check_artifact(request)
         database = check_database()

@@ -325,10 +325,12 @@ def require_host_ready(environment: Environment, host_name: str) -> dict[str, An
     return state.to_dict()
 
 
-def lock_task(environment: Environment, purpose: str):
+def lock_task(environment: Environment, purpose: str, *, refuse: Callable[[Environment], None] | None = None):
     """The setup task taking the environment's lock; a competing run fails fast naming this one.
 
-    ``purpose`` is templated, e.g. ``"release {{ params.version }}"``.
+    ``purpose`` is templated, e.g. ``"release {{ params.version }}"``. ``refuse``, if given, runs
+    once the lock is held (so nothing can change what it checks meanwhile) and raises to stop the
+    run; the lock is then freed by the run's ``unlock`` teardown.
     """
 
     @setup
@@ -336,7 +338,7 @@ def lock_task(environment: Environment, purpose: str):
     def take_lock(purpose: str):
         context = get_current_context()
         params = context["params"]
-        return lock(
+        taken = lock(
             environment,
             dag_id=context["dag"].dag_id,
             run_id=context["run_id"],
@@ -346,6 +348,9 @@ def lock_task(environment: Environment, purpose: str):
             version=str(params.get("version") or params.get("to_version") or params.get("backup") or ""),
             reason=params.get("reason"),
         )
+        if refuse is not None:
+            refuse(environment)
+        return taken
 
     return take_lock(purpose)
 

@@ -576,14 +576,10 @@ def conclude_release(
 # -- task bodies: what they need from the run comes from its context ---------------------------------
 
 
-def validate_run_request(environment: Environment | None = None) -> dict[str, Any]:
-    """The ``validate_request`` task: this run's conf and params; with ``environment``, refused
-    while that environment needs attention (:func:`refuse_while_attention_needed`)."""
+def validate_run_request() -> dict[str, Any]:
+    """The ``validate_request`` task: this run's conf and params."""
     context = get_current_context()
-    request = validate(context["dag_run"].conf, context["params"])
-    if environment is not None:
-        refuse_while_attention_needed(environment)
-    return request
+    return validate(context["dag_run"].conf, context["params"])
 
 
 def plan(
