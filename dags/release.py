@@ -33,15 +33,16 @@ def release_dag(environment: Environment) -> DAG:
             "version": Param(type="string", pattern=VERSION_PATTERN, description="Version to release"),
             "dry_run": Param(False, type="boolean", description="Plan only: check, plan and stop"),
             "reason": Param(
-                "",
-                type="string",
+                None,
+                type=["null", "string"],
                 maxLength=REASON_MAX_LENGTH,
                 pattern=REASON_PATTERN,
                 description="Why (kept in the audit trail); one line",
             ),
+            # Optional: null, so the trigger form does not require it (an empty field is sent as null).
             "artifact_sha256": Param(
-                "",
-                type="string",
+                None,
+                type=["null", "string"],
                 pattern="^([0-9a-fA-F]{64})?$",
                 description="SHA-256 of the artifact CI built: any other is refused (empty: not pinned)",
             ),

@@ -31,14 +31,14 @@ def restore_dag(environment: Environment) -> DAG:
         default_args={**default_args(environment), "execution_timeout": environment.backup.timeout},
         params={
             "backup": Param(
-                "",
-                type="string",
+                None,
+                type=["null", "string"],
                 pattern=BACKUP_PARAM_PATTERN,
                 description="Backup to restore, e.g. demo-20261126T020000Z; empty: the newest verified",
             ),
             "reason": Param(
-                "",
-                type="string",
+                None,
+                type=["null", "string"],
                 maxLength=REASON_MAX_LENGTH,
                 pattern=REASON_PATTERN,
                 description="Why (shown to the approvers); one line",

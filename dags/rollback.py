@@ -35,8 +35,8 @@ def rollback_dag(environment: Environment) -> DAG:
                 description="Release to go back to (installed on every host); empty: each host's previous",
             ),
             "reason": Param(
-                "",
-                type="string",
+                None,
+                type=["null", "string"],
                 maxLength=REASON_MAX_LENGTH,
                 pattern=REASON_PATTERN,
                 description="Why (kept in the audit trail); one line",

@@ -35,6 +35,11 @@ for dag_id, dag in bag.dags.items():
         "owners": sorted({t.owner for t in dag.tasks}),
         "tags": sorted(dag.tags),
         "catchup": dag.catchup,
+        "params": {name: dag.params.get_param(name).schema for name in dag.params},
+        "defaults": {
+            name: dag.params.get_param(name).value if dag.params.get_param(name).has_value else "<required>"
+            for name in dag.params
+        },
         "tasks": {
             t.task_id: {
                 "retries": t.retries,
@@ -83,6 +88,17 @@ def test_every_dag_has_a_runbook_an_owner_tags_and_no_catchup(shipped):
         assert "airflow" not in dag["owners"], f"{dag_id} keeps Airflow's default owner"
         assert dag["tags"], f"{dag_id} has no tags"
         assert dag["catchup"] is False, f"{dag_id} catches up"
+
+
+def test_a_param_one_may_leave_empty_accepts_null_so_the_trigger_form_does_not_demand_it(shipped):
+    # Airflow's trigger form sends an emptied text field as null and marks a field whose type
+    # does not allow null as required: an optional text param must say ["null", "string"].
+    for dag_id, dag in shipped["dags"].items():
+        for name, schema in dag["params"].items():
+            if dag["defaults"][name] in (None, ""):
+                types = schema.get("type")
+                assert isinstance(types, list), f"{dag_id}.{name}: optional, so its type must allow null"
+                assert "null" in types, f"{dag_id}.{name}: optional, so its type must allow null"
 
 
 # The tasks that must run at most once, by DAG (the id without its environment) and task id, with

@@ -75,7 +75,7 @@ def plan(environment: Environment) -> dict[str, Any]:
         database=backup.database,
         backup=backup.summary(),
         triggered_by=triggering_user(context),
-        reason=params["reason"],
+        reason=params["reason"] or "",
     )
     return {"backup": backup.name, "markdown": restore_plan.to_markdown()}
 
