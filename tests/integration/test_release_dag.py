@@ -42,7 +42,10 @@ def release(environment, sandbox):
 
 
 def migration_history(postgres_url: str) -> list[str]:
+    """The versions applied so far, oldest first; none before the first migration ran."""
     with psycopg.connect(postgres_url) as connection:
+        if connection.execute("SELECT to_regclass('public.airlock_schema_history')").fetchone()[0] is None:
+            return []
         rows = connection.execute(
             "SELECT version FROM public.airlock_schema_history ORDER BY applied_at"
         ).fetchall()

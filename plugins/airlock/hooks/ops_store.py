@@ -82,24 +82,7 @@ def write_audit_record(environment: Environment, record: AuditRecord) -> None:
         """
     ).format(schema=_schema(environment))
     with ops_session(environment) as connection:
-        connection.execute(
-            statement,
-            (
-                environment.name,
-                record.dag_id,
-                record.run_id,
-                record.action,
-                record.version,
-                json.dumps(record.previous),
-                record.triggered_by,
-                record.approved_by,
-                record.reason,
-                record.started_at,
-                record.result,
-                record.detail,
-                record.approved_by_name,
-            ),
-        )
+        connection.execute(statement, _audit_values(environment, record))
 
 
 def write_audit_record_if_missing(environment: Environment, record: AuditRecord) -> bool:
@@ -108,8 +91,8 @@ def write_audit_record_if_missing(environment: Environment, record: AuditRecord)
     statement = sql.SQL(
         """
         INSERT INTO {schema}.releases (environment, dag_id, run_id, action, version, previous,
-            triggered_by, approved_by, reason, started_at, result, detail)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            triggered_by, approved_by, reason, started_at, result, detail, approved_by_name)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (run_id, action) DO NOTHING
         """
     ).format(schema=_schema(environment))
@@ -132,6 +115,7 @@ def _audit_values(environment: Environment, record: AuditRecord) -> tuple[Any, .
         record.started_at,
         record.result,
         record.detail,
+        record.approved_by_name,
     )
 
 
