@@ -10,8 +10,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
-from airlock.config.environment import REASON_MAX_LENGTH, REASON_PATTERN
-from airlock.conventions import default_args, runbook
+from airlock.conventions import default_args, reason_param, runbook
 from airlock.core.release import takes_pre_release_backup
 from airlock.operators.approval import approval_gate
 from airlock.tasks import migrate as migration_steps
@@ -32,13 +31,7 @@ def release_dag(environment: Environment) -> DAG:
         params={
             "version": Param(type="string", pattern=VERSION_PATTERN, description="Version to release"),
             "dry_run": Param(False, type="boolean", description="Plan only: check, plan and stop"),
-            "reason": Param(
-                None,
-                type=["null", "string"],
-                maxLength=REASON_MAX_LENGTH,
-                pattern=REASON_PATTERN,
-                description="Why (kept in the audit trail); one line",
-            ),
+            "reason": reason_param(),
             # Optional: null, so the trigger form does not require it (an empty field is sent as null).
             "artifact_sha256": Param(
                 None,

@@ -10,8 +10,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param, chain, task
 
 from airlock.config import Environment, load_environments
-from airlock.config.environment import REASON_MAX_LENGTH, REASON_PATTERN
-from airlock.conventions import default_args, runbook
+from airlock.conventions import default_args, reason_param, runbook
 from airlock.core.restore import BACKUP_PARAM_PATTERN
 from airlock.operators.approval import approval_gate
 from airlock.tasks import restore as steps
@@ -36,13 +35,7 @@ def restore_dag(environment: Environment) -> DAG:
                 pattern=BACKUP_PARAM_PATTERN,
                 description="Backup to restore, e.g. demo-20261126T020000Z; empty: the newest verified",
             ),
-            "reason": Param(
-                None,
-                type=["null", "string"],
-                maxLength=REASON_MAX_LENGTH,
-                pattern=REASON_PATTERN,
-                description="Why (shown to the approvers); one line",
-            ),
+            "reason": reason_param("Why (shown to the approvers); one line"),
         },
     ) as dag:
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param, TriggerRule, chain, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
-from airlock.config.environment import REASON_MAX_LENGTH, REASON_PATTERN
-from airlock.conventions import default_args, runbook
+from airlock.conventions import default_args, reason_param, runbook
 from airlock.operators.approval import approval_gate
 from airlock.tasks import rollback as steps
 from airlock.tasks.environment import check_hosts_task, lock_task, unlock_task
@@ -34,13 +33,7 @@ def rollback_dag(environment: Environment) -> DAG:
                 pattern=VERSION_PATTERN,
                 description="Release to go back to (installed on every host); empty: each host's previous",
             ),
-            "reason": Param(
-                None,
-                type=["null", "string"],
-                maxLength=REASON_MAX_LENGTH,
-                pattern=REASON_PATTERN,
-                description="Why (kept in the audit trail); one line",
-            ),
+            "reason": reason_param(),
         },
     ) as dag:
 

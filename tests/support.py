@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,11 @@ def run_dag(dag, conf: dict, *, answer=None, as_user: str = "admin", timeout: fl
     if answer is not None:
         thread.join(timeout=5)
     return dag_run.run_id, task_states(dag.dag_id, dag_run.run_id), answered
+
+
+def wait_until(condition, *, limit: float = 30.0) -> None:
+    """Wait for ``condition()`` (a state change, not a duration), failing after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        time.sleep(0.02)

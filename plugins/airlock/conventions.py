@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airlock.config import PROJECT_ROOT, Environment
-from airlock.config.environment import STEP_TIMEOUT
+from airlock.config.environment import REASON_MAX_LENGTH, REASON_PATTERN, STEP_TIMEOUT
 from airlock.notifications.slack import TaskFailureNotifier
 
 RUNBOOKS = PROJECT_ROOT / "docs" / "runbooks"
@@ -54,3 +54,17 @@ def default_args(
             else environment.slack_conn_id
         ),
     }
+
+
+def reason_param(description: str = "Why (kept in the audit trail); one line") -> Any:
+    """The optional ``reason`` of a run: one line of at most 500 characters, null when left empty
+    (the trigger form sends an emptied field as null and would otherwise demand one)."""
+    from airflow.sdk import Param
+
+    return Param(
+        None,
+        type=["null", "string"],
+        maxLength=REASON_MAX_LENGTH,
+        pattern=REASON_PATTERN,
+        description=description,
+    )

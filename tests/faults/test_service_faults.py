@@ -32,23 +32,13 @@ from airlock.tasks.restore import restore_database
 from airlock_dev.hosts import free_port
 from airlock_dev.slack import SlackReceiver
 from tests.integration.releases import NEW, OLD, audit_rows, served_versions
-from tests.support import PROJECT, load_dag, run_dag
+from tests.support import PROJECT, load_dag, run_dag, wait_until
 
 HOSTS = ["web-1", "web-2", "web-3"]
 
 
 def connect(conn_id: str, connection: dict, monkeypatch) -> None:
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
-
-
-def wait_until(condition, *, limit: float = 30.0) -> None:
-    """Wait for ``condition()`` (a state change, not a duration), failing after ``limit`` seconds."""
-    import time
-
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.02)
 
 
 def public_tables(postgres_url: str) -> set[str]:

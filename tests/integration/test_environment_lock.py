@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from airlock.hooks.lock import EnvironmentLock, InstallationPresence, LockHeldError
+from tests.support import wait_until
 
 HERE = "installation-here"
 THERE = "installation-there"
@@ -155,16 +156,6 @@ def test_breaking_by_token_leaves_a_lock_that_changed_hands_alone(lock, redis_cl
 
 
 # -- the lock held while a long step works (LockKeeper) -------------------------------------------
-
-
-def wait_until(condition, *, limit: float = 20.0) -> None:
-    """Wait for ``condition()`` (a state change, not a duration), failing after ``limit`` seconds."""
-    import time
-
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.02)
 
 
 def test_a_kept_lock_is_renewed_in_the_background_while_the_step_works(lock, redis_client):
