@@ -35,7 +35,7 @@ bench: $(STAMP)
 	@for script in bench/*.py; do [ -e "$$script" ] || continue; echo "== $$script"; \
 		PYTHONPATH=plugins:tools $(BIN)/python $$script || exit 1; done
 
-# Drops the demo's two PostgreSQL databases (refused while the demo runs), then removes local state.
+# Drops the demo's three PostgreSQL databases (refused while the demo runs), then removes local state.
 clean:
 	@if [ -x $(BIN)/python ] && [ -d .demo ]; then PYTHONPATH=plugins:tools $(BIN)/python -m airlock_dev.demo clean; fi
 	rm -rf .demo .cache .pytest_cache .ruff_cache

@@ -102,21 +102,40 @@ def set_connection(conn_id: str, connection: dict) -> None:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
-    """A fresh database on the local PostgreSQL server, dropped after the session."""
+    """A fresh application database on the local PostgreSQL server, dropped after the session.
+
+    Its ops database (``<name>_ops``, the ``airlock_ops`` connection: the audit trail and health
+    history, see :func:`ops_url`) comes and goes with it, as in a real installation.
+    """
     import psycopg
 
     name = f"airlock_test_{uuid.uuid4().hex[:10]}"
     admin = "postgresql://postgres@127.0.0.1:5432/postgres"
     with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
+        for database in (name, f"{name}_ops"):
+            connection.execute(f'CREATE DATABASE "{database}"')
     url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    set_connection(
-        "airlock_demo_db",
-        {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": name},
-    )
+    for conn_id, database in (("airlock_demo_db", name), ("airlock_ops", f"{name}_ops")):
+        set_connection(
+            conn_id,
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": 5432,
+                "login": "postgres",
+                "schema": database,
+            },
+        )
     yield url
     with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for database in (name, f"{name}_ops"):
+            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def ops_url(postgres_url: str) -> str:
+    """The ops database (``airlock_ops``) beside :func:`postgres_url`: where audit rows are read."""
+    return f"{postgres_url}_ops"
 
 
 def _clear_airlock_keys(client) -> None:

@@ -52,7 +52,7 @@ def held_elsewhere(keys, installation: str, run_id: str) -> dict:
 
 
 def audit_rows(stack, action: str) -> list[tuple]:
-    with psycopg.connect(stack.database_url) as connection:
+    with psycopg.connect(stack.ops_url) as connection:
         return connection.execute(
             "SELECT run_id, result, reason, detail FROM airlock.releases WHERE action = %s ORDER BY id",
             (action,),

@@ -36,9 +36,9 @@ def release(environment, sandbox):
     return load_dag(f"release_{environment.name}")
 
 
-def audit_row(postgres_url: str, run_id: str) -> tuple:
+def audit_row(ops_url: str, run_id: str) -> tuple:
     [row] = releases.audit_rows(
-        postgres_url, run_id, "result", "detail", "approved_by", "approved_by_name", "triggered_by"
+        ops_url, run_id, "result", "detail", "approved_by", "approved_by_name", "triggered_by"
     )
     return row
 
@@ -89,7 +89,7 @@ def mark_success_by_hand(dag_id: str, run_id: str, task_id: str) -> None:
 
 
 def test_an_approval_marked_success_by_hand_changes_nothing_and_says_to_trigger_a_new_release(
-    release, hosts_on_old, postgres_url, capfd
+    release, hosts_on_old, postgres_url, capfd, ops_url
 ):
     environment = hosts_on_old
     migrations_before = migration_history(postgres_url)
@@ -107,7 +107,7 @@ def test_an_approval_marked_success_by_hand_changes_nothing_and_says_to_trigger_
     assert "backup refused: this run has no recorded approval" in error
     assert "marked success by hand" in error
     assert "Trigger a new release" in error
-    result, _detail, approved_by, _name, _who = audit_row(postgres_url, run_id)
+    result, _detail, approved_by, _name, _who = audit_row(ops_url, run_id)
     assert (result, approved_by) == ("failed", None)
 
 
@@ -172,7 +172,7 @@ def approvers_by_id(environment):
 
 
 def test_an_approver_listed_by_id_whose_name_differs_approves_and_the_audit_keeps_both(
-    approvers_by_id, hosts_on_old, postgres_url
+    approvers_by_id, hosts_on_old, postgres_url, ops_url
 ):
     environment = hosts_on_old
 
@@ -183,12 +183,12 @@ def test_an_approver_listed_by_id_whose_name_differs_approves_and_the_audit_keep
     assert answered.get("ok") is True, answered
     assert states["conclude"] == "success", states
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], NEW)
-    result, _detail, approved_by, approved_by_name, _who = audit_row(postgres_url, run_id)
+    result, _detail, approved_by, approved_by_name, _who = audit_row(ops_url, run_id)
     assert (result, approved_by, approved_by_name) == ("succeeded", "7", "alice")
 
 
 def test_the_triggering_user_cannot_approve_through_an_id_listed_as_approver(
-    approvers_by_id, hosts_on_old, postgres_url, slack_messages, capfd
+    approvers_by_id, hosts_on_old, postgres_url, slack_messages, capfd, ops_url
 ):
     environment = hosts_on_old
     # dag.test() records its runs as triggered by "dag_test": here that user's FAB id is 7.
@@ -203,7 +203,7 @@ def test_the_triggering_user_cannot_approve_through_an_id_listed_as_approver(
     assert not [b for b in BackupStore.of(environment).backups() if b.run_id == run_id]
     error = task_errors(capfd)
     assert "dag_test (id 7) triggered this run and may not approve it" in error
-    result, *_ = audit_row(postgres_url, run_id)
+    result, *_ = audit_row(ops_url, run_id)
     assert result == "rejected"
 
 

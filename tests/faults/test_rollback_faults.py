@@ -141,7 +141,7 @@ def lock_is_free(redis_client, environment) -> bool:
 
 
 def test_a_host_unreachable_before_its_switch_is_left_alone_and_the_switched_ones_go_back(
-    hosts_on_old, sshd, attention, slack_messages, redis_client, postgres_url
+    hosts_on_old, sshd, attention, slack_messages, redis_client, postgres_url, ops_url
 ):
     environment = hosts_on_old
     release = release_dag(environment)
@@ -153,7 +153,7 @@ def test_a_host_unreachable_before_its_switch_is_left_alone_and_the_switched_one
     assert states["wave_2.deploy[0]"] == "failed"  # web-2: its sshd is gone
     assert states["rollback"] == "success"
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
-    [(version, result, detail)] = releases.audit_rows(postgres_url, run_id, *AUDIT)
+    [(version, result, detail)] = releases.audit_rows(ops_url, run_id, *AUDIT)
     assert (version, result) == (NEW, "rolled_back")
     assert "web-1 (back on 1.0.0)" in detail
     assert "web-2 (never switched by this run; left alone)" in detail
@@ -205,7 +205,7 @@ def test_a_deploy_whose_wave_mate_fails_during_its_install_stops_before_the_swit
 
 
 def test_a_switched_host_lost_before_a_later_wave_fails_makes_the_rollback_incomplete_and_blocks_releases(
-    hosts_on_old, sshd, attention, slack_messages, redis_client, postgres_url, monkeypatch
+    hosts_on_old, sshd, attention, slack_messages, redis_client, postgres_url, monkeypatch, ops_url
 ):
     environment = hosts_on_old
 
@@ -222,7 +222,7 @@ def test_a_switched_host_lost_before_a_later_wave_fails_makes_the_rollback_incom
     assert states["conclude"] == "failed"
     served = served_versions(environment)
     assert (served["web-1"], served["web-2"], served["web-3"]) == (NEW, OLD, OLD)
-    [(version, result, detail)] = releases.audit_rows(postgres_url, run_id, *AUDIT)
+    [(version, result, detail)] = releases.audit_rows(ops_url, run_id, *AUDIT)
     assert (version, result) == (NEW, "rollback_incomplete")
     assert f"Rollback INCOMPLETE: web-1 may still serve {NEW} (not put back on {OLD}" in detail
     assert "web-2 (never switched by this run; left alone)" in detail
@@ -266,7 +266,7 @@ def stop_app(environment, host) -> None:
 
 
 def test_a_host_whose_app_breaks_after_the_switch_is_rolled_back_and_its_history_stays_true(
-    hosts_on_old, attention, slack_messages, postgres_url, monkeypatch
+    hosts_on_old, attention, slack_messages, postgres_url, monkeypatch, ops_url
 ):
     environment = hosts_on_old
     web_1 = environment.hosts[0]
@@ -278,7 +278,7 @@ def test_a_host_whose_app_breaks_after_the_switch_is_rolled_back_and_its_history
     assert states["wave_1.verify"] == "failed"
     assert states["wave_2.deploy[0]"] == "upstream_failed"
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
-    [(_, result, detail)] = releases.audit_rows(postgres_url, run_id, *AUDIT)
+    [(_, result, detail)] = releases.audit_rows(ops_url, run_id, *AUDIT)
     assert (result, "web-1 (back on 1.0.0)" in detail) == ("rolled_back", True)
     with host_session(environment, web_1) as layout:
         assert layout.previous_version() != NEW  # the broken build is never "previous"
@@ -298,7 +298,7 @@ def _stop_then_smoke(environment, host):
 
 
 def test_a_hung_host_is_bounded_by_the_ssh_timeouts_and_never_switched(
-    hosts_on_old, sshd, attention, postgres_url
+    hosts_on_old, sshd, attention, postgres_url, ops_url
 ):
     environment = hosts_on_old
 
@@ -313,7 +313,7 @@ def test_a_hung_host_is_bounded_by_the_ssh_timeouts_and_never_switched(
     hook = host_hook(environment, environment.hosts[1])
     connect_timeout = environment.ssh.connect_timeout.total_seconds()
     assert (hook.conn_timeout, hook.banner_timeout, hook.auth_timeout) == (connect_timeout,) * 3
-    [(_, result, detail)] = releases.audit_rows(postgres_url, run_id, *AUDIT)
+    [(_, result, detail)] = releases.audit_rows(ops_url, run_id, *AUDIT)
     assert result == "rolled_back"
     assert "web-2 (never switched by this run; left alone)" in detail
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
@@ -346,7 +346,7 @@ def migration_fault(environment, artifacts, postgres_url) -> Iterator[str]:
 
 
 def test_a_migration_failing_in_the_second_of_three_files_reports_the_one_applied(
-    hosts_on_old, migration_fault, slack_messages, postgres_url
+    hosts_on_old, migration_fault, slack_messages, postgres_url, ops_url
 ):
     environment = hosts_on_old
 
@@ -361,7 +361,7 @@ def test_a_migration_failing_in_the_second_of_three_files_reports_the_one_applie
         ).fetchone()
     assert sorted(v for v in history if v in ("5", "6", "7")) == ["5"]
     assert tables == (True, False)
-    [(_, result, detail)] = releases.audit_rows(postgres_url, run_id, *AUDIT)
+    [(_, result, detail)] = releases.audit_rows(ops_url, run_id, *AUDIT)
     assert result == "failed"
     applied = "Migrations applied by this run (not rolled back): V5__add_fault_a.sql."
     assert f"No host was switched. {applied}" in detail

@@ -87,7 +87,7 @@ def private_redis(tmp_path):
 
 
 def test_with_redis_down_a_release_does_not_start_says_why_and_is_audited(
-    hosts_on_old, postgres_url, monkeypatch
+    hosts_on_old, postgres_url, monkeypatch, ops_url
 ):
     environment = hosts_on_old
     connect("airlock_redis", {"conn_type": "redis", "host": "127.0.0.1", "port": free_port()}, monkeypatch)
@@ -98,9 +98,7 @@ def test_with_redis_down_a_release_does_not_start_says_why_and_is_audited(
     assert states["check_artifact"] == "upstream_failed"
     assert not [task for task, state in states.items() if ".deploy" in task and state == "success"]
     assert served_versions(environment) == dict.fromkeys(HOSTS, OLD)
-    [(action, version, result, detail)] = audit_rows(
-        postgres_url, run_id, "action", "version", "result", "detail"
-    )
+    [(action, version, result, detail)] = audit_rows(ops_url, run_id, "action", "version", "result", "detail")
     assert (action, version, result) == ("release", NEW, "failed")
     assert (
         f"not started: Cannot take the lock of {environment.name}: Redis (airlock_redis) did not answer"
@@ -155,7 +153,7 @@ def test_a_restore_whose_redis_dies_mid_step_stops_before_the_swap(
 
 
 def test_with_slack_down_the_release_goes_on_and_the_failures_are_logged(
-    hosts_on_old, postgres_url, monkeypatch, caplog, database_as_before
+    hosts_on_old, postgres_url, monkeypatch, caplog, database_as_before, ops_url
 ):
     environment = hosts_on_old
     with SlackReceiver() as gone:
@@ -170,7 +168,7 @@ def test_with_slack_down_the_release_goes_on_and_the_failures_are_logged(
     assert answered["ok"] is True
     assert states["conclude"] == "success", states
     assert served_versions(environment) == dict.fromkeys(HOSTS, NEW)
-    [(result,)] = audit_rows(postgres_url, run_id, "result")
+    [(result,)] = audit_rows(ops_url, run_id, "result")
     assert result == "succeeded"
     undelivered = [
         r.getMessage() for r in caplog.records if "Could not deliver Slack message" in r.getMessage()
@@ -260,7 +258,7 @@ def test_a_deploy_killed_mid_way_converges_when_run_again(hosts_on_old, tmp_path
 
 
 def test_a_release_stopped_by_a_host_key_mismatch_before_the_plan_leaves_an_audit_row(
-    hosts_on_old, postgres_url
+    hosts_on_old, postgres_url, ops_url
 ):
     environment = hosts_on_old
     known_hosts = environment.ssh.known_hosts
@@ -281,17 +279,17 @@ def test_a_release_stopped_by_a_host_key_mismatch_before_the_plan_leaves_an_audi
     assert states["plan"] == "upstream_failed"
     assert served_versions(environment) == dict.fromkeys(HOSTS, OLD)
     [(action, version, result, detail, reason)] = audit_rows(
-        postgres_url, run_id, "action", "version", "result", "detail", "reason"
+        ops_url, run_id, "action", "version", "result", "detail", "reason"
     )
     assert (action, version, result, reason) == ("release", NEW, "failed", "x")
     assert detail.startswith("failed at check_host_1")
 
 
-def test_a_migrate_dry_run_leaves_an_audit_row(hosts_on_old, postgres_url):
+def test_a_migrate_dry_run_leaves_an_audit_row(hosts_on_old, postgres_url, ops_url):
     environment = hosts_on_old
 
     run_id, states, _ = run_dag(load_dag(f"migrate_{environment.name}"), {"version": NEW, "dry_run": True})
 
     assert states["apply"] == "skipped", states
-    [(action, version, result)] = audit_rows(postgres_url, run_id, "action", "version", "result")
+    [(action, version, result)] = audit_rows(ops_url, run_id, "action", "version", "result")
     assert (action, version, result) == ("migrate", NEW, "planned")

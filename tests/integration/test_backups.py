@@ -25,8 +25,8 @@ from airlock.tasks.backup import apply_retention, newest_verified, take_backup, 
 from tests.integration.releases import audit_rows
 from tests.support import PROJECT, load_dag, run_dag
 
-# Airlock's own tables (the audit trail, in the application database by default): every run of
-# restore_<env> writes its row there, so they are checked by their rows, not as application data.
+# Airlock's own tables, were an environment to keep them in the application database
+# (ops_conn_id = conn_id): they are checked by their rows, not compared as application data.
 OPS_SCHEMA = "airlock"
 
 
@@ -119,7 +119,7 @@ def test_the_verified_backup_asset_is_updated_with_the_backup_name(environment, 
 
 
 def test_restore_brings_back_exactly_the_backed_up_data_after_a_safety_backup(
-    environment, customers, store, slack_messages
+    environment, customers, store, slack_messages, ops_url
 ):
     reader = f"airlock_test_reader_{uuid.uuid4().hex[:8]}"  # the application's role and its grant
     with psycopg.connect(customers, autocommit=True) as connection:
@@ -144,8 +144,8 @@ def test_restore_brings_back_exactly_the_backed_up_data_after_a_safety_backup(
     assert answered["ok"] is True
     assert states["restore"] == "success", states
     assert table_fingerprints(customers) == original
-    # The restore's own audit row is written after the swap, into the restored database.
-    assert audit_rows(customers, run_id, "action", "result") == [("restore", "succeeded")]
+    # The restore's own audit row is in the ops database, which the restore never touches.
+    assert audit_rows(ops_url, run_id, "action", "result") == [("restore", "succeeded")]
     with psycopg.connect(customers, autocommit=True) as connection:
         granted = connection.execute("SELECT has_table_privilege(%s, 'customers', 'SELECT')", (reader,))
         assert granted.fetchone()[0], "grants come back with the tables"
@@ -244,7 +244,7 @@ def test_environments_sharing_a_destination_never_see_each_others_backups(enviro
     store.remove(mine.name)
 
 
-def test_a_rejected_restore_changes_nothing(environment, customers, store):
+def test_a_rejected_restore_changes_nothing(environment, customers, store, ops_url):
     before = table_fingerprints(customers)
     backups_before = [b.name for b in store.backups()]
 
@@ -253,7 +253,7 @@ def test_a_rejected_restore_changes_nothing(environment, customers, store):
     assert states["approve"] == "failed"
     assert states.get("restore") in ("upstream_failed", None)
     assert table_fingerprints(customers) == before
-    [(action, result)] = audit_rows(customers, run_id, "action", "result")
+    [(action, result)] = audit_rows(ops_url, run_id, "action", "result")
     assert result == "rejected", (action, result)
     assert [b.name for b in store.backups()] == backups_before
 

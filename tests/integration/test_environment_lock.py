@@ -210,7 +210,7 @@ def test_the_keeper_ends_with_the_step(lock, redis_client):
 
 
 def test_of_two_runs_triggered_together_exactly_one_takes_the_lock_and_the_other_is_audited(
-    environment, postgres_url, redis_client
+    environment, postgres_url, redis_client, ops_url
 ):
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -250,9 +250,9 @@ def test_of_two_runs_triggered_together_exactly_one_takes_the_lock_and_the_other
         [loser] = [run for run in runs if run not in winners]
         assert f"locked by release 2.0.0 ({winners[0]})" in str(results[loser])
         assert json.loads(redis_client.get(f"airlock:lock:{environment.name}"))["run_id"] == winners[0]
-        assert audit_rows(postgres_url, winners[0], "result") == []  # its own steps will write it
+        assert audit_rows(ops_url, winners[0], "result") == []  # its own steps will write it
         [(action, version, result, detail, reason)] = audit_rows(
-            postgres_url, loser, "action", "version", "result", "detail", "reason"
+            ops_url, loser, "action", "version", "result", "detail", "reason"
         )
         assert (action, version, result, reason) == ("release", "2.0.0", "failed", "two CI jobs at once")
         assert detail.startswith(f"not started: Environment {environment.name} is locked by release 2.0.0")

@@ -63,9 +63,9 @@ def watched(environment, sandbox, postgres_url, redis_client, slack):
         (Path(os.environ["AIRLOCK_ENVIRONMENTS_DIR"]) / f"{name}.yaml").unlink()
 
 
-def history(postgres_url: str, run_id: str) -> dict[tuple[str, str], tuple[str, str]]:
-    """(check, target) -> (status, message) recorded by one run."""
-    with psycopg.connect(postgres_url) as connection:
+def history(ops_url: str, run_id: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(check, target) -> (status, message) recorded by one run, from the ops database."""
+    with psycopg.connect(ops_url) as connection:
         rows = connection.execute(
             "SELECT check_name, target, status, message FROM airlock.health_checks WHERE run_id = %s",
             (run_id,),
@@ -89,11 +89,11 @@ def demo_app(environment, host_name: str, command: str) -> None:
         hook.close()
 
 
-def test_a_healthy_sandbox_is_all_ok_and_sends_nothing(watched, slack_messages, postgres_url):
+def test_a_healthy_sandbox_is_all_ok_and_sends_nothing(watched, slack_messages, postgres_url, ops_url):
     run_id, states = run_health("watched")
 
     assert states["verdict"] == "success", states
-    results = history(postgres_url, run_id)
+    results = history(ops_url, run_id)
     for host in ("web-1", "web-2", "web-3"):
         for check, target in (
             ("app", host),
@@ -118,7 +118,7 @@ def test_a_healthy_sandbox_is_all_ok_and_sends_nothing(watched, slack_messages, 
 
 
 def test_a_stopped_app_alerts_once_stays_quiet_even_without_its_state_and_resolves_once(
-    watched, slack_messages, redis_client, postgres_url
+    watched, slack_messages, redis_client, postgres_url, ops_url
 ):
     demo_app(watched, "web-2", "stop")
     try:
@@ -137,7 +137,7 @@ def test_a_stopped_app_alerts_once_stays_quiet_even_without_its_state_and_resolv
     _, recovered = run_health("watched")
 
     assert first["verdict"] == "failed"
-    assert history(postgres_url, first_run)["app", "web-2"][0] == "critical"
+    assert history(ops_url, first_run)["app", "web-2"][0] == "critical"
     [alert] = alerts
     assert "*watched*: app on web-2 is CRITICAL (was ok)" in alert
     assert "got no answer" in alert
@@ -193,7 +193,7 @@ def long_query(postgres_url):
 
 
 def test_threshold_crossings_long_queries_and_blocked_sessions_alert_and_survive_a_lost_state(
-    watched, long_query, slack_messages, redis_client, postgres_url
+    watched, long_query, slack_messages, redis_client, postgres_url, ops_url
 ):
     run_id, states = run_health("strained")
     alerts = slack_messages.texts()
@@ -201,7 +201,7 @@ def test_threshold_crossings_long_queries_and_blocked_sessions_alert_and_survive
         redis_client.delete(key)
     run_health("strained")
 
-    results = history(postgres_url, run_id)
+    results = history(ops_url, run_id)
     assert {results["disk", f"web-{n}:/"][0] for n in (1, 2, 3)} == {"warn"}
     assert results["db_long_queries", "airlock_demo_db"][0] == "warn"
     assert "pg_sleep(120)" in results["db_long_queries", "airlock_demo_db"][1]

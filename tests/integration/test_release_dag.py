@@ -55,12 +55,12 @@ def migration_history(postgres_url: str) -> list[str]:
 RELEASE_COLUMNS = ("version", "result", "previous", "triggered_by", "approved_by", "reason")
 
 
-def audit_rows(postgres_url: str, run_id: str) -> list[tuple]:
-    return releases.audit_rows(postgres_url, run_id, *RELEASE_COLUMNS)
+def audit_rows(ops_url: str, run_id: str) -> list[tuple]:
+    return releases.audit_rows(ops_url, run_id, *RELEASE_COLUMNS)
 
 
 def test_an_approved_release_switches_every_host_in_waves(
-    release, hosts_on_old, slack_messages, postgres_url
+    release, hosts_on_old, slack_messages, postgres_url, ops_url
 ):
     environment = hosts_on_old
     # Earlier tests of the session (the fault suite runs first) may have applied some already.
@@ -73,7 +73,7 @@ def test_an_approved_release_switches_every_host_in_waves(
     assert answered["ok"] is True
     assert states["conclude"] == "success", states
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], NEW)
-    [(version, result, previous, _who, approver, reason)] = audit_rows(postgres_url, run_id)
+    [(version, result, previous, _who, approver, reason)] = audit_rows(ops_url, run_id)
     assert (version, result, approver, reason) == (NEW, "succeeded", "admin", "ship it")
     assert previous == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
     texts = slack_messages.texts()
@@ -109,7 +109,7 @@ def test_the_waves_run_in_order_first_one_host_then_the_rest(release, hosts_on_o
 
 
 def test_a_broken_version_is_rolled_back_on_every_switched_host(
-    release, hosts_on_old, slack_messages, redis_client, postgres_url
+    release, hosts_on_old, slack_messages, redis_client, postgres_url, ops_url
 ):
     environment = hosts_on_old
 
@@ -122,7 +122,7 @@ def test_a_broken_version_is_rolled_back_on_every_switched_host(
     with host_session(environment, environment.hosts[0]) as layout:
         assert layout.current_version() == OLD
     assert redis_client.get(f"airlock:lock:{environment.name}") is None
-    [(version, result, *_)] = audit_rows(postgres_url, run_id)
+    [(version, result, *_)] = audit_rows(ops_url, run_id)
     assert (version, result) == (BROKEN, "rolled_back")
     rolled_back = [t for t in slack_messages.texts() if "failed at wave_1.deploy (web-1)" in t]
     assert rolled_back, slack_messages.texts()
@@ -136,7 +136,7 @@ def test_a_broken_version_is_rolled_back_on_every_switched_host(
 
 
 def test_a_rejected_release_changes_nothing_and_says_who_rejected(
-    release, hosts_on_old, slack_messages, postgres_url
+    release, hosts_on_old, slack_messages, postgres_url, ops_url
 ):
     environment = hosts_on_old
 
@@ -146,7 +146,7 @@ def test_a_rejected_release_changes_nothing_and_says_who_rejected(
     assert not [task for task, state in states.items() if task.startswith("wave_") and state == "success"]
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
     assert any(f"release {NEW} was rejected by admin" in t for t in slack_messages.texts())
-    [(version, result, *_)] = audit_rows(postgres_url, run_id)
+    [(version, result, *_)] = audit_rows(ops_url, run_id)
     assert (version, result) == (NEW, "rejected")
 
 
@@ -309,7 +309,7 @@ def rollback(environment, sandbox):
 
 
 def test_rollback_puts_every_host_back_on_its_previous_release(
-    rollback, hosts_on_old, slack_messages, postgres_url
+    rollback, hosts_on_old, slack_messages, postgres_url, ops_url
 ):
     environment = hosts_on_old
     on_every_host(environment, NEW)
@@ -318,7 +318,7 @@ def test_rollback_puts_every_host_back_on_its_previous_release(
 
     assert states["conclude"] == "success", states
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
-    [(version, result, previous, *_)] = audit_rows(postgres_url, run_id)
+    [(version, result, previous, *_)] = audit_rows(ops_url, run_id)
     assert (version, result) == (OLD, "succeeded")
     assert previous == dict.fromkeys(["web-1", "web-2", "web-3"], NEW)
     assert any(
@@ -350,7 +350,7 @@ def test_a_run_that_lost_its_lock_stops_before_touching_a_host(environment, host
 
 
 def test_a_failing_migration_stops_the_release_before_any_host_is_switched(
-    release, hosts_on_old, postgres_url
+    release, hosts_on_old, postgres_url, ops_url
 ):
     environment = hosts_on_old
 
@@ -362,7 +362,7 @@ def test_a_failing_migration_stops_the_release_before_any_host_is_switched(
     assert "3" not in migration_history(postgres_url)
     with psycopg.connect(postgres_url) as connection:
         assert connection.execute("SELECT to_regclass('public.release_marker')").fetchone() == (None,)
-    [(version, result, *_)] = audit_rows(postgres_url, run_id)
+    [(version, result, *_)] = audit_rows(ops_url, run_id)
     assert (version, result) == (BAD_MIGRATION, "failed")
 
 

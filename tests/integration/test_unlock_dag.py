@@ -33,8 +33,8 @@ def hold(redis_client, environment, **fields) -> dict:
     return value
 
 
-def audit(postgres_url: str, run_id: str) -> list[tuple]:
-    return audit_rows(postgres_url, run_id, "action", "version", "triggered_by", "reason", "result", "detail")
+def audit(ops_url: str, run_id: str) -> list[tuple]:
+    return audit_rows(ops_url, run_id, "action", "version", "triggered_by", "reason", "result", "detail")
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def unlock(environment, sandbox):
 
 
 def test_the_next_run_breaks_the_lock_of_a_run_this_airflow_never_heard_of(
-    hosts_on_old, slack_messages, redis_client, postgres_url
+    hosts_on_old, slack_messages, redis_client, postgres_url, ops_url
 ):
     environment = hosts_on_old
     stale = hold(
@@ -60,12 +60,12 @@ def test_the_next_run_breaks_the_lock_of_a_run_this_airflow_never_heard_of(
     [broke] = [t for t in slack_messages.texts() if "broke the stale lock" in t]
     assert f"run {stale['run_id']}" in broke
     assert "unknown to this Airflow installation" in broke
-    assert audit(postgres_url, run_id)[0][:3] == ("break_lock", "release 9.9.9", DAG_TEST_USER)
+    assert audit(ops_url, run_id)[0][:3] == ("break_lock", "release 9.9.9", DAG_TEST_USER)
     assert redis_client.get(f"airlock:lock:{environment.name}") is None
 
 
 def test_the_next_run_breaks_the_lock_of_a_run_of_this_airflow_that_ended(
-    hosts_on_old, slack_messages, redis_client, postgres_url
+    hosts_on_old, slack_messages, redis_client, postgres_url, ops_url
 ):
     environment = hosts_on_old
     migrate = load_dag(f"migrate_{environment.name}")
@@ -85,11 +85,11 @@ def test_the_next_run_breaks_the_lock_of_a_run_of_this_airflow_that_ended(
     assert states["lock"] == "success", states
     [broke] = [t for t in slack_messages.texts() if "broke the stale lock" in t]
     assert f"run {ended} of migrate_{environment.name} ended success" in broke
-    assert audit(postgres_url, run_id)[0][:2] == ("break_lock", "release 9.9.9")
+    assert audit(ops_url, run_id)[0][:2] == ("break_lock", "release 9.9.9")
 
 
 def test_unlock_breaks_exactly_the_lock_it_showed_after_approval(
-    unlock, hosts_on_old, slack_messages, redis_client, postgres_url
+    unlock, hosts_on_old, slack_messages, redis_client, postgres_url, ops_url
 ):
     environment = hosts_on_old
     held = hold(redis_client, environment)  # an older Airlock's lock: no installation to judge
@@ -101,7 +101,7 @@ def test_unlock_breaks_exactly_the_lock_it_showed_after_approval(
     assert answered["ok"] is True
     assert states["break_lock"] == "success", states
     assert redis_client.get(f"airlock:lock:{environment.name}") is None
-    [(action, purpose, who, reason, result, detail)] = audit(postgres_url, run_id)
+    [(action, purpose, who, reason, result, detail)] = audit(ops_url, run_id)
     assert (action, purpose, who, reason, result) == (
         "break_lock",
         "release 9.9.9",
@@ -113,7 +113,9 @@ def test_unlock_breaks_exactly_the_lock_it_showed_after_approval(
     assert any(f"{DAG_TEST_USER} broke the lock of release 9.9.9" in t for t in slack_messages.texts())
 
 
-def test_unlock_rejected_leaves_the_lock(unlock, hosts_on_old, slack_messages, redis_client, postgres_url):
+def test_unlock_rejected_leaves_the_lock(
+    unlock, hosts_on_old, slack_messages, redis_client, postgres_url, ops_url
+):
     environment = hosts_on_old
     held = hold(redis_client, environment)
 
@@ -122,7 +124,7 @@ def test_unlock_rejected_leaves_the_lock(unlock, hosts_on_old, slack_messages, r
     assert answered["ok"] is True
     assert states["approve"] == "failed"
     assert json.loads(redis_client.get(f"airlock:lock:{environment.name}")) == held
-    assert audit(postgres_url, run_id) == []  # no break_lock row
+    assert audit(ops_url, run_id) == []  # no break_lock row
     texts = slack_messages.texts()
     assert any(f"breaking the lock of {environment.name} was rejected by admin" in t for t in texts), texts
     assert not [t for t in texts if "broke the lock" in t]

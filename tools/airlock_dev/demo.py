@@ -1,10 +1,11 @@
 """``make demo``: Airlock with three sandbox hosts, in the foreground until Ctrl-C.
 
-Everything lives under ``.demo/`` (git-ignored) and in two PostgreSQL databases named after the
-checkout's installation id (``.demo/installation_id``): the demo app's and Airflow's metadata.
+Everything lives under ``.demo/`` (git-ignored) and in three PostgreSQL databases named after the
+checkout's installation id (``.demo/installation_id``): the demo app's, Airlock's ops tables and
+Airflow's metadata.
 Running it again reuses that state. Ctrl-C stops every process it started (Airflow's
 components, sshd hosts, the demo apps, Slack). ``python -m airlock_dev.demo clean`` (``make clean``)
-drops the two databases.
+drops the three databases.
 """
 
 from __future__ import annotations

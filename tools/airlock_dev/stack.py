@@ -5,10 +5,12 @@ ports, a temporary directory). Airflow runs as separate components bound to loop
 ``airflow standalone`` (whose log servers listen on every interface): api-server, scheduler,
 dag-processor and triggerer, with Airlock's LocalExecutor and a PostgreSQL metadata database.
 
-Two databases on the local PostgreSQL server (127.0.0.1:5432) belong to a stack: the demo app's
-(``database``, also Airlock's ops tables) and Airflow's metadata (``metadata_database``). Both are
-created when missing; the demo keeps them between runs (``make clean`` drops them), the disposable
-stacks of the tests and benchmarks get fresh ones and drop them afterwards.
+Three databases on the local PostgreSQL server (127.0.0.1:5432) belong to a stack: the demo app's
+(``database``), Airlock's ops tables (``<database>_ops``: the audit trail and health history live
+outside the application's database, so a restore cannot rewind them) and Airflow's metadata
+(``metadata_database``). They are created when missing; the demo keeps them between runs
+(``make clean`` drops them), the disposable stacks of the tests and benchmarks get fresh ones and
+drop them afterwards.
 """
 
 from __future__ import annotations
@@ -145,6 +147,15 @@ class AirlockStack:
         return f"postgresql://postgres@127.0.0.1:5432/{self.database}"
 
     @property
+    def ops_database(self) -> str:
+        """Airlock's own tables (the ``airlock_ops`` connection): beside, not inside, the app's."""
+        return f"{self.database}_ops"
+
+    @property
+    def ops_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:5432/{self.ops_database}"
+
+    @property
     def metadata_url(self) -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{self.metadata_database}"
 
@@ -243,6 +254,13 @@ class AirlockStack:
                 "login": "postgres",
                 "schema": self.database,
             },
+            "AIRFLOW_CONN_AIRLOCK_OPS": {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": 5432,
+                "login": "postgres",
+                "schema": self.ops_database,
+            },
         }
         return {
             "AIRFLOW_HOME": str(self.airflow_home),
@@ -306,12 +324,12 @@ class AirlockStack:
             )
 
     def prepare_databases(self) -> None:
-        """The demo app's and Airflow's databases, created when missing (kept when present)."""
+        """The demo app's, the ops and Airflow's databases, created when missing (kept when present)."""
         import psycopg
         from psycopg import sql
 
         with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
-            for name in (self.database, self.metadata_database):
+            for name in (self.database, self.ops_database, self.metadata_database):
                 exists = connection.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
                 ).fetchone()
@@ -319,13 +337,13 @@ class AirlockStack:
                     connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
     def drop_databases(self) -> list[str]:
-        """Drop both databases (connections are closed first); returns the names that existed."""
+        """Drop the stack's databases (connections are closed first); returns the names that existed."""
         import psycopg
         from psycopg import sql
 
         dropped = []
         with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
-            for name in (self.database, self.metadata_database):
+            for name in (self.database, self.ops_database, self.metadata_database):
                 if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                     connection.execute(
                         sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))

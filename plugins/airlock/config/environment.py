@@ -239,8 +239,12 @@ class ApprovalSettings(_Model):
 
 class DatabaseSettings(_Model):
     conn_id: str = Field(description="Airflow connection of the application's PostgreSQL database")
-    ops_conn_id: str | None = Field(
-        default=None, description="Database for Airlock's own tables (audit, health); defaults to conn_id"
+    ops_conn_id: str = Field(
+        default="airlock_ops",
+        description=(
+            "Airflow connection of the database for Airlock's own tables (audit trail, health history): "
+            "a database other than conn_id's, so a restore can never rewind the audit trail"
+        ),
     )
     ops_schema: str = Field(
         default="airlock", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="Schema of the audit trail table"
@@ -248,7 +252,7 @@ class DatabaseSettings(_Model):
 
     @property
     def ops_connection(self) -> str:
-        return self.ops_conn_id or self.conn_id
+        return self.ops_conn_id
 
 
 class MigrationSettings(_Model):

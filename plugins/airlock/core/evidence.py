@@ -82,23 +82,25 @@ def approval_refusal(
     approvers: Iterable[str],
     triggered_by: str,
     allow_self_approval: bool,
+    instead: str = TRIGGER_A_NEW_RELEASE,
 ) -> str | None:
     """Why ``step`` may not change anything on this run's approval (None when it may).
 
     :param approval: the ``approve`` task's XCom in this run (None when it has none).
     :param plan_digest: the digest of this run's plan (:func:`airlock.core.release.plan_digest`).
     :param clear_number: how often this run's tasks were cleared, as Airflow counts it now.
+    :param instead: what to do instead, ending every refusal (a new release, by default).
     """
     approvers = list(approvers)
     if not approval:
         return (
             f"{step} refused: this run has no recorded approval. The approve task holds no answer "
             f"from an approver: it was marked success by hand (or its result was deleted). "
-            f"{TRIGGER_A_NEW_RELEASE}"
+            f"{instead}"
         )
     if approval.get("chosen_options") != [APPROVE]:
         answer = approval.get("chosen_options")
-        return f"{step} refused: the recorded answer is {answer}, not {APPROVE}. {TRIGGER_A_NEW_RELEASE}"
+        return f"{step} refused: the recorded answer is {answer}, not {APPROVE}. {instead}"
     why_not = response_refusal(
         approval.get("responded_by_user"),
         approvers=approvers,
@@ -106,22 +108,22 @@ def approval_refusal(
         allow_self_approval=allow_self_approval,
     )
     if why_not:
-        return f"{step} refused: {why_not}. {TRIGGER_A_NEW_RELEASE}"
+        return f"{step} refused: {why_not}. {instead}"
     if approval.get("run_id") != run_id:
         return (
             f"{step} refused: the approval was recorded for run {approval.get('run_id')}, not this run "
-            f"({run_id}). {TRIGGER_A_NEW_RELEASE}"
+            f"({run_id}). {instead}"
         )
     if approval.get("clear_number") != clear_number:
         return (
             f"{step} refused: the approval was given before this run's tasks were cleared "
             f"(approved at clear {approval.get('clear_number')}, now {clear_number}); re-running an "
-            f"old run's steps would change production against a stale plan. {TRIGGER_A_NEW_RELEASE}"
+            f"old run's steps would change production against a stale plan. {instead}"
         )
     if approval.get("plan_digest") != plan_digest:
         return (
             f"{step} refused: the approver approved plan digest {approval.get('plan_digest')}, but this "
-            f"run's plan has digest {plan_digest}. {TRIGGER_A_NEW_RELEASE}"
+            f"run's plan has digest {plan_digest}. {instead}"
         )
     return None
 

@@ -252,6 +252,16 @@ class RollbackPlan:
     def targets(self) -> str:
         return ", ".join(f"{p.host} → {p.new_version}" for p in self.hosts)
 
+    def digest(self) -> str:
+        """The SHA-256 binding an approval to this plan: every host with its current release and
+        the release it goes back to (as :func:`plan_digest` does for a release)."""
+        canonical = {
+            "environment": self.environment,
+            "hosts": [[p.host, p.current_version, p.new_version] for p in self.hosts],
+        }
+        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode("ascii")).hexdigest()
+
     def to_markdown(self) -> str:
         lines = [
             f"## Rollback of {self.environment}",
@@ -267,6 +277,14 @@ class RollbackPlan:
             lines.append(
                 f"| {planned.host} | {planned.current_version or '(none)'} | {planned.new_version}{note} |"
             )
+        lines += [
+            "",
+            "### Approval evidence",
+            "",
+            f"Plan digest `{self.digest()}` (every host, its current release and its target). Each "
+            "host's rollback checks, before it switches anything, that this run's approval by an "
+            "assigned approver is of this plan.",
+        ]
         return "\n".join(lines)
 
 
