@@ -390,7 +390,7 @@ class AlertRules:
     """When a check alerts, reminds and resolves (``health.*`` of the environment file)."""
 
     reminder_interval: timedelta
-    alert_after: AlertAfter = AlertAfter()
+    alert_after: AlertAfter = field(default_factory=AlertAfter)
     resolve_after: int = 2
 
     @classmethod
@@ -600,7 +600,8 @@ def silence_request(check: Any, host: Any, duration: Any, reason: Any) -> Silenc
     for name, value in (("check", check), ("host", host)):
         if not isinstance(value, str) or not re.fullmatch(SILENCE_PATTERN, value.strip()):
             raise ValueError(
-                f"{name}: {value!r} is not a pattern of names and wildcards (* ? [..]), at most 100 characters"
+                f"{name}: {value!r} is not a pattern of names and wildcards (* ? [..]), "
+                "at most 100 characters"
             )
         patterns[name] = value.strip()
     try:
@@ -609,7 +610,8 @@ def silence_request(check: Any, host: Any, duration: Any, reason: Any) -> Silenc
         raise ValueError(f"duration: {error}") from None
     if length > MAX_SILENCE:
         raise ValueError(
-            f"duration: {duration!r} is longer than {duration_text(MAX_SILENCE)}; change the threshold instead"
+            f"duration: {duration!r} is longer than {duration_text(MAX_SILENCE)}; "
+            "change the threshold instead"
         )
     text = " ".join(str(reason or "").split())
     if len(text) < 3 or len(text) > 500 or "\n" in str(reason):

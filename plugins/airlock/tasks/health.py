@@ -504,13 +504,26 @@ def _lines_of(
     return chosen
 
 
-def _attempt(what: str, action: Callable[[], Any], default: Any = None) -> Any:
-    """``action()``, or ``default`` with a warning when the store it reaches is down."""
-    try:
-        return action()
-    except Exception:
-        log.warning("%s is unreachable; going on without it", what, exc_info=True)
-        return default
+class Store:
+    """The calls of one run to one store (the ops store or Redis): after the first that fails the
+    run does without it, saying so once (a refused Redis costs seconds of client retries a call).
+
+    :param name: how the log names the store, with its connection id
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.down = False
+
+    def __call__(self, action: Callable[[], Any], default: Any = None) -> Any:
+        if self.down:
+            return default
+        try:
+            return action()
+        except Exception:
+            log.warning("%s is unreachable; this run goes on without it", self.name, exc_info=True)
+            self.down = True
+            return default
 
 
 def send_alerts(
@@ -532,22 +545,22 @@ def send_alerts(
     carries the state (with both down, nothing is remembered: every run decides from scratch).
     """
     now = now or datetime.now(UTC)
-    ops = environment.database.ops_connection
     cache = AlertStateCache(environment, redis_client)
-    durable = _attempt(f"The ops store ({ops})", lambda: read_alert_states(environment))
-    cached = _attempt(f"Redis ({environment.redis_conn_id})", cache.read)
-    if durable is None and cached is None:
+    durably = Store(f"The ops store ({environment.database.ops_connection})")
+    cached = Store(f"Redis ({environment.redis_conn_id})")
+    stored, copied = durably(lambda: read_alert_states(environment)), cached(cache.read)
+    if stored is None and copied is None:
         log.error("Neither the ops store nor Redis answers: this run's alerts are decided without state")
-    states: dict[tuple[str, str], AlertState] = dict(cached or {})
-    for key, state in (durable or {}).items():
+    states: dict[tuple[str, str], AlertState] = dict(copied or {})
+    for key, state in (stored or {}).items():
         states[key] = state.newer(states.get(key))
 
-    current = _attempt(f"The ops store ({ops})", lambda: current_silences(environment, now))
+    current = durably(lambda: current_silences(environment, now))
     if current is None:
-        silences, expired = _attempt(f"Redis ({environment.redis_conn_id})", cache.silences, []), []
+        silences, expired = cached(cache.silences, []), []
     else:
         silences, expired = current
-        _attempt(f"Redis ({environment.redis_conn_id})", lambda: cache.save_silences(silences))
+        cached(lambda: cache.save_silences(silences))
     for silence in expired:
         log.info("Silence %s expired and was removed", silence.describe())
     for silence in silences:
@@ -565,7 +578,11 @@ def send_alerts(
     )
     states = dict(plan.states)
 
-    deliveries = _deliveries(environment, cache, now)
+    hour_ago = now - timedelta(hours=1)
+    tried = set(durably(lambda: deliveries_since(environment, hour_ago), [])) | set(
+        cached(cache.deliveries, [])
+    )
+    deliveries = sorted((when, outcome) for when, outcome in tried if when > hour_ago)
     attempted: list[tuple[str, int, str]] = []
     if lines:
         limit = environment.health.max_messages_per_hour
@@ -606,33 +623,20 @@ def send_alerts(
 
     stamp = now.isoformat()
     states = {key: replace(state, updated_at=stamp) for key, state in states.items()}
-    _attempt(f"The ops store ({ops})", lambda: save_alert_states(environment, states))
-    _attempt(f"Redis ({environment.redis_conn_id})", lambda: cache.save(states))
+    durably(lambda: save_alert_states(environment, states))
+    cached(lambda: cache.save(states))
     for outcome, count, text in attempted:
-        _attempt(
-            f"The ops store ({ops})",
+        durably(
             lambda outcome=outcome, count=count, text=text: record_delivery(
                 environment, run_id=run_id, attempted_at=now, outcome=outcome, lines=count, text=text
             ),
         )
     if attempted:
         deliveries += [(now, outcome) for outcome, _, _ in attempted]
-        _attempt(f"Redis ({environment.redis_conn_id})", lambda: cache.save_deliveries(deliveries, now))
+        cached(lambda: cache.save_deliveries(deliveries, now))
     if notified:
-        _attempt(
-            f"The ops store ({ops})", lambda: mark_notified(environment, run_id=run_id, notified=notified)
-        )
+        durably(lambda: mark_notified(environment, run_id=run_id, notified=notified))
     return [text for outcome, _, text in attempted if outcome in ("sent", "summary")]
-
-
-def _deliveries(
-    environment: Environment, cache: AlertStateCache, now: datetime
-) -> list[tuple[datetime, str]]:
-    """The messages tried in the last hour, from both stores (the rate limit counts them)."""
-    hour_ago = now - timedelta(hours=1)
-    found = set(_attempt("The ops store", lambda: deliveries_since(environment, hour_ago), []))
-    found |= set(_attempt("Redis", cache.deliveries, []))
-    return sorted((at, outcome) for at, outcome in found if at > hour_ago)
 
 
 def alert(environment: Environment, results: list[dict[str, Any]]) -> list[str]:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from airlock.core.backups import BackupManifest
 from airlock.config.environment import AlertAfter
+from airlock.core.backups import BackupManifest
 from airlock.core.health import AlertRules, AlertState, CheckResult, Silence, Status, decide
 from airlock.tasks.health import (
     check_airflow,
