@@ -189,16 +189,15 @@ def read_alert_states(environment: Environment) -> dict[tuple[str, str], AlertSt
 
 
 def save_alert_states(environment: Environment, states: Mapping[tuple[str, str], AlertState]) -> None:
-    """Write the states in one transaction (a newer copy already stored is kept)."""
+    """Write the states in one transaction, replacing what each check had."""
     statement = sql.SQL(
         """
-        INSERT INTO {schema}.health_alerts AS stored
+        INSERT INTO {schema}.health_alerts
             (environment, check_name, target, status, state, pending, attempts, updated_at)
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (environment, check_name, target) DO UPDATE SET
             status = EXCLUDED.status, state = EXCLUDED.state, pending = EXCLUDED.pending,
             attempts = EXCLUDED.attempts, updated_at = EXCLUDED.updated_at
-        WHERE stored.updated_at <= EXCLUDED.updated_at
         """
     ).format(schema=_schema(environment))
     rows = [

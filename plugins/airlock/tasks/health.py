@@ -554,18 +554,7 @@ def send_alerts(
     states: dict[tuple[str, str], AlertState] = dict(copied or {})
     for key, state in (stored or {}).items():
         states[key] = state.newer(states.get(key))
-
-    current = durably(lambda: current_silences(environment, now))
-    if current is None:
-        silences, expired = cached(cache.silences, []), []
-    else:
-        silences, expired = current
-        cached(lambda: cache.save_silences(silences))
-    for silence in expired:
-        log.info("Silence %s expired and was removed", silence.describe())
-    for silence in silences:
-        if silence.active(now):
-            log.info("Silence %s is active", silence.describe())
+    silences = _current_silences(environment, cache, durably, cached, now)
 
     plan = plan_alerts(results, states, silences, now, AlertRules.of(environment.health))
     notified: dict[tuple[str, str], str] = {}
@@ -577,49 +566,21 @@ def send_alerts(
         {n.result.key: (n.template, render_notification(environment, n, now)) for n in plan.notifications}
     )
     states = dict(plan.states)
-
     hour_ago = now - timedelta(hours=1)
-    tried = set(durably(lambda: deliveries_since(environment, hour_ago), [])) | set(
-        cached(cache.deliveries, [])
-    )
+    tried = set(durably(lambda: deliveries_since(environment, hour_ago), []))
+    tried |= set(cached(cache.deliveries, []))
     deliveries = sorted((when, outcome) for when, outcome in tried if when > hour_ago)
+
     attempted: list[tuple[str, int, str]] = []
     if lines:
         limit = environment.health.max_messages_per_hour
         sent = [at for at, outcome in deliveries if outcome == "sent"]
         if sent_within_hour(sent, now) >= limit:
-            for key, (kind, line) in lines.items():
-                states[key] = states[key].held(kind, line, now, attempted=False)
-                notified[key] = "held"
-            log.warning("Rate limit of %d messages per hour reached; %d lines held", limit, len(lines))
-            if not any(
-                outcome.startswith("summary") and now - at < timedelta(hours=1) for at, outcome in deliveries
-            ):
-                text = render(
-                    "health_rate_limited",
-                    environment=environment.name,
-                    limit=limit,
-                    held=len(lines),
-                    next_at=next_slot(sent, now, limit).astimezone(UTC).strftime("%H:%M"),
-                    dag_id=f"health_{environment.name}",
-                )
-                took = deliver(environment.slack_conn_id, text)
-                attempted.append(("summary" if took else "summary_failed", 0, text))
+            summarized = any(outcome.startswith("summary") for _, outcome in deliveries)
+            attempted = _hold(environment, lines, states, notified, sent, now, deliver, summarized)
         else:
             text = compose_message(environment, lines, states, silences, plan.muted, now)
-            took = deliver(environment.slack_conn_id, text) or not environment.slack_conn_id
-            attempted.append(("sent" if took else "failed", len(lines), text))
-            for key, (kind, line) in lines.items():
-                if took:
-                    states[key] = states[key].delivered()
-                    notified[key] = "sent"
-                else:
-                    states[key] = states[key].held(kind, line, now, attempted=True)
-                    notified[key] = "pending"
-            if not took:
-                log.warning(
-                    "Slack did not take the message; %d lines are pending for the next run", len(lines)
-                )
+            attempted = _deliver(environment, text, lines, states, notified, now, deliver)
 
     stamp = now.isoformat()
     states = {key: replace(state, updated_at=stamp) for key, state in states.items()}
@@ -637,6 +598,78 @@ def send_alerts(
     if notified:
         durably(lambda: mark_notified(environment, run_id=run_id, notified=notified))
     return [text for outcome, _, text in attempted if outcome in ("sent", "summary")]
+
+
+def _current_silences(
+    environment: Environment, cache: AlertStateCache, durably: Store, cached: Store, now: datetime
+) -> list[Silence]:
+    """The silences not yet expired (the ops store's, copied to Redis; Redis's while it is down),
+    with the expired ones deleted; both logged."""
+    current = durably(lambda: current_silences(environment, now))
+    if current is None:
+        silences, expired = cached(cache.silences, []), []
+    else:
+        silences, expired = current
+        cached(lambda: cache.save_silences(silences))
+    for silence in expired:
+        log.info("Silence %s expired and was removed", silence.describe())
+    for silence in silences:
+        if silence.active(now):
+            log.info("Silence %s is active", silence.describe())
+    return silences
+
+
+#: (outcome, lines, text) of each message a run tried, as ``health_notifications`` keeps them.
+Attempt = tuple[str, int, str]
+
+
+def _deliver(
+    environment: Environment,
+    text: str,
+    lines: Mapping[tuple[str, str], tuple[str, str]],
+    states: dict[tuple[str, str], AlertState],
+    notified: dict[tuple[str, str], str],
+    now: datetime,
+    deliver: Callable[[str | None, str], bool],
+) -> list[Attempt]:
+    """Send the run's message; its lines are delivered, or pending with one more attempt."""
+    took = deliver(environment.slack_conn_id, text) or not environment.slack_conn_id
+    for key, (kind, line) in lines.items():
+        states[key] = states[key].delivered() if took else states[key].held(kind, line, now, attempted=True)
+        notified[key] = "sent" if took else "pending"
+    if not took:
+        log.warning("Slack did not take the message; %d lines are pending for the next run", len(lines))
+    return [("sent" if took else "failed", len(lines), text)]
+
+
+def _hold(
+    environment: Environment,
+    lines: Mapping[tuple[str, str], tuple[str, str]],
+    states: dict[tuple[str, str], AlertState],
+    notified: dict[tuple[str, str], str],
+    sent: list[datetime],
+    now: datetime,
+    deliver: Callable[[str | None, str], bool],
+    summarized: bool,
+) -> list[Attempt]:
+    """The rate limit tripped: every line waits; one summary says so, once within the hour."""
+    limit = environment.health.max_messages_per_hour
+    for key, (kind, line) in lines.items():
+        states[key] = states[key].held(kind, line, now, attempted=False)
+        notified[key] = "held"
+    log.warning("Rate limit of %d messages per hour reached; %d lines held", limit, len(lines))
+    if summarized:
+        return []
+    text = render(
+        "health_rate_limited",
+        environment=environment.name,
+        limit=limit,
+        held=len(lines),
+        next_at=next_slot(sent, now, limit).astimezone(UTC).strftime("%H:%M"),
+        dag_id=f"health_{environment.name}",
+    )
+    took = deliver(environment.slack_conn_id, text)
+    return [("summary" if took else "summary_failed", 0, text)]
 
 
 def alert(environment: Environment, results: list[dict[str, Any]]) -> list[str]:
