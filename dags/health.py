@@ -2,8 +2,9 @@
 
 Every check is its own task (one mapped task per host) and returns structured results instead of
 failing; ``record`` writes them to ``<ops_schema>.health_checks``, ``alert`` tells Slack about
-changes only, and ``verdict`` fails the run when a check is critical, so the grid is a health
-history too. A check task or ``record`` that fails is itself a critical result that ``alert``
+changes only, in one message per run (with hysteresis, silences from ``silence_<env>``, a rate
+limit and at-least-once delivery), and ``verdict`` fails the run when a check is critical, so the
+grid is a health history too. A check task or ``record`` that fails is itself a critical result that ``alert``
 announces once (and resolves), so those tasks send no failure message of their own every run;
 ``collect`` and ``alert`` keep the shared failure notifier: without them nothing would alert.
 The runbook (``docs/runbooks/health-check.md``) is the DAG's documentation.
@@ -45,7 +46,8 @@ def health_dag(environment: Environment) -> DAG:
 
         @task(task_id=TaskIds.CHECK_DATABASE, on_failure_callback=None)
         def check_database():
-            """Connect latency, connections, long queries, blocked sessions, size, replica lag."""
+            """Accepts connections (datallowconn), connect latency, connections, long queries, blocked
+            sessions, size, replica lag."""
             return to_xcom(health.check_database(environment))
 
         @task(task_id=TaskIds.CHECK_REDIS, on_failure_callback=None)
@@ -75,7 +77,7 @@ def health_dag(environment: Environment) -> DAG:
 
         @task(task_id=TaskIds.ALERT, trigger_rule=TriggerRule.ALL_DONE, retries=2)
         def alert(results: list[dict]):
-            """Slack on change only: new problem, worse, recovered, or the reminder interval passed."""
+            """One Slack message for the run's changes (new, still failing, resolved), pending ones too."""
             return health.alert(environment, results)
 
         @task(task_id=TaskIds.VERDICT, trigger_rule=TriggerRule.ALL_DONE, retries=0, on_failure_callback=None)

@@ -46,3 +46,48 @@ CREATE TABLE IF NOT EXISTS {schema}.health_checks (
 );
 CREATE INDEX IF NOT EXISTS health_checks_by_check
     ON {schema}.health_checks (environment, check_name, target, checked_at DESC);
+-- Whether Slack heard of a run's result: sent, pending (Slack did not accept it; the next run
+-- retries), held (the hourly rate limit), silenced; null when there was nothing to say. Kept apart
+-- from status, so "critical" never reads as "announced".
+ALTER TABLE {schema}.health_checks ADD COLUMN IF NOT EXISTS notified text;
+
+-- The alert state of each check and target (airlock.core.health.AlertState): the durable copy;
+-- Redis keeps a cache of it. A row with pending set holds a line Slack has not accepted yet.
+CREATE TABLE IF NOT EXISTS {schema}.health_alerts (
+    environment     text        NOT NULL,
+    check_name      text        NOT NULL,
+    target          text        NOT NULL,
+    status          text        NOT NULL,  -- what Slack knows: ok, warn, critical
+    state           jsonb       NOT NULL,  -- the whole AlertState (streaks, pending line, attempts)
+    pending         boolean     NOT NULL DEFAULT false,
+    attempts        integer     NOT NULL DEFAULT 0,
+    updated_at      timestamptz NOT NULL,
+    PRIMARY KEY (environment, check_name, target)
+);
+
+-- Every message health_<env> tried to send: the hourly rate limit counts the sent ones.
+CREATE TABLE IF NOT EXISTS {schema}.health_notifications (
+    id              bigserial   PRIMARY KEY,
+    environment     text        NOT NULL,
+    run_id          text        NOT NULL,
+    attempted_at    timestamptz NOT NULL,
+    outcome         text        NOT NULL CHECK (outcome IN ('sent', 'failed', 'summary', 'summary_failed')),
+    lines           integer     NOT NULL,
+    text            text        NOT NULL
+);
+CREATE INDEX IF NOT EXISTS health_notifications_by_time
+    ON {schema}.health_notifications (environment, attempted_at DESC);
+
+-- Silences added by silence_<env>: alerts of matching checks and targets are muted until ends_at;
+-- health_<env> deletes expired ones.
+CREATE TABLE IF NOT EXISTS {schema}.health_silences (
+    id              bigserial   PRIMARY KEY,
+    environment     text        NOT NULL,
+    run_id          text        NOT NULL UNIQUE,
+    check_pattern   text        NOT NULL,
+    host_pattern    text        NOT NULL,
+    starts_at       timestamptz NOT NULL,
+    ends_at         timestamptz NOT NULL,
+    reason          text        NOT NULL,
+    created_by      text        NOT NULL
+);

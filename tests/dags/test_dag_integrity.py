@@ -81,6 +81,42 @@ def test_every_dag_file_imports_offline_without_errors(shipped):
     assert shipped["dags"], "no DAG was found in dags/"
 
 
+# The DAGs of one environment file (the demo's, with a backup section): a contract that users'
+# access rules, dashboards and REST clients name.
+PER_ENVIRONMENT = (
+    "release",
+    "rollback",
+    "migrate",
+    "backup",
+    "restore",
+    "health",
+    "silence",
+    "log_cleanup",
+    "db_maintenance",
+    "unlock",
+)
+
+
+def test_each_environment_gets_exactly_its_dags_and_housekeeping_runs_once(shipped):
+    expected = {f"{kind}_demo" for kind in PER_ENVIRONMENT} | {"airflow_housekeeping"}
+
+    assert set(shipped["dags"]) == expected
+
+
+def test_silence_params_are_validated_when_the_run_is_created(shipped):
+    params = shipped["dags"]["silence_demo"]["params"]
+
+    assert set(params) == {"check", "host", "duration", "reason"}
+    assert shipped["dags"]["silence_demo"]["defaults"] == {
+        "check": "*",
+        "host": "*",
+        "duration": "1h",
+        "reason": "<required>",
+    }
+    assert params["duration"]["pattern"] == r"^\s*\d+\s*[smhd]\s*$"
+    assert params["reason"]["minLength"] == 3
+
+
 def test_every_dag_has_a_runbook_an_owner_tags_and_no_catchup(shipped):
     for dag_id, dag in shipped["dags"].items():
         assert dag["doc_md"], f"{dag_id} has no doc_md"
@@ -113,6 +149,7 @@ RUN_ONCE = {
     ("restore", "restore"): "a restore that failed halfway is read before it runs again (runbook)",
     ("db_maintenance", "reindex"): "an interrupted REINDEX CONCURRENTLY leaves an invalid index to look at",
     ("health", "verdict"): "the verdict only reports; the next run five minutes later checks again",
+    ("silence", "validate_request"): "a refused silence request does not get better by asking again",
 }
 
 

@@ -57,7 +57,9 @@ def watched(environment, sandbox, postgres_url, redis_client, slack):
     for host in environment.hosts:
         deploy_to_host(environment, host, VERSION, artifact)
     watched = environment_file("watched")
-    environment_file("strained", disk_used_percent={"warn": 1, "critical": 100}, long_query="1s")
+    environment_file(
+        "strained", disk_used_percent={"warn": 1, "critical": 100}, long_query="1s", alert_after=1
+    )
     yield watched
     for name in ("watched", "strained"):
         (Path(os.environ["AIRLOCK_ENVIRONMENTS_DIR"]) / f"{name}.yaml").unlink()
@@ -71,6 +73,15 @@ def history(ops_url: str, run_id: str) -> dict[tuple[str, str], tuple[str, str]]
             (run_id,),
         ).fetchall()
     return {(check, target): (status, message) for check, target, status, message in rows}
+
+
+def notified_of(ops_url: str, run_id: str) -> dict[tuple[str, str], str | None]:
+    """(check, target) -> whether Slack heard of that result of one run (the history's ``notified``)."""
+    with psycopg.connect(ops_url) as connection:
+        rows = connection.execute(
+            "SELECT check_name, target, notified FROM airlock.health_checks WHERE run_id = %s", (run_id,)
+        ).fetchall()
+    return {(check, target): how for check, target, how in rows}
 
 
 def run_health(name: str):
@@ -105,7 +116,14 @@ def test_a_healthy_sandbox_is_all_ok_and_sends_nothing(watched, slack_messages, 
         ):
             assert results[check, target][0] == "ok", (check, target, results[check, target])
     assert results["app", "web-1"][1].endswith(f"version {VERSION}")
-    for check in ("db_connect", "db_connections", "db_long_queries", "db_blocked", "db_size"):
+    for check in (
+        "db_accepts_connections",
+        "db_connect",
+        "db_connections",
+        "db_long_queries",
+        "db_blocked",
+        "db_size",
+    ):
         assert results[check, "airlock_demo_db"][0] == "ok", results[check, "airlock_demo_db"]
     assert results["redis_ping", "airlock_redis"][0] == "ok"
     assert results["redis_memory", "airlock_redis"][0] == "ok"
@@ -135,17 +153,23 @@ def test_a_stopped_app_alerts_once_stays_quiet_even_without_its_state_and_resolv
     assert serving_version(watched, watched.host("web-2"))[0]
 
     _, recovered = run_health("watched")
+    after_one_pass = slack_messages.texts()
+    run_health("watched")  # health.resolve_after: 2 passing runs in a row
 
     assert first["verdict"] == "failed"
     assert history(ops_url, first_run)["app", "web-2"][0] == "critical"
+    assert notified_of(ops_url, first_run)["app", "web-2"] == "sent"
     [alert] = alerts
-    assert "*watched*: app on web-2 is CRITICAL (was ok)" in alert
+    assert alert.startswith(":rotating_light: *watched*: health: 1 new\n")
+    assert "• app on web-2 is CRITICAL (was ok)" in alert
     assert "got no answer" in alert
     assert after_second == alerts
     assert after_state_lost == alerts
     assert recovered["verdict"] == "success"
+    assert after_one_pass == alerts
     [resolved] = slack_messages.texts()[len(alerts) :]
-    assert "*watched*: app on web-2 is ok again" in resolved
+    assert resolved.startswith(":white_check_mark: *watched*: health: 1 resolved\n")
+    assert "• app on web-2 is ok again" in resolved
 
 
 SLEEPING = "SELECT pg_sleep(120)"
@@ -207,15 +231,17 @@ def test_threshold_crossings_long_queries_and_blocked_sessions_alert_and_survive
     assert "pg_sleep(120)" in results["db_long_queries", "airlock_demo_db"][1]
     assert results["db_blocked", "airlock_demo_db"][0] == "critical"
     assert states["verdict"] == "failed"
-    assert sum("disk on web-" in text and "is WARN" in text for text in alerts) == 3
-    assert any("db_long_queries on airlock_demo_db is WARN" in text for text in alerts)
-    assert any("db_blocked on airlock_demo_db is CRITICAL" in text for text in alerts)
-    assert len(alerts) == 5, alerts
+    [alert] = alerts  # one message per run, every change in it
+    lines = alert.splitlines()
+    assert sum(line.startswith("• disk on web-") and "is WARN" in line for line in lines) == 3
+    assert sum(line.startswith("• db_long_queries on airlock_demo_db is WARN") for line in lines) == 1
+    assert sum(line.startswith("• db_blocked on airlock_demo_db is CRITICAL") for line in lines) == 1
+    assert sum(line.startswith("• ") for line in lines) == 5, alert
     assert slack_messages.texts() == alerts
 
 
 def test_a_lasting_problem_is_repeated_only_after_the_reminder_interval(
-    watched, slack_messages, redis_client
+    watched, slack_messages, redis_client, ops_url
 ):
     failing = CheckResult("load", "web-1", Status.CRITICAL, 4.2, "warn 1.5, critical 3", "load 4.2", 1.0)
     start = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
@@ -230,6 +256,10 @@ def test_a_lasting_problem_is_repeated_only_after_the_reminder_interval(
     assert "load on web-1 is still CRITICAL after 8 h" in sent[5][0]
     assert len(slack_messages.texts()) == 3
     redis_client.delete("airlock:health:watched:load:web-1")
+    with psycopg.connect(ops_url) as connection:  # the later runs of health_watched start afresh
+        connection.execute(
+            "DELETE FROM airlock.health_alerts WHERE environment = 'watched' AND check_name = 'load'"
+        )
 
 
 def test_backup_age_comes_from_the_newest_verified_backup(environment, sandbox, postgres_url):

@@ -28,6 +28,9 @@ class SlackReceiver:
 
     def __init__(self, port: int = 0, log_path: Path | None = None, echo: bool = False) -> None:
         self.messages: list[dict[str, Any]] = []
+        #: Posts answered with an error instead of taken (see :meth:`refuse`), as (status, text).
+        self.refused: list[tuple[int, str]] = []
+        self._refusal: tuple[int, int | None] | None = None
         self._lock = threading.Condition()
         self.log_path = log_path
         self.echo = echo
@@ -43,6 +46,14 @@ class SlackReceiver:
                     self.send_response(400)
                     self.end_headers()
                     self.wfile.write(b"invalid_payload")
+                    return
+                refused = receiver._refuse(body)
+                if refused is not None:
+                    self.send_response(refused)
+                    if refused == 429:
+                        self.send_header("Retry-After", "60")
+                    self.end_headers()
+                    self.wfile.write(b"rate_limited" if refused == 429 else b"internal_error")
                     return
                 receiver._record(self.path, body)
                 self.send_response(200)
@@ -68,6 +79,27 @@ class SlackReceiver:
         """The ``slackwebhook`` connection (full URL in ``host``: the hook ignores a port field)."""
         return {"conn_type": "slackwebhook", "host": self.base_url, "password": "T000/B000/XXXX"}
 
+    def refuse(self, status: int = 500, times: int | None = None) -> None:
+        """Answer the next ``times`` posts (all of them while ``times`` is None) with ``status``
+        (429 as Slack's rate limit does, with ``Retry-After``; 500 as an outage) without taking them."""
+        with self._lock:
+            self._refusal = (status, times)
+
+    def accept(self) -> None:
+        """Take every post again (undoes :meth:`refuse`)."""
+        with self._lock:
+            self._refusal = None
+
+    def _refuse(self, body: dict[str, Any]) -> int | None:
+        with self._lock:
+            if self._refusal is None:
+                return None
+            status, times = self._refusal
+            if times is not None:
+                self._refusal = (status, times - 1) if times > 1 else None
+            self.refused.append((status, str(body.get("text", ""))))
+            return status
+
     def _record(self, path: str, body: dict[str, Any]) -> None:
         entry = {"path": path, "received_at": datetime.now(UTC).isoformat(), **body}
         with self._lock:
@@ -86,6 +118,8 @@ class SlackReceiver:
     def clear(self) -> None:
         with self._lock:
             self.messages.clear()
+            self.refused.clear()
+            self._refusal = None
 
     def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout

@@ -322,6 +322,28 @@ class Thresholds(_Model):
     critical: float
 
 
+#: The most consecutive runs ``alert_after`` and ``resolve_after`` may ask for (a day of 5-minute runs).
+MAX_STREAK = 288
+
+
+def _same_for_both(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"critical": value, "warn": value}
+    return value
+
+
+class AlertAfter(_Model):
+    """How many consecutive failing runs a check needs before Slack hears of it, per status."""
+
+    critical: int = Field(
+        default=1, ge=1, le=MAX_STREAK, description="Runs critical (or warn) before alerting"
+    )
+    warn: int = Field(default=2, ge=1, le=MAX_STREAK, description="Runs warn before alerting")
+
+    def runs(self, status: str) -> int:
+        return self.critical if status == "critical" else self.warn
+
+
 class HealthSettings(_Model):
     """What ``health_<env>`` watches and when it alerts (docs/runbooks/health-check.md).
 
@@ -373,6 +395,29 @@ class HealthSettings(_Model):
     airflow_api_url: str | None = Field(
         default=None,
         description="Airflow API base URL, for the scheduler, dag-processor and triggerer heartbeats",
+    )
+    alert_after: Annotated[AlertAfter, BeforeValidator(_same_for_both)] = Field(
+        default_factory=lambda: AlertAfter(),
+        description="Consecutive failing runs before a check alerts: one number, or per status "
+        "{critical: 1, warn: 2}",
+    )
+    resolve_after: int = Field(
+        default=2,
+        ge=1,
+        le=MAX_STREAK,
+        description="Consecutive passing runs before a failing check is resolved",
+    )
+    max_messages_per_hour: int = Field(
+        default=12,
+        ge=1,
+        le=120,
+        description="Slack messages per hour at most; past it one summary says so and the rest waits",
+    )
+    maintenance_database: str = Field(
+        default="postgres",
+        min_length=1,
+        description="Database on the application's server through which db_accepts_connections reads "
+        "pg_database (the application database itself may refuse connections)",
     )
 
 

@@ -5,11 +5,13 @@ duration). A check that cannot measure what it watches (host unreachable, databa
 ``critical`` instead of raising, so one broken target never hides the others. ``skipped`` means
 the check is not configured for the environment; it is never counted as ok or as failing.
 
-Alerting keeps one :class:`AlertState` per (environment, check, target): the last status, since
-when, and when Slack was last told about it. :func:`decide` turns a new result and that state into
-the next state and, on change only, a :class:`Notification`: ok -> warn/critical (alert),
-warn -> critical (alert), warn/critical -> ok (resolved), still failing after the reminder
-interval (reminder).
+Alerting keeps one :class:`AlertState` per (environment, check, target): what Slack knows, the
+streak of consecutive failing or passing runs (the hysteresis of ``health.alert_after`` and
+``health.resolve_after``) and a line Slack has not accepted yet. :func:`plan_alerts` turns one
+run's results, those states and the active :class:`Silence` rows into the next states and the
+notifications of the run, which the ``alert`` task sends as one message per environment:
+ok -> warn/critical after ``alert_after`` runs (alert), warn -> critical (alert), failing -> ok
+after ``resolve_after`` runs (resolved), still failing after the reminder interval (reminder).
 
 Nothing here does I/O: the probes (``airlock.tasks.health``) measure, this module grades.
 """
@@ -17,14 +19,17 @@ Nothing here does I/O: the probes (``airlock.tasks.health``) measure, this modul
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from typing import Any
 
 from airlock.config import Environment, HealthSettings, Thresholds
+from airlock.config.environment import AlertAfter, parse_duration
 
 #: How long an alert state lives: a check silent for longer is as good as new (a target that
 #: disappears from the environment file leaves its state behind this long at most).
@@ -245,6 +250,29 @@ def database_results(
     ]
 
 
+def accepts_connections_result(
+    target: str, database: str, allowed: bool | None, through: str, duration_ms: float
+) -> CheckResult:
+    """Whether ``database`` takes connections, from its ``pg_database`` row read through ``through``.
+
+    ``allowed`` None means there is no such database. A restore swap that failed half-way can
+    leave the application database closed (``datallowconn = false``) or renamed: both critical.
+    """
+    check = "db_accepts_connections"
+    threshold = "datallowconn true"
+    if allowed is None:
+        message = f"database {database} does not exist (read through {through}); see the restore runbook"
+        return CheckResult(check, target, Status.CRITICAL, None, threshold, message, duration_ms)
+    if not allowed:
+        message = (
+            f"database {database} refuses connections (datallowconn = false, read through {through}), "
+            "as a failed restore swap leaves it"
+        )
+        return CheckResult(check, target, Status.CRITICAL, 0.0, threshold, message, duration_ms)
+    message = f"database {database} accepts connections"
+    return CheckResult(check, target, Status.OK, 1.0, threshold, message, duration_ms)
+
+
 def replication_result(target: str, lag: float | None, limit: timedelta, duration_ms: float) -> CheckResult:
     """Seconds the replica's replay is behind: warn above ``limit``, critical above 4x.
 
@@ -358,20 +386,68 @@ def failing_summary(results: Iterable[CheckResult], status: Status = Status.CRIT
 
 
 @dataclass(frozen=True)
+class AlertRules:
+    """When a check alerts, reminds and resolves (``health.*`` of the environment file)."""
+
+    reminder_interval: timedelta
+    alert_after: AlertAfter = field(default_factory=AlertAfter)
+    resolve_after: int = 2
+
+    @classmethod
+    def of(cls, health: HealthSettings) -> AlertRules:
+        return cls(health.reminder_interval, health.alert_after, health.resolve_after)
+
+
+@dataclass(frozen=True)
 class AlertState:
-    """What Slack was last told about one check: its status, since when, and when it was told."""
+    """One check's recent runs and what Slack was told about it.
+
+    ``status`` is the status Slack knows (ok until an alert is decided), since ``since``, told at
+    ``notified_at``. ``failing_runs``/``passing_runs`` count the consecutive runs of the current
+    streak (begun at ``streak_since``): the hysteresis. ``pending`` is a line Slack has not
+    accepted yet (``pending_kind``: its section, ``health_alert``...), tried ``attempts`` times
+    since ``pending_since``, sent again by the next run. ``updated_at`` says which copy is newer
+    when the ops store and Redis disagree.
+    """
 
     status: Status
     since: str
     notified_at: str
+    failing_runs: int = 0
+    passing_runs: int = 0
+    streak_since: str = ""
+    pending: str | None = None
+    pending_kind: str | None = None
+    pending_since: str | None = None
+    attempts: int = 0
+    updated_at: str = ""
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "status": str(self.status)})
 
     @classmethod
-    def from_json(cls, raw: str | bytes) -> AlertState:
-        data = json.loads(raw)
-        return cls(status=Status(data["status"]), since=data["since"], notified_at=data["notified_at"])
+    def from_json(cls, raw: str | bytes | Mapping[str, Any]) -> AlertState:
+        """Also reads the older three-field states (``status``, ``since``, ``notified_at``)."""
+        data = dict(raw) if isinstance(raw, Mapping) else json.loads(raw)
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**{**known, "status": Status(data["status"])})
+
+    def newer(self, other: AlertState | None) -> AlertState:
+        return self if other is None or self.updated_at >= other.updated_at else other
+
+    def held(self, kind: str, line: str, now: datetime, *, attempted: bool) -> AlertState:
+        """This state with ``line`` waiting for Slack (one more attempt when it was tried)."""
+        same = self.pending == line
+        return replace(
+            self,
+            pending=line,
+            pending_kind=kind,
+            pending_since=self.pending_since if same and self.pending_since else now.isoformat(),
+            attempts=(self.attempts if same else 0) + (1 if attempted else 0),
+        )
+
+    def delivered(self) -> AlertState:
+        return replace(self, pending=None, pending_kind=None, pending_since=None, attempts=0)
 
 
 @dataclass(frozen=True)
@@ -385,53 +461,52 @@ class Notification:
 
 
 def decide(
-    result: CheckResult, previous: AlertState | None, now: datetime, reminder_interval: timedelta
+    result: CheckResult, previous: AlertState | None, now: datetime, rules: AlertRules
 ) -> tuple[AlertState | None, Notification | None]:
     """The new state of one check and the message to send, if any.
 
-    ``previous`` None means the check was never seen: it counts as ok. Moves between failing
-    statuses alert only when they get worse; getting better but not ok waits for the reminder.
-    A skipped check keeps its state and says nothing.
+    ``previous`` None means the check was never seen: it counts as ok. A failing check alerts once
+    it has failed ``alert_after`` runs in a row (per its status), a failing one resolves once it
+    has passed ``resolve_after`` runs in a row, so a flapping check stays quiet. Moves between
+    failing statuses alert only when they get worse; getting better but not ok waits for the
+    reminder. A skipped check keeps its state and says nothing. A line still pending from an
+    earlier run stays in the state (the caller decides what supersedes it).
     """
     if result.status is Status.SKIPPED:
         return previous, None
-    was = previous.status if previous else Status.OK
     stamp = now.isoformat()
-    if not result.status.failing:
-        if was.failing:
-            notification = Notification(
-                "health_resolved", result, was, datetime.fromisoformat(previous.since)
+    before = previous or AlertState(Status.OK, stamp, stamp, streak_since=stamp)
+    failing = result.status.failing
+    continues = before.failing_runs if failing else before.passing_runs
+    counted = replace(
+        before,
+        failing_runs=before.failing_runs + 1 if failing else 0,
+        passing_runs=0 if failing else before.passing_runs + 1,
+        streak_since=before.streak_since if continues and before.streak_since else stamp,
+        updated_at=stamp,
+    )
+    was = before.status
+    if not failing:
+        if was.failing and counted.passing_runs >= rules.resolve_after:
+            announced = replace(counted, status=Status.OK, since=stamp, notified_at=stamp)
+            return announced, Notification(
+                "health_resolved", result, was, datetime.fromisoformat(before.since)
             )
-            return AlertState(Status.OK, stamp, stamp), notification
-        return (
-            previous if previous and previous.status is Status.OK else AlertState(Status.OK, stamp, stamp)
-        ), None
+        return counted, None
     if not was.failing:
-        return AlertState(result.status, stamp, stamp), Notification("health_alert", result, was, now)
-    since = datetime.fromisoformat(previous.since)
+        if counted.failing_runs < rules.alert_after.runs(str(result.status)):
+            return counted, None
+        since = counted.streak_since
+        announced = replace(counted, status=result.status, since=since, notified_at=stamp)
+        return announced, Notification("health_alert", result, was, datetime.fromisoformat(since))
+    since = datetime.fromisoformat(before.since)
     if was is Status.WARN and result.status is Status.CRITICAL:
-        return AlertState(result.status, previous.since, stamp), Notification(
-            "health_alert", result, was, since
-        )
-    if now - datetime.fromisoformat(previous.notified_at) >= reminder_interval:
-        return AlertState(result.status, previous.since, stamp), Notification(
-            "health_reminder", result, was, since
-        )
-    return AlertState(result.status, previous.since, previous.notified_at), None
-
-
-def restored(previous: AlertState, now: datetime) -> AlertState:
-    """A state recovered from the history counts as already announced: the reminder clock restarts."""
-    return AlertState(previous.status, previous.since, now.isoformat())
-
-
-def unannounced(now: datetime) -> AlertState:
-    """The explicit ok state kept when an alert was not delivered and nothing was stored before.
-
-    Stored so the history (which will hold this run's failing result) cannot make the alert look
-    already announced next run.
-    """
-    return AlertState(Status.OK, now.isoformat(), now.isoformat())
+        announced = replace(counted, status=result.status, notified_at=stamp)
+        return announced, Notification("health_alert", result, was, since)
+    if now - datetime.fromisoformat(before.notified_at) >= rules.reminder_interval:
+        announced = replace(counted, status=result.status, notified_at=stamp)
+        return announced, Notification("health_reminder", result, was, since)
+    return replace(counted, status=result.status), None
 
 
 def duration_text(delta: timedelta) -> str:
@@ -457,3 +532,148 @@ def notification_fields(environment: str, notification: Notification, now: datet
         "threshold": result.threshold or "n/a",
         "duration": duration_text(now - notification.since),
     }
+
+
+# --- silences ---------------------------------------------------------------------------------
+
+#: What a silence's check and host patterns may hold: names and ``fnmatch`` wildcards.
+SILENCE_PATTERN = r"^[A-Za-z0-9_.:*?\[\]/-]{1,100}$"
+#: The longest a silence may last: longer is a threshold to change, not a silence.
+MAX_SILENCE = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Silence:
+    """Mutes the alerts of checks matching ``check`` on targets matching ``host`` until ``ends_at``.
+
+    ``host`` matches the whole target (``web-1:/``, ``airlock_demo_db``) or its host part (the
+    ``web-1`` of ``web-1:/``), so ``web-1`` silences every check of that host.
+    """
+
+    id: int
+    check: str
+    host: str
+    starts_at: datetime
+    ends_at: datetime
+    reason: str
+    created_by: str
+
+    def matches(self, check: str, target: str) -> bool:
+        if not fnmatchcase(check, self.check):
+            return False
+        return fnmatchcase(target, self.host) or fnmatchcase(target.partition(":")[0], self.host)
+
+    def active(self, now: datetime) -> bool:
+        return self.starts_at <= now < self.ends_at
+
+    def describe(self) -> str:
+        until = self.ends_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+        return f"#{self.id} {self.check} on {self.host} until {until} UTC by {self.created_by}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "starts_at": self.starts_at.isoformat(), "ends_at": self.ends_at.isoformat()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Silence:
+        return cls(
+            **{
+                **data,
+                "starts_at": datetime.fromisoformat(data["starts_at"]),
+                "ends_at": datetime.fromisoformat(data["ends_at"]),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class SilenceRequest:
+    """A validated ``silence_<env>`` request: patterns, how long, why."""
+
+    check: str
+    host: str
+    duration: timedelta
+    reason: str
+
+
+def silence_request(check: Any, host: Any, duration: Any, reason: Any) -> SilenceRequest:
+    """Validate the params of ``silence_<env>``; raises ValueError naming the param at fault."""
+    patterns = {}
+    for name, value in (("check", check), ("host", host)):
+        if not isinstance(value, str) or not re.fullmatch(SILENCE_PATTERN, value.strip()):
+            raise ValueError(
+                f"{name}: {value!r} is not a pattern of names and wildcards (* ? [..]), "
+                "at most 100 characters"
+            )
+        patterns[name] = value.strip()
+    try:
+        length = parse_duration(duration)
+    except ValueError as error:
+        raise ValueError(f"duration: {error}") from None
+    if length > MAX_SILENCE:
+        raise ValueError(
+            f"duration: {duration!r} is longer than {duration_text(MAX_SILENCE)}; "
+            "change the threshold instead"
+        )
+    text = " ".join(str(reason or "").split())
+    if len(text) < 3 or len(text) > 500 or "\n" in str(reason):
+        raise ValueError("reason: give one line of 3 to 500 characters; it is kept with the silence")
+    return SilenceRequest(patterns["check"], patterns["host"], length, text)
+
+
+# --- one run's alerts -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertPlan:
+    """What one run of ``alert`` decided, before anything is sent.
+
+    ``states``: the next state of every check (and of earlier checks with a line still pending);
+    ``notifications``: what to announce now; ``muted``: what a silence kept back (its state stays
+    unannounced, so the alert comes once the silence ends).
+    """
+
+    states: dict[tuple[str, str], AlertState]
+    notifications: list[Notification]
+    muted: list[tuple[Notification, Silence]] = field(default_factory=list)
+
+    def retries(self) -> dict[tuple[str, str], AlertState]:
+        """States whose line an earlier run could not deliver and nothing newer replaces."""
+        fresh = {n.result.key for n in self.notifications}
+        return {key: s for key, s in self.states.items() if s.pending and key not in fresh}
+
+
+def plan_alerts(
+    results: Iterable[CheckResult],
+    previous: Mapping[tuple[str, str], AlertState],
+    silences: Iterable[Silence],
+    now: datetime,
+    rules: AlertRules,
+) -> AlertPlan:
+    """Decide every result against its previous state; hold back what an active silence matches."""
+    active = [s for s in silences if s.active(now)]
+    states = {key: state for key, state in previous.items() if state.pending}
+    notifications, muted = [], []
+    for result in results:
+        before = previous.get(result.key)
+        state, notification = decide(result, before, now, rules)
+        silence = notification and next((s for s in active if s.matches(*result.key)), None)
+        if notification and silence:
+            muted.append((notification, silence))
+            kept = before or AlertState(Status.OK, now.isoformat(), now.isoformat())
+            state = replace(state, status=kept.status, since=kept.since, notified_at=kept.notified_at)
+        elif notification:
+            notifications.append(notification)
+            state = state.delivered()
+        if state is not None:
+            states[result.key] = state
+    return AlertPlan(states, notifications, muted)
+
+
+def sent_within_hour(sent: Iterable[datetime], now: datetime) -> int:
+    """How many messages went out in the hour before ``now`` (the rate limit's count)."""
+    return sum(1 for at in sent if now - timedelta(hours=1) < at <= now)
+
+
+def next_slot(sent: Iterable[datetime], now: datetime, limit: int) -> datetime:
+    """When the hour's window has room for one more message again."""
+    recent = sorted(at for at in sent if now - timedelta(hours=1) < at <= now)
+    return recent[-limit] + timedelta(hours=1) if len(recent) >= limit else now

@@ -1,29 +1,40 @@
-"""Where ``health_<env>`` keeps what Slack was last told: one Redis key per check and target.
+"""Redis's copy of ``health_<env>``'s alert state: a cache of the ops store, and its stand-in while
+PostgreSQL is unreachable.
 
-The key is ``airlock:health:<env>:<check>:<target>``, its value an :class:`AlertState` as JSON,
-and it expires after ``STATE_TTL``, so a target that disappears from the environment file leaves
-its key behind that long at most. A lost key (Redis flushed or restarted without persistence) is
-recovered from the health history by the caller (``airlock.tasks.health.send_alerts``).
+The durable copy is in the ops store (``airlock.hooks.ops_store``: ``health_alerts``,
+``health_notifications``, ``health_silences``). Every run of ``alert`` writes both; it reads both
+and keeps, per check, the copy written last (:meth:`AlertState.newer`), so a run that could write
+only one of them is not undone by the other.
+
+Keys: ``airlock:health:<env>:<check>:<target>`` (one :class:`AlertState` as JSON, expiring after
+``STATE_TTL``); ``airlock:health-deliveries:<env>`` (the messages tried in the last hour, for the
+rate limit) and ``airlock:health-silences:<env>`` (the current silences), both JSON lists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from airlock.config import Environment
-from airlock.core.health import STATE_TTL, AlertState
+from airlock.core.health import STATE_TTL, AlertState, Silence
 from airlock.hooks.redis import redis_client
 
 STATE_PREFIX = "airlock:health"
+#: How long the copy of the deliveries lives: the rate limit looks back one hour.
+DELIVERIES_TTL = timedelta(hours=2)
 
 
 def state_key(environment: Environment, check: str, target: str) -> str:
     return f"{STATE_PREFIX}:{environment.name}:{check}:{target}"
 
 
-class AlertStateStore:
-    """The alert states of one environment in its Redis (``redis_conn_id``).
+class AlertStateCache:
+    """The alert states, deliveries and silences of one environment in its Redis (``redis_conn_id``).
+
+    Every method raises when Redis does; the caller decides what that means.
 
     :param environment: whose states these are
     :param client: a Redis client to use instead of the environment's connection (tests)
@@ -39,15 +50,48 @@ class AlertStateStore:
             self._client = redis_client(self.environment.redis_conn_id)
         return self._client
 
-    def read(self, keys: Sequence[tuple[str, str]]) -> list[AlertState | None]:
-        """The stored state of each (check, target), None where there is none; raises when Redis does."""
-        if not keys:
-            return []
-        stored = self.client.mget([state_key(self.environment, check, target) for check, target in keys])
-        return [None if raw is None else AlertState.from_json(raw) for raw in stored]
+    @property
+    def _deliveries_key(self) -> str:
+        return f"{STATE_PREFIX}-deliveries:{self.environment.name}"
 
-    def save(self, key: tuple[str, str], state: AlertState) -> None:
-        check, target = key
-        self.client.set(
-            state_key(self.environment, check, target), state.to_json(), ex=int(STATE_TTL.total_seconds())
-        )
+    @property
+    def _silences_key(self) -> str:
+        return f"{STATE_PREFIX}-silences:{self.environment.name}"
+
+    def read(self) -> dict[tuple[str, str], AlertState]:
+        """Every state of the environment, by (check, target)."""
+        prefix = f"{STATE_PREFIX}:{self.environment.name}:"
+        keys = list(self.client.scan_iter(f"{prefix}*"))
+        if not keys:
+            return {}
+        states = {}
+        for key, raw in zip(keys, self.client.mget(keys), strict=True):
+            if raw is None:
+                continue
+            name = key.decode() if isinstance(key, bytes) else key
+            check, _, target = name.removeprefix(prefix).partition(":")
+            states[check, target] = AlertState.from_json(raw)
+        return states
+
+    def save(self, states: Mapping[tuple[str, str], AlertState]) -> None:
+        pipeline = self.client.pipeline()
+        for (check, target), state in states.items():
+            pipeline.set(
+                state_key(self.environment, check, target), state.to_json(), ex=int(STATE_TTL.total_seconds())
+            )
+        pipeline.execute()
+
+    def deliveries(self) -> list[tuple[datetime, str]]:
+        raw = self.client.get(self._deliveries_key)
+        return [(datetime.fromisoformat(at), outcome) for at, outcome in json.loads(raw or "[]")]
+
+    def save_deliveries(self, deliveries: Sequence[tuple[datetime, str]], now: datetime) -> None:
+        recent = [(at.isoformat(), outcome) for at, outcome in deliveries if now - at < DELIVERIES_TTL]
+        self.client.set(self._deliveries_key, json.dumps(recent), ex=int(DELIVERIES_TTL.total_seconds()))
+
+    def silences(self) -> list[Silence]:
+        raw = self.client.get(self._silences_key)
+        return [Silence.from_dict(item) for item in json.loads(raw or "[]")]
+
+    def save_silences(self, silences: Sequence[Silence]) -> None:
+        self.client.set(self._silences_key, json.dumps([s.to_dict() for s in silences]))

@@ -6,20 +6,23 @@ of raising, so one broken target never hides the others.
 
 History: every result is a row of ``<ops_schema>.health_checks`` (``airlock.hooks.ops_store``).
 
-Alerting (:func:`send_alerts`) keeps one state per (environment, check, target) in Redis
-(``airlock.hooks.alert_state``) and tells Slack about changes only (:func:`airlock.core.health.decide`).
-If a key is lost (Redis flushed or restarted without persistence), the previous status comes from
-the history table instead, so a check that was already failing stays quiet: losing the state never
-re-fires an alert, and a check sends at most one message per run in every case. A message Slack
-did not accept (outage, webhook error) is not recorded as sent: the stored state stays what Slack
-was last told, so the next run sends it again (alert, reminder or resolved).
+Alerting (:func:`send_alerts`) keeps one state per (environment, check, target): durable in the
+ops store (``health_alerts``), cached in Redis (``airlock.hooks.alert_state``), each run reading
+both and writing both whatever Slack answers. It sends at most one message per environment and
+run, grouping new problems, reminders and resolved checks (:func:`airlock.core.health.plan_alerts`
+decides, with the hysteresis of ``health.alert_after`` and ``resolve_after``); silences of
+``silence_<env>`` mute what they match; an hourly rate limit holds the rest after one summary. A
+line Slack did not accept (outage, 429, webhook error) stays pending with its attempt count and
+goes out with the next run's message: delivery is at least once, and the history's ``notified``
+column says which results Slack heard of.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 
@@ -28,37 +31,48 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment, Host
 from airlock.core.health import (
+    AlertRules,
     AlertState,
     CheckResult,
     Notification,
+    Silence,
     Status,
     Stopwatch,
+    accepts_connections_result,
     airflow_results,
     app_result,
     backup_age_result,
     database_results,
-    decide,
     failed,
     failing_summary,
     from_xcom,
     history_result,
     measured,
+    next_slot,
     notification_fields,
     parse_df,
     parse_meminfo,
+    plan_alerts,
     redis_memory_result,
     replication_result,
-    restored,
+    sent_within_hour,
     skipped,
     task_result,
     to_xcom,
-    unannounced,
     used_percent,
 )
-from airlock.hooks.alert_state import AlertStateStore
+from airlock.hooks.alert_state import AlertStateCache
 from airlock.hooks.http import UNREACHABLE, fetch_json
-from airlock.hooks.ops_store import previous_health_states, record_health_results
-from airlock.hooks.postgres import first_row, session
+from airlock.hooks.ops_store import (
+    current_silences,
+    deliveries_since,
+    mark_notified,
+    read_alert_states,
+    record_delivery,
+    record_health_results,
+    save_alert_states,
+)
+from airlock.hooks.postgres import DatabaseAddress, first_row, session
 from airlock.hooks.redis import redis_client
 from airlock.notifications.slack import post, render
 
@@ -250,12 +264,38 @@ END
 """
 
 
+DATABASE_ALLOWS_CONNECTIONS = "SELECT datallowconn FROM pg_database WHERE datname = %s"
+
+
+def check_accepts_connections(environment: Environment) -> CheckResult:
+    """Whether the application database takes connections (``pg_database.datallowconn``).
+
+    Read through ``health.maintenance_database`` on the same server, with the application's own
+    connection (its role and password): the application database itself refuses the session when
+    the answer is no, and every role may connect to ``postgres`` and read ``pg_database``.
+    """
+    target = environment.database.conn_id
+    through = environment.health.maintenance_database
+    timer = Stopwatch()
+    try:
+        address = DatabaseAddress.of(target)
+        with address.on(through).connect(autocommit=True) as connection:
+            row = connection.execute(DATABASE_ALLOWS_CONNECTIONS, (address.dbname,)).fetchone()
+    except Exception as error:
+        message = f"cannot read pg_database through database {through}: {error}"
+        return failed("db_accepts_connections", target, message, timer.ms)
+    return accepts_connections_result(
+        target, address.dbname, None if row is None else row[0], through, timer.ms
+    )
+
+
 def check_database(environment: Environment) -> list[CheckResult]:
-    """Connect latency, connections against ``max_connections``, long queries, blocked sessions,
-    size, and the replica's lag when ``health.replica_conn_id`` is set."""
+    """Whether the database accepts connections, connect latency, connections against
+    ``max_connections``, long queries, blocked sessions, size, and the replica's lag when
+    ``health.replica_conn_id`` is set."""
     health = environment.health
     target = environment.database.conn_id
-    results: list[CheckResult] = []
+    results: list[CheckResult] = [check_accepts_connections(environment)]
     timer = Stopwatch()
     try:
         with session(target, autocommit=True) as connection:
@@ -266,8 +306,8 @@ def check_database(environment: Environment) -> list[CheckResult]:
             elapsed = timer.ms
             results += database_results(target, health, stats, elapsed)
     except Exception as error:
-        if not results:
-            return [failed("db_connect", target, f"cannot connect: {error}", timer.ms)]
+        if not any(r.check == "db_connect" for r in results):
+            return [*results, failed("db_connect", target, f"cannot connect: {error}", timer.ms)]
         results.append(failed("db_stats", target, f"cannot read statistics: {error}", timer.ms))
     if health.replica_conn_id:
         results.append(check_replication(environment))
@@ -396,8 +436,94 @@ def record(environment: Environment, results: list[dict[str, Any]]) -> int:
 
 
 def render_notification(environment: Environment, notification: Notification, now: datetime) -> str:
-    """The Slack text of one notification (templates ``health_*`` of ``include/templates/slack.yaml``)."""
+    """One line of the run's message (templates ``health_*`` of ``include/templates/slack.yaml``)."""
     return render(notification.template, **notification_fields(environment.name, notification, now))
+
+
+#: The sections of a run's message, in order, by the template of their lines.
+SECTIONS = ("health_alert", "health_reminder", "health_resolved")
+#: Lines per section at most: a message Slack refuses for its size would be retried forever.
+MAX_LINES = 40
+
+
+def compose_message(
+    environment: Environment,
+    lines: Mapping[tuple[str, str], tuple[str, str]],
+    states: Mapping[tuple[str, str], AlertState],
+    silences: Iterable[Silence],
+    muted: Iterable[tuple[Notification, Silence]],
+    now: datetime,
+) -> str:
+    """The one message of a run: new problems, still failing, resolved, then the active silences.
+
+    ``lines`` maps each (check, target) to its section and line; a line an earlier run could not
+    deliver says since when it waits (``states`` has its attempts).
+    """
+    counts = {kind: [line for line, _ in _lines_of(kind, lines, states)] for kind in SECTIONS}
+    summary = ", ".join(render(f"{kind}_count", count=len(counts[kind])) for kind in SECTIONS if counts[kind])
+    icon = (
+        ":rotating_light:"
+        if counts["health_alert"]
+        else (":hourglass:" if counts["health_reminder"] else ":white_check_mark:")
+    )
+    parts = [render("health_digest", icon=icon, environment=environment.name, summary=summary)]
+    for kind in SECTIONS:
+        section = counts[kind]
+        if not section:
+            continue
+        parts.append(render(f"{kind}_section"))
+        parts += [f"• {line}" for line in section[:MAX_LINES]]
+        if len(section) > MAX_LINES:
+            parts.append(
+                render("health_more", count=len(section) - MAX_LINES, dag_id=f"health_{environment.name}")
+            )
+    muted_by: dict[int, int] = {}
+    for _, silence in muted:
+        muted_by[silence.id] = muted_by.get(silence.id, 0) + 1
+    for silence in silences:
+        if silence.active(now):
+            parts.append(
+                render("health_silenced", silence=silence.describe(), count=muted_by.get(silence.id, 0))
+            )
+    parts.append(render("health_what_to_do", dag_id=f"health_{environment.name}"))
+    return "\n".join(parts)
+
+
+def _lines_of(
+    kind: str, lines: Mapping[tuple[str, str], tuple[str, str]], states: Mapping[tuple[str, str], AlertState]
+) -> list[tuple[str, tuple[str, str]]]:
+    chosen = []
+    for key, (section, line) in sorted(lines.items()):
+        if section != kind:
+            continue
+        state = states.get(key)
+        if state is not None and state.pending == line and state.pending_since:
+            since = datetime.fromisoformat(state.pending_since).astimezone(UTC).strftime("%H:%M")
+            line = f"{line} {render('health_retried', since=since, attempts=state.attempts)}"
+        chosen.append((line, key))
+    return chosen
+
+
+class Store:
+    """The calls of one run to one store (the ops store or Redis): after the first that fails the
+    run does without it, saying so once (a refused Redis costs seconds of client retries a call).
+
+    :param name: how the log names the store, with its connection id
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.down = False
+
+    def __call__(self, action: Callable[[], Any], default: Any = None) -> Any:
+        if self.down:
+            return default
+        try:
+            return action()
+        except Exception:
+            log.warning("%s is unreachable; this run goes on without it", self.name, exc_info=True)
+            self.down = True
+            return default
 
 
 def send_alerts(
@@ -407,64 +533,143 @@ def send_alerts(
     run_id: str,
     now: datetime | None = None,
     redis_client: Any = None,
-    history: Callable[[], Mapping[tuple[str, str], AlertState]] | None = None,
     deliver: Callable[[str | None, str], bool] = post,
 ) -> list[str]:
-    """Compare each result with its stored state, update the state, send what changed.
+    """Decide every result against its state and send what changed as one message; returns the
+    messages Slack accepted.
 
-    Returns the texts delivered; a message that was not delivered leaves the state as it was, so
-    the next run retries it (unless no Slack connection is configured: nothing to retry).
-    State missing from Redis is taken from the history table (read at most once per run, and only
-    when some key is missing). When Redis itself is unreachable,
-    every state comes from the history for this run and nothing is saved: alerts still go out
-    on change only, reminders wait until Redis is back.
+    The state is read from the ops store and from Redis (the copy written last wins per check) and
+    written back to both whatever Slack answered: a message Slack did not take leaves its lines
+    pending, with their attempt count, and the next run sends them again; the hourly rate limit
+    holds them the same way, after one summary message. Either store may be down: the other one
+    carries the state (with both down, nothing is remembered: every run decides from scratch).
     """
     now = now or datetime.now(UTC)
-    if history is None:
+    cache = AlertStateCache(environment, redis_client)
+    durably = Store(f"The ops store ({environment.database.ops_connection})")
+    cached = Store(f"Redis ({environment.redis_conn_id})")
+    stored, copied = durably(lambda: read_alert_states(environment)), cached(cache.read)
+    if stored is None and copied is None:
+        log.error("Neither the ops store nor Redis answers: this run's alerts are decided without state")
+    states: dict[tuple[str, str], AlertState] = dict(copied or {})
+    for key, state in (stored or {}).items():
+        states[key] = state.newer(states.get(key))
+    silences = _current_silences(environment, cache, durably, cached, now)
 
-        def history() -> Mapping[tuple[str, str], AlertState]:
-            return previous_health_states(environment, run_id=run_id)
+    plan = plan_alerts(results, states, silences, now, AlertRules.of(environment.health))
+    notified: dict[tuple[str, str], str] = {}
+    for notification, silence in plan.muted:
+        log.info("Silence #%s muted: %s", silence.id, render_notification(environment, notification, now))
+        notified[notification.result.key] = "silenced"
+    lines = {key: (state.pending_kind or "", state.pending or "") for key, state in plan.retries().items()}
+    lines.update(
+        {n.result.key: (n.template, render_notification(environment, n, now)) for n in plan.notifications}
+    )
+    states = dict(plan.states)
+    hour_ago = now - timedelta(hours=1)
+    tried = set(durably(lambda: deliveries_since(environment, hour_ago), []))
+    tried |= set(cached(cache.deliveries, []))
+    deliveries = sorted((when, outcome) for when, outcome in tried if when > hour_ago)
 
-    results = list(results)
-    store: AlertStateStore | None = AlertStateStore(environment, redis_client)
-    try:
-        stored = store.read([r.key for r in results])
-    except Exception:
-        log.warning(
-            "Redis (%s) is unreachable: this run's alert state comes from the health history",
-            environment.redis_conn_id,
-            exc_info=True,
+    attempted: list[tuple[str, int, str]] = []
+    if lines:
+        limit = environment.health.max_messages_per_hour
+        sent = [at for at, outcome in deliveries if outcome == "sent"]
+        if sent_within_hour(sent, now) >= limit:
+            summarized = any(outcome.startswith("summary") for _, outcome in deliveries)
+            attempted = _hold(environment, lines, states, notified, sent, now, deliver, summarized)
+        else:
+            text = compose_message(environment, lines, states, silences, plan.muted, now)
+            attempted = _deliver(environment, text, lines, states, notified, now, deliver)
+
+    stamp = now.isoformat()
+    states = {key: replace(state, updated_at=stamp) for key, state in states.items()}
+    durably(lambda: save_alert_states(environment, states))
+    cached(lambda: cache.save(states))
+    for outcome, count, text in attempted:
+        durably(
+            lambda outcome=outcome, count=count, text=text: record_delivery(
+                environment, run_id=run_id, attempted_at=now, outcome=outcome, lines=count, text=text
+            ),
         )
-        store, stored = None, [None] * len(results)
-    recovered: Mapping[tuple[str, str], AlertState] | None = None
-    sent = []
-    for result, previous in zip(results, stored, strict=True):
-        if previous is None:
-            if recovered is None:
-                try:
-                    recovered = history()
-                except Exception:
-                    log.warning(
-                        "Could not read the health history; missing states count as ok", exc_info=True
-                    )
-                    recovered = {}
-            previous = recovered.get(result.key)
-            if previous is not None and previous.status.failing:
-                log.info("Alert state of %s/%s restored from history: %s", *result.key, previous.status)
-            if previous is not None:
-                previous = restored(previous, now)
-        state, notification = decide(result, previous, now, environment.health.reminder_interval)
-        if notification is not None:
-            text = render_notification(environment, notification, now)
-            if deliver(environment.slack_conn_id, text):
-                sent.append(text)
-            elif environment.slack_conn_id:
-                # Not delivered: keep what Slack was last told, so the next run sends it again.
-                log.warning("Slack message not delivered; %s/%s will be retried next run", *result.key)
-                state = previous or unannounced(now)
-        if state is not None and store is not None:
-            store.save(result.key, state)
-    return sent
+    if attempted:
+        deliveries += [(now, outcome) for outcome, _, _ in attempted]
+        cached(lambda: cache.save_deliveries(deliveries, now))
+    if notified:
+        durably(lambda: mark_notified(environment, run_id=run_id, notified=notified))
+    return [text for outcome, _, text in attempted if outcome in ("sent", "summary")]
+
+
+def _current_silences(
+    environment: Environment, cache: AlertStateCache, durably: Store, cached: Store, now: datetime
+) -> list[Silence]:
+    """The silences not yet expired (the ops store's, copied to Redis; Redis's while it is down),
+    with the expired ones deleted; both logged."""
+    current = durably(lambda: current_silences(environment, now))
+    if current is None:
+        silences, expired = cached(cache.silences, []), []
+    else:
+        silences, expired = current
+        cached(lambda: cache.save_silences(silences))
+    for silence in expired:
+        log.info("Silence %s expired and was removed", silence.describe())
+    for silence in silences:
+        if silence.active(now):
+            log.info("Silence %s is active", silence.describe())
+    return silences
+
+
+#: (outcome, lines, text) of each message a run tried, as ``health_notifications`` keeps them.
+Attempt = tuple[str, int, str]
+
+
+def _deliver(
+    environment: Environment,
+    text: str,
+    lines: Mapping[tuple[str, str], tuple[str, str]],
+    states: dict[tuple[str, str], AlertState],
+    notified: dict[tuple[str, str], str],
+    now: datetime,
+    deliver: Callable[[str | None, str], bool],
+) -> list[Attempt]:
+    """Send the run's message; its lines are delivered, or pending with one more attempt."""
+    took = deliver(environment.slack_conn_id, text) or not environment.slack_conn_id
+    for key, (kind, line) in lines.items():
+        states[key] = states[key].delivered() if took else states[key].held(kind, line, now, attempted=True)
+        notified[key] = "sent" if took else "pending"
+    if not took:
+        log.warning("Slack did not take the message; %d lines are pending for the next run", len(lines))
+    return [("sent" if took else "failed", len(lines), text)]
+
+
+def _hold(
+    environment: Environment,
+    lines: Mapping[tuple[str, str], tuple[str, str]],
+    states: dict[tuple[str, str], AlertState],
+    notified: dict[tuple[str, str], str],
+    sent: list[datetime],
+    now: datetime,
+    deliver: Callable[[str | None, str], bool],
+    summarized: bool,
+) -> list[Attempt]:
+    """The rate limit tripped: every line waits; one summary says so, once within the hour."""
+    limit = environment.health.max_messages_per_hour
+    for key, (kind, line) in lines.items():
+        states[key] = states[key].held(kind, line, now, attempted=False)
+        notified[key] = "held"
+    log.warning("Rate limit of %d messages per hour reached; %d lines held", limit, len(lines))
+    if summarized:
+        return []
+    text = render(
+        "health_rate_limited",
+        environment=environment.name,
+        limit=limit,
+        held=len(lines),
+        next_at=next_slot(sent, now, limit).astimezone(UTC).strftime("%H:%M"),
+        dag_id=f"health_{environment.name}",
+    )
+    took = deliver(environment.slack_conn_id, text)
+    return [("summary" if took else "summary_failed", 0, text)]
 
 
 def alert(environment: Environment, results: list[dict[str, Any]]) -> list[str]:

@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from airlock.config import HealthSettings, Thresholds
+from airlock.config.environment import AlertAfter
 from airlock.core.health import (
+    AlertRules,
     AlertState,
     CheckResult,
     Status,
@@ -29,6 +31,8 @@ from airlock.core.health import (
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 FOUR_HOURS = timedelta(hours=4)
+#: The rules without hysteresis: every change is announced on the run that sees it.
+AT_ONCE = AlertRules(FOUR_HOURS, AlertAfter(critical=1, warn=1), resolve_after=1)
 
 
 def result(status: Status, message: str = "disk used 91.0%") -> CheckResult:
@@ -64,9 +68,9 @@ def test_lower_values_are_worse_when_critical_is_below_warn(value, expected):
 
 
 def test_a_new_problem_alerts_once_and_then_stays_quiet_until_the_reminder():
-    first, alert = decide(result(Status.CRITICAL), None, NOW, FOUR_HOURS)
-    later, quiet = decide(result(Status.CRITICAL), first, NOW + timedelta(hours=3), FOUR_HOURS)
-    reminded, reminder = decide(result(Status.CRITICAL), later, NOW + timedelta(hours=4), FOUR_HOURS)
+    first, alert = decide(result(Status.CRITICAL), None, NOW, AT_ONCE)
+    later, quiet = decide(result(Status.CRITICAL), first, NOW + timedelta(hours=3), AT_ONCE)
+    reminded, reminder = decide(result(Status.CRITICAL), later, NOW + timedelta(hours=4), AT_ONCE)
 
     assert alert.template == "health_alert"
     assert quiet is None
@@ -78,8 +82,8 @@ def test_a_new_problem_alerts_once_and_then_stays_quiet_until_the_reminder():
 def test_getting_worse_alerts_but_getting_better_without_recovering_does_not():
     warned = state(Status.WARN, NOW)
 
-    critical, worse = decide(result(Status.CRITICAL), warned, NOW + timedelta(minutes=5), FOUR_HOURS)
-    _, better = decide(result(Status.WARN), critical, NOW + timedelta(minutes=10), FOUR_HOURS)
+    critical, worse = decide(result(Status.CRITICAL), warned, NOW + timedelta(minutes=5), AT_ONCE)
+    _, better = decide(result(Status.WARN), critical, NOW + timedelta(minutes=10), AT_ONCE)
 
     assert worse.template == "health_alert"
     assert critical.since == NOW.isoformat()
@@ -90,8 +94,8 @@ def test_recovery_sends_one_resolved_message_saying_how_long_it_lasted():
     failing = state(Status.CRITICAL, NOW)
     later = NOW + timedelta(minutes=95)
 
-    recovered, resolved = decide(result(Status.OK, "disk used 40.0%"), failing, later, FOUR_HOURS)
-    _, again = decide(result(Status.OK), recovered, NOW + timedelta(minutes=100), FOUR_HOURS)
+    recovered, resolved = decide(result(Status.OK, "disk used 40.0%"), failing, later, AT_ONCE)
+    _, again = decide(result(Status.OK), recovered, NOW + timedelta(minutes=100), AT_ONCE)
 
     assert recovered.status is Status.OK
     assert again is None
@@ -128,7 +132,7 @@ def test_a_skipped_check_keeps_its_state_and_says_nothing():
         CheckResult("airflow", "airflow", Status.SKIPPED, None, None, "not configured", 0.0),
         failing,
         NOW,
-        FOUR_HOURS,
+        AT_ONCE,
     )
 
     assert (kept, notification) == (failing, None)

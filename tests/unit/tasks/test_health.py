@@ -1,5 +1,6 @@
-"""The tasks of ``health_<env>`` without services: Slack texts, backup age from a real backup
-store, collection of the check tasks' results, and alerting when Redis or Slack fail."""
+"""The tasks of ``health_<env>`` without services: Slack texts (one message per run), backup age
+from a real backup store, collection of the check tasks' results. Alerting against real
+PostgreSQL, Redis and Slack receivers is in ``tests/integration/test_health_alerts.py``."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from airlock.config.environment import AlertAfter
 from airlock.core.backups import BackupManifest
-from airlock.core.health import AlertState, CheckResult, Status, decide
+from airlock.core.health import AlertRules, AlertState, CheckResult, Silence, Status, decide
 from airlock.tasks.health import (
     check_airflow,
     check_backup,
     collect_results,
+    compose_message,
     render_notification,
-    send_alerts,
 )
 from tests.support import demo_document, write_environment
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 FOUR_HOURS = timedelta(hours=4)
+AT_ONCE = AlertRules(FOUR_HOURS, AlertAfter(critical=1, warn=1), resolve_after=1)
 
 
 def result(status: Status, message: str = "disk used 91.0%") -> CheckResult:
@@ -47,25 +50,57 @@ def test_recovery_sends_one_resolved_message_with_how_long_it_lasted(environment
         result(Status.OK, "disk used 40.0%"),
         state(Status.CRITICAL, NOW),
         NOW + timedelta(minutes=95),
-        FOUR_HOURS,
+        AT_ONCE,
+    )
+    later = NOW + timedelta(minutes=95)
+
+    text = compose_message(
+        environment,
+        {resolved.result.key: ("health_resolved", render_notification(environment, resolved, later))},
+        {},
+        [],
+        [],
+        later,
     )
 
-    text = render_notification(environment, resolved, NOW + timedelta(minutes=95))
-
     assert text == (
-        ":white_check_mark: *demo*: disk on web-1:/ is ok again (was critical for 1 h 35 min): "
-        "disk used 40.0%."
+        ":white_check_mark: *demo*: health: 1 resolved\n*Resolved*\n"
+        "• disk on web-1:/ is ok again (was critical for 1 h 35 min): disk used 40.0%\n"
+        "What to do: health_demo docs, one section per check."
     )
 
 
 def test_an_alert_names_the_check_target_value_and_threshold(environment):
-    _, alert = decide(result(Status.CRITICAL), None, NOW, FOUR_HOURS)
+    _, alert = decide(result(Status.CRITICAL), None, NOW, AT_ONCE)
 
     text = render_notification(environment, alert, NOW)
 
-    assert text.startswith(":rotating_light: *demo*: disk on web-1:/ is CRITICAL (was ok): disk used 91.0%")
+    assert text.startswith("disk on web-1:/ is CRITICAL (was ok): disk used 91.0%")
     assert "(threshold: warn 80%, critical 90%)" in text
-    assert "health_demo docs" in text
+
+
+def test_one_message_groups_new_problems_still_failing_and_resolved_and_names_active_silences(environment):
+    lines = {
+        ("app", "web-2"): ("health_alert", "app on web-2 is CRITICAL (was ok): no answer"),
+        ("disk", "web-1:/"): ("health_reminder", "disk on web-1:/ is still WARN after 4 h: 85%"),
+        ("load", "web-3"): ("health_resolved", "load on web-3 is ok again (was warn for 10 min): 0.2"),
+    }
+    silence = Silence(7, "db_*", "*", NOW - timedelta(hours=1), NOW + timedelta(hours=1), "vacuum", "alice")
+    muted = [(decide(result(Status.CRITICAL), None, NOW, AT_ONCE)[1], silence)]
+
+    text = compose_message(environment, lines, {}, [silence], muted, NOW)
+
+    assert text.splitlines() == [
+        ":rotating_light: *demo*: health: 1 new, 1 still failing, 1 resolved",
+        "*New problems*",
+        "• app on web-2 is CRITICAL (was ok): no answer",
+        "*Still failing*",
+        "• disk on web-1:/ is still WARN after 4 h: 85%",
+        "*Resolved*",
+        "• load on web-3 is ok again (was warn for 10 min): 0.2",
+        ":no_bell: Silence #7 db_* on * until 2026-11-26 13:00 UTC by alice: vacuum (muted 1 in this run)",
+        "What to do: health_demo docs, one section per check.",
+    ]
 
 
 def publish_backup(backups, name: str, finished_at: datetime, *, verified: bool) -> None:
@@ -166,75 +201,6 @@ def test_a_check_task_that_died_without_results_counts_as_critical(environment):
         ("task", "check_host[web-1]"),
         ("task", "check_redis"),
     }
-
-
-def test_with_redis_unreachable_the_history_decides_and_alerts_still_go_out_on_change_only(environment):
-    import redis
-
-    from airlock_dev.hosts import free_port
-
-    unreachable = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
-    previous = {("disk", "web-1:/"): state(Status.CRITICAL, NOW - timedelta(hours=1))}
-    new_problem = CheckResult("load", "web-2", Status.WARN, 2.0, "warn 1.5, critical 3", "load 2.0", 1.0)
-    delivered: list[str] = []
-
-    sent = send_alerts(
-        environment,
-        [result(Status.CRITICAL), new_problem],
-        run_id="scheduled__now",
-        now=NOW,
-        redis_client=unreachable,
-        history=lambda: previous,
-        deliver=lambda conn_id, text: delivered.append(text) or True,
-    )
-
-    assert sent == delivered
-    [alert] = sent
-    assert "load on web-2 is WARN (was ok)" in alert
-
-
-class DictRedis:
-    def __init__(self):
-        self.values: dict[str, str] = {}
-
-    def mget(self, keys):
-        return [self.values.get(key) for key in keys]
-
-    def set(self, key, value, ex=None):
-        self.values[key] = value
-
-
-def test_a_message_slack_did_not_take_is_sent_again_next_run(environment):
-    store, outage, delivered = DictRedis(), [True], []
-
-    def deliver(conn_id, text):
-        if outage[0]:
-            return False
-        delivered.append(text)
-        return True
-
-    def run(status: Status, minutes: int) -> list[str]:
-        return send_alerts(
-            environment,
-            [result(status)],
-            run_id=f"run-{minutes}",
-            now=NOW + timedelta(minutes=minutes),
-            redis_client=store,
-            history=dict,
-            deliver=deliver,
-        )
-
-    assert run(Status.CRITICAL, 0) == []
-    outage[0] = False
-    [alert] = run(Status.CRITICAL, 5)
-    assert "is CRITICAL (was ok)" in alert
-    outage[0] = True
-    assert run(Status.OK, 10) == []
-    outage[0] = False
-    [resolved] = run(Status.OK, 15)
-    assert delivered == [alert, resolved]
-    assert run(Status.OK, 20) == []
-    assert set(store.values) == {"airlock:health:demo:disk:web-1:/"}
 
 
 @pytest.fixture
