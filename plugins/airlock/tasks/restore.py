@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import get_current_context
@@ -20,17 +21,27 @@ from airflow.sdk.exceptions import AirflowFailException
 from airlock.config import Environment, SqlSmokeTest
 from airlock.core.backups import BackupError, BackupManifest, backup_settings, compare_row_counts
 from airlock.core.outcome import approver
-from airlock.core.restore import RestorePlan, sibling_name
+from airlock.core.restore import (
+    DatabaseProperties,
+    RestorePlan,
+    database_properties,
+    interrupted_restore_pattern,
+    sibling_name,
+)
 from airlock.hooks.backup_store import BackupStore, check_files
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.hooks.postgres import (
     DatabaseAddress,
+    admin_rights,
+    archived_database_properties,
     count_rows,
     create_database,
+    database_names,
     database_owner,
     drop_database,
     pg_restore,
-    rename_databases,
+    reopen_database,
+    swap_databases,
 )
 from airlock.notifications.slack import post, render
 from airlock.tasks.backup import newest_verified, take_backup
@@ -177,18 +188,24 @@ def restore_database(
     store = BackupStore.of(environment)
     manifest = store.manifest(name)
     live = DatabaseAddress.of(environment.database.conn_id)
-    admin = live.on("postgres")
+    admin = restore_admin(environment, live)
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
     restored_name = sibling_name(live.dbname, f"_restore_{stamp}")
     kept_name = sibling_name(live.dbname, f"_before_restore_{stamp}")
     owner = database_owner(admin, live.dbname)
+    check_admin_rights(environment, admin, owner)
+    repair_interrupted_restores(admin, live.dbname)
 
     with store.local_copy(name) as directory:
         check_files(directory, manifest)
-        create_database(admin, restored_name, owner=owner)
+        dump = directory / manifest.dump_path
+        properties = read_database_properties(dump, manifest, live.dbname, settings.timeout)
+        create_database(
+            admin, restored_name, owner=owner, options=properties.create_options if properties else None
+        )
         try:
             pg_restore(
-                directory / manifest.dump_path,
+                dump,
                 live.on(restored_name),
                 jobs=settings.jobs,
                 timeout=settings.timeout,
@@ -205,7 +222,12 @@ def restore_database(
     except BaseException:
         drop_database(admin, restored_name)
         raise
-    rename_databases(admin, live.dbname, [(live.dbname, kept_name), (restored_name, live.dbname)])
+    swap_databases(
+        admin,
+        [(live.dbname, kept_name), (restored_name, live.dbname)],
+        properties=properties.statements if properties else b"",
+        encoding=properties.encoding if properties else "UTF8",
+    )
     log.info("%s now holds backup %s; the previous database is kept as %s", live.dbname, name, kept_name)
 
     results = [
@@ -216,7 +238,7 @@ def restore_database(
     failures = [r for r in results if not r.passed]
     if failures:
         failed_name = sibling_name(live.dbname, f"_failed_restore_{stamp}")
-        rename_databases(admin, live.dbname, [(live.dbname, failed_name), (kept_name, live.dbname)])
+        swap_databases(admin, [(live.dbname, failed_name), (kept_name, live.dbname)])
         raise SmokeTestFailed(
             f"SQL smoke test(s) failed on the restored database, so the swap was undone: {live.dbname} "
             f"is as before and the restored copy is kept as {failed_name}: "
@@ -228,3 +250,75 @@ def restore_database(
         "previous_kept_as": kept_name,
         "smoke_tests": [f"{r.test}: {r.detail}" for r in results],
     }
+
+
+def restore_admin(environment: Environment, live: DatabaseAddress) -> DatabaseAddress:
+    """The session that creates, renames and swaps databases: ``backup.restore_admin_conn_id`` (on the
+    database it names, ``postgres`` when none), by default the application's own credential."""
+    conn_id = backup_settings(environment).restore_admin_conn_id
+    if conn_id is None:
+        return live.on("postgres")
+    admin = DatabaseAddress.of(conn_id, default_dbname="postgres")
+    if (admin.host, admin.port) != (live.host, live.port):
+        raise BackupError(
+            f"backup.restore_admin_conn_id {conn_id} reaches {admin.host}:{admin.port}, but the database "
+            f"{live.dbname} is on {live.host}:{live.port}: point it at the database's server"
+        )
+    if admin.dbname == live.dbname:
+        raise BackupError(
+            f"backup.restore_admin_conn_id {conn_id} connects to {live.dbname}, the database it must rename: "
+            "give it another database (its schema field), e.g. postgres"
+        )
+    return admin
+
+
+def check_admin_rights(environment: Environment, admin: DatabaseAddress, owner: str) -> None:
+    """Refuse, before anything is touched, an admin role that could not create or swap databases."""
+    missing = admin_rights(admin, owner).missing(owner)
+    if missing:
+        conn_id = backup_settings(environment).restore_admin_conn_id or environment.database.conn_id
+        raise BackupError(
+            f"The restore's admin connection {conn_id} (role {admin.user}) cannot create and swap "
+            f"databases; run {'; '.join(missing)}, or set backup.restore_admin_conn_id to a role that can"
+        )
+
+
+def repair_interrupted_restores(admin: DatabaseAddress, database: str) -> None:
+    """Undo what a restore killed part-way left: its unswapped copy, and a closed live database.
+
+    A swap commits all or nothing, so a killed restore leaves only a ``<db>_restore_<stamp>``
+    copy, never live (:func:`interrupted_restore_pattern`); the run holds the environment lock,
+    so no other restore is using it. ``datallowconn = false`` on the live database was left by a
+    killed swap of an earlier Airlock version; it is opened again.
+    """
+    leftovers = interrupted_restore_pattern(database)
+    for name in database_names(admin):
+        if leftovers.match(name):
+            log.warning("Dropping %s, the copy of a restore that stopped before its swap", name)
+            drop_database(admin, name)
+    if reopen_database(admin, database):
+        log.warning("%s refused connections (a swap killed part-way): it accepts them again", database)
+
+
+def read_database_properties(
+    dump: Path, manifest: BackupManifest, database: str, timeout: timedelta
+) -> DatabaseProperties | None:
+    """The encoding, locale, ACL and settings the dump recorded for its database, or None (with a
+    warning) for an archive that has none: its copy then gets the server's defaults."""
+    script = archived_database_properties(dump, timeout=timeout)
+    if script is None:
+        log.warning(
+            "Backup %s records no database properties (encoding, locale, ACL, settings): the restored "
+            "database gets the server's defaults",
+            manifest.name,
+        )
+        return None
+    if manifest.database != database:
+        raise BackupError(
+            f"Backup {manifest.name} is of database {manifest.database}, but {database} is the environment's "
+            "database now: its ACL and settings name the other one; restore it by hand"
+        )
+    try:
+        return database_properties(script)
+    except ValueError as error:
+        raise BackupError(f"Backup {manifest.name}: {error}") from None
