@@ -7,7 +7,9 @@ No Airflow here: plain data and text, unit-tested without services.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from airlock.core.backups import BACKUP_NAME
@@ -69,6 +71,21 @@ class RestorePlan:
 def sibling_name(database: str, suffix: str) -> str:
     """``<database><suffix>`` within PostgreSQL's 63-byte limit, cutting ``database`` (never mid-letter)."""
     return database.encode()[: POSTGRES_NAME_BYTES - len(suffix.encode())].decode(errors="ignore") + suffix
+
+
+def restore_names(database: str, when: datetime, taken: Collection[str]) -> dict[str, str]:
+    """The names of a restore's databases (``restored``, ``kept``, ``failed``), stamped with ``when``
+    or the first later second none of whose names is ``taken`` (two restores in one second)."""
+    while True:
+        stamp = when.strftime("%Y%m%d%H%M%S")
+        names = {
+            "restored": sibling_name(database, f"_restore_{stamp}"),
+            "kept": sibling_name(database, f"_before_restore_{stamp}"),
+            "failed": sibling_name(database, f"_failed_restore_{stamp}"),
+        }
+        if not set(names.values()) & set(taken):
+            return names
+        when += timedelta(seconds=1)
 
 
 def interrupted_restore_pattern(database: str) -> re.Pattern[str]:

@@ -26,7 +26,7 @@ from airlock.core.restore import (
     RestorePlan,
     database_properties,
     interrupted_restore_pattern,
-    sibling_name,
+    restore_names,
 )
 from airlock.hooks.backup_store import BackupStore, check_files
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
@@ -189,12 +189,11 @@ def restore_database(
     manifest = store.manifest(name)
     live = DatabaseAddress.of(environment.database.conn_id)
     admin = restore_admin(environment, live)
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
-    restored_name = sibling_name(live.dbname, f"_restore_{stamp}")
-    kept_name = sibling_name(live.dbname, f"_before_restore_{stamp}")
     owner = database_owner(admin, live.dbname)
     check_admin_rights(environment, admin, owner)
     repair_interrupted_restores(admin, live.dbname)
+    names = restore_names(live.dbname, now or datetime.now(UTC), database_names(admin))
+    restored_name, kept_name = names["restored"], names["kept"]
 
     with store.local_copy(name) as directory:
         check_files(directory, manifest)
@@ -237,7 +236,7 @@ def restore_database(
     ]
     failures = [r for r in results if not r.passed]
     if failures:
-        failed_name = sibling_name(live.dbname, f"_failed_restore_{stamp}")
+        failed_name = names["failed"]
         swap_databases(admin, [(live.dbname, failed_name), (kept_name, live.dbname)])
         raise SmokeTestFailed(
             f"SQL smoke test(s) failed on the restored database, so the swap was undone: {live.dbname} "
