@@ -1,10 +1,16 @@
 """The tasks of ``restore_<env>``: replace an environment's database with a backup, never losing the old one.
 
-The backup is restored into a new database next to the live one and checked (SHA-256 of every
-file before, row counts against the manifest after). Only then are the two swapped by renaming:
-the live database becomes ``<db>_before_restore_<stamp>`` and is kept, the restored one takes its
-name. The environment's SQL smoke tests then run against it; if one fails, the swap is undone.
-A failure before the swap leaves the live database untouched.
+The backup is restored into a new database next to the live one, created with the dumped
+database's encoding and locale, and checked (SHA-256 of every file before, row counts against the
+manifest after). Only then are the two swapped by renaming, in one transaction that also gives
+the restored database the dumped one's ACL and settings: the live database becomes
+``<db>_before_restore_<stamp>`` and is kept, the restored one takes its name. The environment's
+SQL smoke tests then run against it; if one fails, the swap is undone. A failure (or a killed
+worker) before the swap's commit leaves the live database untouched and open; the next restore
+drops the copy it left.
+
+Creating and swapping run as ``backup.restore_admin_conn_id`` (default: the application's own
+connection), checked for the rights they need before anything is touched.
 """
 
 from __future__ import annotations
