@@ -64,6 +64,7 @@ module, name, wrap = {
     "after-renaming-the-restored-copy": (postgres, "rename_database", lambda f: halting_after(f, 2)),
     "after-the-settings-and-acl": (postgres, "apply_database_properties", lambda f: halting_after(f, 1)),
     "after-the-commit": (restore, "swap_databases", lambda f: halting_after(f, 1)),
+    "during-the-smoke-tests": (restore, "run_sql_test", halting_before),
 }[step]
 setattr(module, name, wrap(getattr(module, name)))
 restore.restore_database(load_environments().environments[environment_name], backup)
@@ -128,6 +129,7 @@ def live_database(environment, monkeypatch):
         pytest.param("after-renaming-the-restored-copy", id="killed-after-renaming-the-restored-copy"),
         pytest.param("after-the-settings-and-acl", id="killed-after-the-settings-and-acl"),
         pytest.param("after-the-commit", id="killed-after-the-commit"),
+        pytest.param("during-the-smoke-tests", id="killed-during-the-smoke-tests"),
     ],
 )
 def test_a_swap_killed_at_any_step_leaves_the_live_database_open_and_whole_and_a_rerun_converges(
@@ -167,18 +169,17 @@ def test_a_swap_killed_at_any_step_leaves_the_live_database_open_and_whole_and_a
         task.wait()
     assert task.returncode == -signal.SIGKILL
 
-    assert state_of(url) == (restored if step == "after-the-commit" else old)  # it accepts connections
+    swapped = step in ("after-the-commit", "during-the-smoke-tests")
+    assert state_of(url) == (restored if swapped else old)  # and it accepts connections
     databases = databases_like(name)
     assert all(databases.values()), databases  # nothing is left closed to connections
     left = sorted(database.removeprefix(name).rstrip("0123456789") for database in databases)
-    if step == "after-the-commit":
-        assert left == ["", "_before_restore_"]
-    else:  # the documented state: the unswapped copy, dropped by the next restore
-        assert left == ["", "_restore_"]
+    # The documented states: the unswapped copy (dropped by the next restore), or the previous
+    # database marked unchecked (the next restore runs the smoke tests and keeps or undoes it).
+    assert left == (["", "_unchecked_restore_"] if swapped else ["", "_restore_"])
 
     restore_database(environment, backup.name)  # the operator's re-run
 
     assert state_of(url) == restored
     left = sorted(database.removeprefix(name).rstrip("0123456789") for database in databases_like(name))
-    assert "_restore_" not in left
-    assert left.count("") == 1
+    assert left == (["", "_before_restore_", "_before_restore_"] if swapped else ["", "_before_restore_"])

@@ -70,14 +70,14 @@ def sorted_words(url: str) -> list[str]:
         return [word for (word,) in connection.execute("SELECT word FROM words ORDER BY word")]
 
 
-def environment_on(environment: Environment, conn_id: str, **backup) -> Environment:
-    """The sandbox environment with its database (and backup settings) replaced."""
+def environment_on(environment: Environment, conn_id: str, smoke_tests=(), **backup) -> Environment:
+    """The sandbox environment with its database (backup settings, smoke tests) replaced."""
     return Environment.model_validate(
         {
             **environment.model_dump(),
             "database": {**environment.database.model_dump(), "conn_id": conn_id, "ops_conn_id": None},
             "backup": {**environment.backup.model_dump(), **backup},
-            "smoke_tests": [],
+            "smoke_tests": list(smoke_tests),
         }
     )
 
@@ -279,3 +279,44 @@ def test_a_restore_opens_a_live_database_an_earlier_killed_swap_left_closed(envi
     [kept] = databases_like(f"{name}_before_restore_")
     with psycopg.connect(f"{SERVER}/{kept}") as connection:
         assert connection.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_restore_whose_predecessor_died_before_the_smoke_verdict_settles_that_swap_first(
+    environment, own_database
+):
+    """The previous restore swapped its copy in and died: ``<db>_unchecked_restore_<stamp>`` holds
+    the database before it. Its copy fails the smoke tests, so this run undoes that swap first."""
+    name = own_database["name"]
+    url = f"{SERVER}/{name}"
+    admin_execute(f"CREATE DATABASE {name}")
+    execute_on(url, "CREATE TABLE orders (id int)", "INSERT INTO orders SELECT generate_series(1, 100)")
+    no_marker = {
+        "kind": "sql",
+        "name": "not-broken",
+        "query": "SELECT to_regclass('public.broken_marker') IS NULL",
+        "expect": True,
+    }
+    test_environment = environment_on(environment, own_database["conn_id"], smoke_tests=[no_marker])
+    backup = take_backup(test_environment, kind="manual")
+    unchecked = f"{name}_unchecked_restore_20200101000000"
+    admin_execute(f"CREATE DATABASE {unchecked}")  # the database before the dead run's swap
+    execute_on(f"{SERVER}/{unchecked}", "CREATE TABLE orders (id int)", "INSERT INTO orders VALUES (1)")
+    execute_on(url, "CREATE TABLE broken_marker (id int)")  # the dead run's copy: fails the smoke test
+
+    restore_database(test_environment, backup.name)
+
+    assert databases_like(f"{name}_unchecked_restore_") == []
+    with psycopg.connect(f"{SERVER}/{name}_failed_restore_20200101000000") as connection:
+        assert connection.execute("SELECT to_regclass('broken_marker')").fetchone() == ("broken_marker",)
+    [kept] = databases_like(f"{name}_before_restore_")
+    with psycopg.connect(f"{SERVER}/{kept}") as connection:  # the undone swap's live database
+        assert connection.execute("SELECT count(*) FROM orders").fetchone() == (1,)
+    with psycopg.connect(url) as connection:
+        assert connection.execute("SELECT count(*) FROM orders").fetchone() == (100,)
+        assert connection.execute("SELECT to_regclass('broken_marker')").fetchone() == (None,)
+
+
+def execute_on(url: str, *statements: str) -> None:
+    with psycopg.connect(url, autocommit=True) as connection:
+        for statement in statements:
+            connection.execute(statement)

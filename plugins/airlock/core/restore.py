@@ -73,19 +73,41 @@ def sibling_name(database: str, suffix: str) -> str:
     return database.encode()[: POSTGRES_NAME_BYTES - len(suffix.encode())].decode(errors="ignore") + suffix
 
 
+STAMP_FORMAT = "%Y%m%d%H%M%S"  # 14 digits, UTC
+
+
 def restore_names(database: str, when: datetime, taken: Collection[str]) -> dict[str, str]:
-    """The names of a restore's databases (``restored``, ``kept``, ``failed``), stamped with ``when``
-    or the first later second none of whose names is ``taken`` (two restores in one second)."""
+    """The names of a restore's databases (see :func:`names_of_restore`), stamped with ``when`` or
+    the first later second none of whose names is ``taken`` (two restores in one second)."""
     while True:
-        stamp = when.strftime("%Y%m%d%H%M%S")
-        names = {
-            "restored": sibling_name(database, f"_restore_{stamp}"),
-            "kept": sibling_name(database, f"_before_restore_{stamp}"),
-            "failed": sibling_name(database, f"_failed_restore_{stamp}"),
-        }
+        names = names_of_restore(database, when.strftime(STAMP_FORMAT))
         if not set(names.values()) & set(taken):
             return names
         when += timedelta(seconds=1)
+
+
+def names_of_restore(database: str, stamp: str) -> dict[str, str]:
+    """The databases of the restore stamped ``stamp``, each beside ``database``:
+
+    - ``restored``: the copy the backup is restored into, until the swap;
+    - ``unchecked``: the previous live database from the swap until the smoke tests' verdict;
+    - ``kept``: the previous live database once the restored one passed them;
+    - ``failed``: the restored copy once it failed them (and the swap was undone).
+    """
+    return {
+        kind: sibling_name(database, f"_{label}_{stamp}")
+        for kind, label in (
+            ("restored", "restore"),
+            ("unchecked", "unchecked_restore"),
+            ("kept", "before_restore"),
+            ("failed", "failed_restore"),
+        )
+    }
+
+
+def _stamped(database: str, label: str) -> re.Pattern[str]:
+    prefix = sibling_name(database, f"_{label}_{'0' * 14}")[:-14]
+    return re.compile(rf"^{re.escape(prefix)}(?P<stamp>[0-9]{{14}})$")
 
 
 def interrupted_restore_pattern(database: str) -> re.Pattern[str]:
@@ -94,8 +116,13 @@ def interrupted_restore_pattern(database: str) -> re.Pattern[str]:
     Such a copy is only ever left by a restore that died before its swap committed: a swap renames
     the copy to the live name in the same transaction, so a name matching this is never live.
     """
-    prefix = sibling_name(database, "_restore_00000000000000")[: -len("00000000000000")]
-    return re.compile(rf"^{re.escape(prefix)}[0-9]{{14}}$")
+    return _stamped(database, "restore")
+
+
+def unchecked_swap_pattern(database: str) -> re.Pattern[str]:
+    """Names of previous live databases (``<database>_unchecked_restore_<stamp>``) whose restore
+    swapped in but never learnt the smoke tests' verdict: its process died after the swap."""
+    return _stamped(database, "unchecked_restore")
 
 
 @dataclass(frozen=True)

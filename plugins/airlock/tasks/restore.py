@@ -32,7 +32,9 @@ from airlock.core.restore import (
     RestorePlan,
     database_properties,
     interrupted_restore_pattern,
+    names_of_restore,
     restore_names,
+    unchecked_swap_pattern,
 )
 from airlock.hooks.backup_store import BackupStore, check_files
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
@@ -53,7 +55,7 @@ from airlock.notifications.slack import post, render
 from airlock.tasks.backup import newest_verified, take_backup
 from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
 from airlock.tasks.environment import keep_lock, register_change_steps, triggering_user
-from airlock.tasks.smoke import SmokeTestFailed, run_sql_test
+from airlock.tasks.smoke import SmokeResult, SmokeTestFailed, run_sql_test
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +199,7 @@ def restore_database(
     admin = restore_admin(environment, live)
     owner = database_owner(admin, live.dbname)
     check_admin_rights(environment, admin, owner)
-    repair_interrupted_restores(admin, live.dbname)
+    repair_interrupted_restores(environment, admin, live.dbname)
     names = restore_names(live.dbname, now or datetime.now(UTC), database_names(admin))
     restored_name, kept_name = names["restored"], names["kept"]
 
@@ -229,24 +231,17 @@ def restore_database(
         raise
     swap_databases(
         admin,
-        [(live.dbname, kept_name), (restored_name, live.dbname)],
+        [(live.dbname, names["unchecked"]), (restored_name, live.dbname)],
         properties=properties.statements if properties else b"",
         encoding=properties.encoding if properties else "UTF8",
     )
-    log.info("%s now holds backup %s; the previous database is kept as %s", live.dbname, name, kept_name)
+    log.info("%s now holds backup %s; the previous database is %s", live.dbname, name, names["unchecked"])
 
-    results = [
-        run_sql_test(test, environment.database.conn_id)
-        for test in environment.smoke_tests
-        if isinstance(test, SqlSmokeTest)
-    ]
-    failures = [r for r in results if not r.passed]
+    results, failures = settle_swap(environment, admin, live.dbname, names)
     if failures:
-        failed_name = names["failed"]
-        swap_databases(admin, [(live.dbname, failed_name), (kept_name, live.dbname)])
         raise SmokeTestFailed(
             f"SQL smoke test(s) failed on the restored database, so the swap was undone: {live.dbname} "
-            f"is as before and the restored copy is kept as {failed_name}: "
+            f"is as before and the restored copy is kept as {names['failed']}: "
             + "; ".join(f"{r.test}: {r.detail}" for r in failures)
         )
     return {
@@ -255,6 +250,25 @@ def restore_database(
         "previous_kept_as": kept_name,
         "smoke_tests": [f"{r.test}: {r.detail}" for r in results],
     }
+
+
+def settle_swap(
+    environment: Environment, admin: DatabaseAddress, database: str, names: dict[str, str]
+) -> tuple[list[SmokeResult], list[SmokeResult]]:
+    """The SQL smoke tests' verdict on a swapped-in restore, acted on: all passed, the previous
+    database (``unchecked``) is renamed ``kept``; one failed, the swap is undone (the restored
+    copy becomes ``failed``). Returns the results and the failures."""
+    results = [
+        run_sql_test(test, environment.database.conn_id)
+        for test in environment.smoke_tests
+        if isinstance(test, SqlSmokeTest)
+    ]
+    failures = [r for r in results if not r.passed]
+    if failures:
+        swap_databases(admin, [(database, names["failed"]), (names["unchecked"], database)])
+    else:
+        swap_databases(admin, [(names["unchecked"], names["kept"])])
+    return results, failures
 
 
 def restore_admin(environment: Environment, live: DatabaseAddress) -> DatabaseAddress:
@@ -288,21 +302,35 @@ def check_admin_rights(environment: Environment, admin: DatabaseAddress, owner: 
         )
 
 
-def repair_interrupted_restores(admin: DatabaseAddress, database: str) -> None:
-    """Undo what a restore killed part-way left: its unswapped copy, and a closed live database.
+def repair_interrupted_restores(environment: Environment, admin: DatabaseAddress, database: str) -> None:
+    """Finish or undo what a restore killed part-way left, so this one starts from a settled state.
 
-    A swap commits all or nothing, so a killed restore leaves only a ``<db>_restore_<stamp>``
-    copy, never live (:func:`interrupted_restore_pattern`); the run holds the environment lock,
-    so no other restore is using it. ``datallowconn = false`` on the live database was left by a
-    killed swap of an earlier Airlock version; it is opened again.
+    A swap commits all or nothing, so a killed restore leaves one of two things. Killed before its
+    swap: a ``<db>_restore_<stamp>`` copy, never live (:func:`interrupted_restore_pattern`), which
+    is dropped. Killed after it, before the smoke tests' verdict: ``<db>_unchecked_restore_<stamp>``
+    (:func:`unchecked_swap_pattern`); the smoke tests run now and :func:`settle_swap` keeps or
+    undoes that swap. The run holds the environment lock, so no other restore is using either.
+    ``datallowconn = false`` on the live database was left by a killed swap of an earlier Airlock
+    version; it is opened again.
     """
-    leftovers = interrupted_restore_pattern(database)
+    if reopen_database(admin, database):
+        log.warning("%s refused connections (a swap killed part-way): it accepts them again", database)
+    leftovers, unchecked = interrupted_restore_pattern(database), unchecked_swap_pattern(database)
     for name in database_names(admin):
         if leftovers.match(name):
             log.warning("Dropping %s, the copy of a restore that stopped before its swap", name)
             drop_database(admin, name)
-    if reopen_database(admin, database):
-        log.warning("%s refused connections (a swap killed part-way): it accepts them again", database)
+        elif found := unchecked.match(name):
+            names = names_of_restore(database, found["stamp"])
+            _, failures = settle_swap(environment, admin, database, names)
+            log.warning(
+                "A restore swapped %s in but stopped before its smoke tests: they %s, so %s",
+                database,
+                "failed" if failures else "passed",
+                f"the swap was undone ({names['failed']})"
+                if failures
+                else f"{name} is kept as {names['kept']}",
+            )
 
 
 def read_database_properties(

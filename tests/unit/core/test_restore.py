@@ -16,8 +16,10 @@ from airlock.core.restore import (
     database_entries,
     database_properties,
     interrupted_restore_pattern,
+    names_of_restore,
     restore_names,
     sibling_name,
+    unchecked_swap_pattern,
 )
 
 SUMMARY = {
@@ -222,6 +224,7 @@ def test_a_restore_in_the_same_second_as_another_gets_the_next_free_stamp():
 
     assert names == {
         "restored": "app_restore_20261201170001",
+        "unchecked": "app_unchecked_restore_20261201170001",
         "kept": "app_before_restore_20261201170001",
         "failed": "app_failed_restore_20261201170001",
     }
@@ -234,6 +237,7 @@ def test_a_restore_in_the_same_second_as_another_gets_the_next_free_stamp():
         pytest.param("app", False, id="the-live-database"),
         pytest.param("app_before_restore_20261201170000", False, id="a-kept-database"),
         pytest.param("app_failed_restore_20261201170000", False, id="a-failed-restore"),
+        pytest.param("app_unchecked_restore_20261201170000", False, id="an-unchecked-swap"),
         pytest.param("app_restore_2026120117", False, id="not-a-stamp"),
         pytest.param("app2_restore_20261201170000", False, id="another-database"),
     ],
@@ -262,3 +266,11 @@ def test_each_missing_right_is_named_with_its_fix():
         "GRANT pg_signal_backend TO restorer (to end the database's sessions)",
     ]
     assert AdminRights("restorer", False, True, True, True).missing("app") == []
+
+
+def test_an_unchecked_swap_is_recognised_with_its_stamp():
+    found = unchecked_swap_pattern("app").match("app_unchecked_restore_20261201170000")
+
+    assert found["stamp"] == "20261201170000"
+    assert names_of_restore("app", found["stamp"])["kept"] == "app_before_restore_20261201170000"
+    assert not unchecked_swap_pattern("app").match("app_restore_20261201170000")
