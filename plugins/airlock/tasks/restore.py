@@ -4,10 +4,11 @@ The backup is restored into a new database next to the live one, created with th
 database's encoding and locale, and checked (SHA-256 of every file before, row counts against the
 manifest after). Only then are the two swapped by renaming, in one transaction that also gives
 the restored database the dumped one's ACL and settings: the live database becomes
-``<db>_before_restore_<stamp>`` and is kept, the restored one takes its name. The environment's
-SQL smoke tests then run against it; if one fails, the swap is undone. A failure (or a killed
-worker) before the swap's commit leaves the live database untouched and open; the next restore
-drops the copy it left.
+``<db>_unchecked_restore_<stamp>``, the restored one takes its name. The environment's SQL smoke
+tests then run against it: all pass, the old one is renamed ``<db>_before_restore_<stamp>`` and
+kept; one fails, the swap is undone. A failure (or a killed worker) before the swap's commit
+leaves the live database untouched and open; the next restore drops the copy it left, or settles
+a swap whose smoke tests never ran (:func:`repair_interrupted_restores`).
 
 Creating and swapping run as ``backup.restore_admin_conn_id`` (default: the application's own
 connection), checked for the rights they need before anything is touched.
@@ -229,12 +230,16 @@ def restore_database(
     except BaseException:
         drop_database(admin, restored_name)
         raise
-    swap_databases(
-        admin,
-        [(live.dbname, names["unchecked"]), (restored_name, live.dbname)],
-        properties=properties.statements if properties else b"",
-        encoding=properties.encoding if properties else "UTF8",
-    )
+    try:
+        swap_databases(
+            admin,
+            [(live.dbname, names["unchecked"]), (restored_name, live.dbname)],
+            properties=properties.statements if properties else b"",
+            encoding=properties.encoding if properties else "UTF8",
+        )
+    except BaseException:
+        drop_database(admin, restored_name)  # rolled back, so never live (and gone if it committed)
+        raise
     log.info("%s now holds backup %s; the previous database is %s", live.dbname, name, names["unchecked"])
 
     results, failures = settle_swap(environment, admin, live.dbname, names)
