@@ -295,6 +295,14 @@ class BackupSettings(_Model):
         default=None,
         description="Server where backups are test-restored; defaults to database.conn_id's server",
     )
+    restore_admin_conn_id: str | None = Field(
+        default=None,
+        description=(
+            "Role on the database's server that creates, renames and swaps databases during a restore "
+            "(CREATEDB, member of the database owner, pg_signal_backend); defaults to database.conn_id, "
+            "whose credential then needs all of that"
+        ),
+    )
     retention: BackupRetention = Field(default_factory=BackupRetention)
     max_age: Duration = Field(
         default=timedelta(hours=26), description="Newest verified backup must be younger"

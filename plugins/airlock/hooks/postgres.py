@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from time import monotonic, sleep
 from typing import Any
 
 import psycopg
@@ -32,6 +32,7 @@ from psycopg.rows import dict_row
 
 from airlock.config import PROJECT_ROOT
 from airlock.core.backups import BackupError
+from airlock.core.restore import CREATE_OPTIONS, AdminRights, database_entries
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +103,20 @@ class DatabaseAddress:
     sslmode: str | None = None
 
     @classmethod
-    def of(cls, conn_id: str) -> DatabaseAddress:
+    def of(cls, conn_id: str, *, default_dbname: str | None = None) -> DatabaseAddress:
+        """The address of ``conn_id``; its schema field names the database, or ``default_dbname``."""
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
         connection = PostgresHook.get_connection(conn_id)
-        if not connection.schema:
+        dbname = connection.schema or default_dbname
+        if not dbname:
             raise BackupError(f"Connection {conn_id} names no database (its schema field is empty)")
         return cls(
             host=connection.host or "localhost",
             port=connection.port or 5432,
             user=connection.login or "postgres",
             password=connection.password or None,
-            dbname=connection.schema,
+            dbname=dbname,
             sslmode=(connection.extra_dejson or {}).get("sslmode"),
         )
 
@@ -153,9 +156,19 @@ class DatabaseAddress:
         )
 
 
-def create_database(admin: DatabaseAddress, name: str, *, owner: str | None = None) -> None:
-    """``CREATE DATABASE name`` from ``template0`` (empty), owned by ``owner`` or the admin's role."""
+def create_database(
+    admin: DatabaseAddress, name: str, *, owner: str | None = None, options: Mapping[str, str] | None = None
+) -> None:
+    """``CREATE DATABASE name`` from ``template0`` (empty), owned by ``owner`` or the admin's role.
+
+    ``options``: CREATE DATABASE options (names from :data:`airlock.core.restore.CREATE_OPTIONS`,
+    e.g. ``ENCODING``, ``LOCALE``), each value passed as a literal; without them the server's defaults.
+    """
     statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+    for option, value in (options or {}).items():
+        if option not in CREATE_OPTIONS:
+            raise BackupError(f"CREATE DATABASE option {option} is not one a restore sets")
+        statement = sql.SQL("{} {} {}").format(statement, sql.SQL(option), sql.Literal(value))
     if owner is not None:
         statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
     with admin.connect(autocommit=True) as connection:
@@ -191,51 +204,147 @@ def database_owner(admin: DatabaseAddress, database: str) -> str:
     return row[0]
 
 
-def rename_databases(admin: DatabaseAddress, closing: str, renames: Sequence[tuple[str, str]]) -> None:
-    """Close ``closing`` to new sessions, end its sessions, apply ``renames`` in one transaction.
+def admin_rights(admin: DatabaseAddress, owner: str) -> AdminRights:
+    """The admin role's rights that a restore's create and swap need, read from the catalog."""
+    with admin.connect(autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT rolname, rolsuper, rolcreatedb, pg_has_role(current_user, %s, 'MEMBER'), "
+            "pg_has_role(current_user, 'pg_signal_backend', 'MEMBER') "
+            "FROM pg_roles WHERE rolname = current_user",
+            (owner,),
+        ).fetchone()
+    return AdminRights(*row)
 
-    Either every rename happens or none does; whatever name ``closing`` ends up with, it is open
-    to connections again afterwards (found by its OID, not by a name that may not exist).
+
+def database_names(admin: DatabaseAddress) -> list[str]:
+    """Every database on the admin's server."""
+    with admin.connect(autocommit=True) as connection:
+        return [name for (name,) in connection.execute("SELECT datname FROM pg_database ORDER BY 1")]
+
+
+def reopen_database(admin: DatabaseAddress, name: str) -> bool:
+    """Allow connections to ``name`` again if something closed it (``datallowconn = false``).
+
+    True when it had been closed. Earlier Airlock versions closed the live database during a swap;
+    one killed there left it refusing every client.
     """
     with admin.connect(autocommit=True) as connection:
-        row = connection.execute("SELECT oid FROM pg_database WHERE datname = %s", (closing,)).fetchone()
-        if row is None:
-            raise BackupError(f"Database {closing} does not exist")
-        oid = row[0]
+        row = connection.execute(
+            "SELECT datallowconn FROM pg_database WHERE datname = %s", (name,)
+        ).fetchone()
+        if row is None or row[0]:
+            return False
         connection.execute(
-            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(closing))
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(name))
         )
+    return True
+
+
+# How often a rename retries after ending its database's sessions (each try waits up to 5 s for
+# sessions that reconnected in between: PostgreSQL's own wait inside ALTER DATABASE ... RENAME).
+RENAME_ATTEMPTS = 6
+SWAP_TIMEOUTS = {
+    # A swap whose client died mid-transaction: the server rolls it back and frees the renamed
+    # databases' locks (new sessions wait on them) within this, even if no FIN ever arrives.
+    "idle_in_transaction_session_timeout": timedelta(seconds=15),
+    "statement_timeout": timedelta(seconds=60),
+}
+
+
+def swap_databases(
+    admin: DatabaseAddress,
+    renames: Sequence[tuple[str, str]],
+    *,
+    properties: bytes = b"",
+    encoding: str = "UTF8",
+) -> None:
+    """Apply ``renames`` in order, then run ``properties`` (SQL), all in one transaction.
+
+    Crash-safe by construction: no database is ever closed to connections (``ALLOW_CONNECTIONS``
+    is never touched), and nothing is committed before the end. A process killed at any point
+    leaves every database as it was: the server rolls back the transaction of a client that went
+    away (or went silent, after ``idle_in_transaction_session_timeout``). Each rename ends the
+    sessions of the database it renames, then holds that database's lock until the commit, so a
+    client connecting meanwhile waits and then reaches the database that holds the name.
+
+    ``properties``: statements about the database that takes the live name (its ACL, settings,
+    comment), in ``encoding``; see :class:`airlock.core.restore.DatabaseProperties`.
+    """
+    with admin.connect(autocommit=True) as connection:
+        for name, value in SWAP_TIMEOUTS.items():
+            connection.execute("SELECT set_config(%s, %s, false)", (name, _milliseconds(value)))
+        with connection.transaction():
+            for source, target in renames:
+                rename_database(connection, source, target)
+            if properties:
+                apply_database_properties(connection, properties, encoding)
+
+
+def end_sessions(connection: psycopg.Connection[Any], database: str) -> None:
+    """Terminate every other session on ``database``, waiting up to 5 s for each to exit."""
+    connection.execute("SELECT pg_stat_clear_snapshot()")  # pg_stat_activity is cached per transaction
+    connection.execute(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()",
+        (database,),
+    )
+
+
+def rename_database(connection: psycopg.Connection[Any], source: str, target: str) -> None:
+    """``ALTER DATABASE source RENAME TO target`` inside the caller's transaction, ending sessions first.
+
+    A session that connects between the ending and the rename makes the rename fail; it is retried
+    (from a savepoint) a few times. Once it succeeded, the lock it took keeps new sessions out.
+    """
+    statement = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+        sql.Identifier(source), sql.Identifier(target)
+    )
+    for _ in range(RENAME_ATTEMPTS):
+        end_sessions(connection, source)
         try:
-            renamed = [source for source, _ in renames]
-            deadline = monotonic() + 30
-            while connection.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()",
-                (renamed,),
-            ).fetchone()[0]:
-                if monotonic() > deadline:
-                    raise BackupError(
-                        f"Sessions of {', '.join(renamed)} did not end within 30 s; nothing was renamed"
-                    )
-                connection.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (closing,),
-                )
-                sleep(0.2)
             with connection.transaction():
-                for source, target in renames:
-                    connection.execute(
-                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                            sql.Identifier(source), sql.Identifier(target)
-                        )
-                    )
-        finally:
-            (current,) = connection.execute(
-                "SELECT datname FROM pg_database WHERE oid = %s", (oid,)
-            ).fetchone()
-            connection.execute(
-                sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(current))
-            )
+                connection.execute(statement)
+            return
+        except psycopg.errors.ObjectInUse:
+            continue
+    raise BackupError(
+        f"Sessions of {source} kept coming back while it was renamed ({RENAME_ATTEMPTS} tries); "
+        "nothing was renamed and every database is as it was"
+    )
+
+
+def apply_database_properties(connection: psycopg.Connection[Any], statements: bytes, encoding: str) -> None:
+    """Run pg_dump's statements about a database (in the archive's ``encoding``) in this transaction."""
+    connection.execute("SELECT set_config('client_encoding', %s, true)", (encoding,))
+    connection.execute(statements)  # several statements: sent as one simple query, as pg_dump wrote them
+
+
+def archived_database_properties(dump: Path, *, timeout: timedelta) -> bytes | None:
+    """What ``pg_restore --create`` would run about the database itself (not its objects), or None
+    when the archive holds no such entries (dumps of pg_dump before version 11)."""
+    tool = client_tool("pg_restore")
+    listing = subprocess.run(
+        [tool, "--create", "--list", str(dump)],
+        capture_output=True,
+        text=True,
+        timeout=timeout.total_seconds(),
+        check=False,
+    )
+    if listing.returncode != 0:
+        raise BackupError(f"pg_restore --list of {dump.name} failed: {_error_tail(listing.stderr)}")
+    entries = database_entries(listing.stdout)
+    if not entries:
+        return None
+    with tempfile.TemporaryDirectory(prefix="airlock-restore-") as directory:
+        selection = Path(directory) / "database-entries.list"
+        selection.write_text("\n".join(entries) + "\n")
+        script = Path(directory) / "database-entries.sql"
+        run_client_tool(
+            [tool, "--create", f"--use-list={selection}", f"--file={script}", str(dump)],
+            env=dict(os.environ),
+            timeout=timeout,
+        )
+        return script.read_bytes()
 
 
 # -- row counts -----------------------------------------------------------------------------------

@@ -1,17 +1,25 @@
 """The tasks of ``restore_<env>``: replace an environment's database with a backup, never losing the old one.
 
-The backup is restored into a new database next to the live one and checked (SHA-256 of every
-file before, row counts against the manifest after). Only then are the two swapped by renaming:
-the live database becomes ``<db>_before_restore_<stamp>`` and is kept, the restored one takes its
-name. The environment's SQL smoke tests then run against it; if one fails, the swap is undone.
-A failure before the swap leaves the live database untouched.
+The backup is restored into a new database next to the live one, created with the dumped
+database's encoding and locale, and checked (SHA-256 of every file before, row counts against the
+manifest after). Only then are the two swapped by renaming, in one transaction that also gives
+the restored database the dumped one's ACL and settings: the live database becomes
+``<db>_unchecked_restore_<stamp>``, the restored one takes its name. The environment's SQL smoke
+tests then run against it: all pass, the old one is renamed ``<db>_before_restore_<stamp>`` and
+kept; one fails, the swap is undone. A failure (or a killed worker) before the swap's commit
+leaves the live database untouched and open; the next restore drops the copy it left, or settles
+a swap whose smoke tests never ran (:func:`repair_interrupted_restores`).
+
+Creating and swapping run as ``backup.restore_admin_conn_id`` (default: the application's own
+connection), checked for the rights they need before anything is touched.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import get_current_context
@@ -20,23 +28,35 @@ from airflow.sdk.exceptions import AirflowFailException
 from airlock.config import Environment, SqlSmokeTest
 from airlock.core.backups import BackupError, BackupManifest, backup_settings, compare_row_counts
 from airlock.core.outcome import approver
-from airlock.core.restore import RestorePlan, sibling_name
+from airlock.core.restore import (
+    DatabaseProperties,
+    RestorePlan,
+    database_properties,
+    interrupted_restore_pattern,
+    names_of_restore,
+    restore_names,
+    unchecked_swap_pattern,
+)
 from airlock.hooks.backup_store import BackupStore, check_files
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.hooks.postgres import (
     DatabaseAddress,
+    admin_rights,
+    archived_database_properties,
     count_rows,
     create_database,
+    database_names,
     database_owner,
     drop_database,
     pg_restore,
-    rename_databases,
+    reopen_database,
+    swap_databases,
 )
 from airlock.notifications.slack import post, render
 from airlock.tasks.backup import newest_verified, take_backup
 from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
 from airlock.tasks.environment import keep_lock, register_change_steps, triggering_user
-from airlock.tasks.smoke import SmokeTestFailed, run_sql_test
+from airlock.tasks.smoke import SmokeResult, SmokeTestFailed, run_sql_test
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +197,23 @@ def restore_database(
     store = BackupStore.of(environment)
     manifest = store.manifest(name)
     live = DatabaseAddress.of(environment.database.conn_id)
-    admin = live.on("postgres")
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S")
-    restored_name = sibling_name(live.dbname, f"_restore_{stamp}")
-    kept_name = sibling_name(live.dbname, f"_before_restore_{stamp}")
+    admin = restore_admin(environment, live)
     owner = database_owner(admin, live.dbname)
+    check_admin_rights(environment, admin, owner)
+    repair_interrupted_restores(environment, admin, live.dbname)
+    names = restore_names(live.dbname, now or datetime.now(UTC), database_names(admin))
+    restored_name, kept_name = names["restored"], names["kept"]
 
     with store.local_copy(name) as directory:
         check_files(directory, manifest)
-        create_database(admin, restored_name, owner=owner)
+        dump = directory / manifest.dump_path
+        properties = read_database_properties(dump, manifest, live.dbname, settings.timeout)
+        create_database(
+            admin, restored_name, owner=owner, options=properties.create_options if properties else None
+        )
         try:
             pg_restore(
-                directory / manifest.dump_path,
+                dump,
                 live.on(restored_name),
                 jobs=settings.jobs,
                 timeout=settings.timeout,
@@ -205,21 +230,23 @@ def restore_database(
     except BaseException:
         drop_database(admin, restored_name)
         raise
-    rename_databases(admin, live.dbname, [(live.dbname, kept_name), (restored_name, live.dbname)])
-    log.info("%s now holds backup %s; the previous database is kept as %s", live.dbname, name, kept_name)
+    try:
+        swap_databases(
+            admin,
+            [(live.dbname, names["unchecked"]), (restored_name, live.dbname)],
+            properties=properties.statements if properties else b"",
+            encoding=properties.encoding if properties else "UTF8",
+        )
+    except BaseException:
+        drop_database(admin, restored_name)  # rolled back, so never live (and gone if it committed)
+        raise
+    log.info("%s now holds backup %s; the previous database is %s", live.dbname, name, names["unchecked"])
 
-    results = [
-        run_sql_test(test, environment.database.conn_id)
-        for test in environment.smoke_tests
-        if isinstance(test, SqlSmokeTest)
-    ]
-    failures = [r for r in results if not r.passed]
+    results, failures = settle_swap(environment, admin, live.dbname, names)
     if failures:
-        failed_name = sibling_name(live.dbname, f"_failed_restore_{stamp}")
-        rename_databases(admin, live.dbname, [(live.dbname, failed_name), (kept_name, live.dbname)])
         raise SmokeTestFailed(
             f"SQL smoke test(s) failed on the restored database, so the swap was undone: {live.dbname} "
-            f"is as before and the restored copy is kept as {failed_name}: "
+            f"is as before and the restored copy is kept as {names['failed']}: "
             + "; ".join(f"{r.test}: {r.detail}" for r in failures)
         )
     return {
@@ -228,3 +255,108 @@ def restore_database(
         "previous_kept_as": kept_name,
         "smoke_tests": [f"{r.test}: {r.detail}" for r in results],
     }
+
+
+def settle_swap(
+    environment: Environment, admin: DatabaseAddress, database: str, names: dict[str, str]
+) -> tuple[list[SmokeResult], list[SmokeResult]]:
+    """The SQL smoke tests' verdict on a swapped-in restore, acted on: all passed, the previous
+    database (``unchecked``) is renamed ``kept``; one failed, the swap is undone (the restored
+    copy becomes ``failed``). Returns the results and the failures."""
+    results = [
+        run_sql_test(test, environment.database.conn_id)
+        for test in environment.smoke_tests
+        if isinstance(test, SqlSmokeTest)
+    ]
+    failures = [r for r in results if not r.passed]
+    if failures:
+        swap_databases(admin, [(database, names["failed"]), (names["unchecked"], database)])
+    else:
+        swap_databases(admin, [(names["unchecked"], names["kept"])])
+    return results, failures
+
+
+def restore_admin(environment: Environment, live: DatabaseAddress) -> DatabaseAddress:
+    """The session that creates, renames and swaps databases: ``backup.restore_admin_conn_id`` (on the
+    database it names, ``postgres`` when none), by default the application's own credential."""
+    conn_id = backup_settings(environment).restore_admin_conn_id
+    if conn_id is None:
+        return live.on("postgres")
+    admin = DatabaseAddress.of(conn_id, default_dbname="postgres")
+    if (admin.host, admin.port) != (live.host, live.port):
+        raise BackupError(
+            f"backup.restore_admin_conn_id {conn_id} reaches {admin.host}:{admin.port}, but the database "
+            f"{live.dbname} is on {live.host}:{live.port}: point it at the database's server"
+        )
+    if admin.dbname == live.dbname:
+        raise BackupError(
+            f"backup.restore_admin_conn_id {conn_id} connects to {live.dbname}, the database it must rename: "
+            "give it another database (its schema field), e.g. postgres"
+        )
+    return admin
+
+
+def check_admin_rights(environment: Environment, admin: DatabaseAddress, owner: str) -> None:
+    """Refuse, before anything is touched, an admin role that could not create or swap databases."""
+    missing = admin_rights(admin, owner).missing(owner)
+    if missing:
+        conn_id = backup_settings(environment).restore_admin_conn_id or environment.database.conn_id
+        raise BackupError(
+            f"The restore's admin connection {conn_id} (role {admin.user}) cannot create and swap "
+            f"databases; run {'; '.join(missing)}, or set backup.restore_admin_conn_id to a role that can"
+        )
+
+
+def repair_interrupted_restores(environment: Environment, admin: DatabaseAddress, database: str) -> None:
+    """Finish or undo what a restore killed part-way left, so this one starts from a settled state.
+
+    A swap commits all or nothing, so a killed restore leaves one of two things. Killed before its
+    swap: a ``<db>_restore_<stamp>`` copy, never live (:func:`interrupted_restore_pattern`), which
+    is dropped. Killed after it, before the smoke tests' verdict: ``<db>_unchecked_restore_<stamp>``
+    (:func:`unchecked_swap_pattern`); the smoke tests run now and :func:`settle_swap` keeps or
+    undoes that swap. The run holds the environment lock, so no other restore is using either.
+    ``datallowconn = false`` on the live database was left by a killed swap of an earlier Airlock
+    version; it is opened again.
+    """
+    if reopen_database(admin, database):
+        log.warning("%s refused connections (a swap killed part-way): it accepts them again", database)
+    leftovers, unchecked = interrupted_restore_pattern(database), unchecked_swap_pattern(database)
+    for name in database_names(admin):
+        if leftovers.match(name):
+            log.warning("Dropping %s, the copy of a restore that stopped before its swap", name)
+            drop_database(admin, name)
+        elif found := unchecked.match(name):
+            names = names_of_restore(database, found["stamp"])
+            _, failures = settle_swap(environment, admin, database, names)
+            log.warning(
+                "A restore swapped %s in but stopped before its smoke tests: they %s, so %s",
+                database,
+                "failed" if failures else "passed",
+                f"the swap was undone ({names['failed']})"
+                if failures
+                else f"{name} is kept as {names['kept']}",
+            )
+
+
+def read_database_properties(
+    dump: Path, manifest: BackupManifest, database: str, timeout: timedelta
+) -> DatabaseProperties | None:
+    """The encoding, locale, ACL and settings the dump recorded for its database, or None (with a
+    warning) for an archive that has none: its copy then gets the server's defaults."""
+    script = archived_database_properties(dump, timeout=timeout)
+    if script is None:
+        log.warning(
+            "Backup %s records no database properties (encoding, locale, ACL, settings): the restored "
+            "database gets the server's defaults",
+            manifest.name,
+        )
+        return None
+    if manifest.database != database:
+        raise BackupError(
+            f"Backup {manifest.name} is of database {manifest.database}, but {database} is the environment's "
+            "database now: its ACL and settings name the other one; restore it by hand"
+        )
+    try:
+        return database_properties(script)
+    except ValueError as error:
+        raise BackupError(f"Backup {manifest.name}: {error}") from None
