@@ -183,7 +183,9 @@ class AirlockStack:
         the default ports, where the shipped ``include/environments/demo.yaml`` is used as is).
     :param executor: ``local`` (Airlock's LocalExecutor) or ``celery`` (the CeleryExecutor and
         ``workers`` Celery workers, Redis broker and PostgreSQL result backend).
-    :param workers: how many Celery workers (``celery`` only), or the ``CeleryWorker`` list to start.
+    :param workers: how many Celery workers (``celery`` only).
+    :param worker_queues: the queues of each worker, comma-separated (``("default", "zone-a")``:
+        worker-2 serves only ``zone-a``); empty: every worker serves ``default``.
     :param worker_concurrency: task slots per Celery worker.
     :param broker_redis_db: Redis database of the Celery broker (default: ``redis_db``; Celery's
         keys never start with ``airlock:``).
@@ -197,18 +199,28 @@ class AirlockStack:
     echo_slack: bool = True
     overrides: dict = field(default_factory=dict)
     executor: str = "local"
-    workers: int | tuple[CeleryWorker, ...] = 2
+    workers: int = 2
+    worker_queues: tuple[str, ...] = ()
     worker_concurrency: int = 2
     broker_redis_db: int | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     sandbox: Sandbox | None = None
     slack: SlackReceiver | None = None
+    celery_workers: tuple[CeleryWorker, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
-        if isinstance(self.workers, int):
-            self.workers = tuple(CeleryWorker(n, self.home / "workers") for n in range(1, self.workers + 1))
+        if self.worker_queues and len(self.worker_queues) != self.workers:
+            raise ValueError(f"{len(self.worker_queues)} worker_queues for {self.workers} workers")
+        self.celery_workers = tuple(
+            CeleryWorker(
+                number,
+                self.home / "workers",
+                tuple(self.worker_queues[number - 1].split(",")) if self.worker_queues else ("default",),
+            )
+            for number in range(1, self.workers + 1)
+        )
 
     @property
     def airflow_home(self) -> Path:
@@ -494,8 +506,23 @@ class AirlockStack:
         for name, arguments in COMPONENTS.items():
             self._spawn(name, ["-m", "airflow", *(a.format(port=self.ports.api) for a in arguments)])
         if self.executor == "celery":
-            for worker in self.workers:
+            # A task started before the api-server answers fails at once (its supervisor cannot
+            # reach the execution API): the workers start once it does.
+            self.wait_for_api()
+            for worker in self.celery_workers:
                 self.start_worker(worker)
+
+    def wait_for_api(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.processes["api-server"].poll() is not None:
+                raise RuntimeError(f"airflow api-server exited; see {self.home}/logs/api-server.log")
+            try:
+                urllib.request.urlopen(f"{self.api_url}/api/v2/monitor/health", timeout=10).close()
+                return
+            except (OSError, urllib.error.URLError):
+                time.sleep(1)
+        raise RuntimeError(f"the Airflow API did not answer within {timeout:.0f}s")
 
     def start_worker(self, worker: CeleryWorker) -> None:
         """Start a Celery worker and its log server (again, after ``kill_worker``)."""
@@ -629,7 +656,7 @@ class AirlockStack:
         """Remove the Celery keys this stack's broker holds (queues, bindings, unacked messages)."""
         import redis
 
-        queues = {queue for worker in self.workers for queue in worker.queues}
+        queues = {queue for worker in self.celery_workers for queue in worker.queues}
         patterns = ["_kombu.*", "unacked*", *queues, *(f"{queue}\x06\x16*" for queue in queues)]
         with redis.Redis.from_url(self.broker_url) as broker:
             for pattern in patterns:
@@ -639,7 +666,7 @@ class AirlockStack:
     def components_title(self) -> str:
         title = "api-server, scheduler, dag-processor, triggerer"
         if self.executor == "celery":
-            title += f", {len(self.workers)} Celery workers"
+            title += f", {self.workers} Celery workers"
         return title
 
     def _start_slack(self) -> None:
