@@ -97,6 +97,10 @@ class CeleryWorker:
     def directory(self) -> Path:
         return self.root / self.name
 
+    @property
+    def log_server(self) -> str:
+        return f"{self.name}-logs"
+
     def settings(self) -> dict[str, str]:
         """What this worker's processes (and the task processes below them) see differently."""
         for sub in ("home", "tmp", "cache/artifacts", "logs"):
@@ -123,7 +127,7 @@ class CeleryWorker:
                 "--pid", str(self.directory / "worker.pid"),
                 "--skip-serve-logs",
             ],
-            f"{self.name}-logs": [
+            self.log_server: [
                 "-m", "uvicorn", "--factory", "airflow.utils.serve_logs.log_server:get_app",
                 "--host", self.address, "--port", str(log_port), "--no-access-log",
             ],
@@ -420,6 +424,12 @@ class AirlockStack:
             for port in ports
             if not port_is_free("127.0.0.1", port)
         ]
+        if self.executor == "celery":
+            busy += [
+                f"Celery worker log server {worker.address}:{self.ports.worker_logs}"
+                for worker in self.celery_workers
+                if not port_is_free(worker.address, self.ports.worker_logs)
+            ]
         if busy:
             raise SandboxError(
                 "port(s) already in use: "
@@ -530,12 +540,14 @@ class AirlockStack:
             self._spawn(name, arguments, worker.settings())
 
     def kill_worker(self, worker: CeleryWorker) -> None:
-        """SIGKILL a Celery worker and every task process below it, as a machine dying would."""
-        process = self.processes.pop(worker.name)
-        for pid in [process.pid, *descendants([process.pid])]:
+        """SIGKILL a Celery worker, every task process below it and its log server, as a machine
+        dying would."""
+        processes = [self.processes.pop(name) for name in (worker.name, worker.log_server)]
+        for pid in [*(p.pid for p in processes), *descendants([p.pid for p in processes])]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        process.wait(timeout=20)
+        for process in processes:
+            process.wait(timeout=20)
 
     def _spawn(self, name: str, arguments: list[str], extra: dict[str, str] | None = None) -> None:
         logs = self.home / "logs"
