@@ -11,9 +11,9 @@ import pytest
 
 from airlock_dev.stack import disposable_stack
 from tests.e2e.celery.conftest import BROKER_REDIS_DB
-from tests.e2e.celery.test_celery_release import task_instances
+from tests.e2e.celery.test_celery_release import finished, task_instances
 from tests.e2e.conftest import E2E_REDIS_DB
-from tests.e2e.rest import Rest, finished
+from tests.e2e.rest import Rest
 
 
 @pytest.fixture(scope="module")
