@@ -95,7 +95,24 @@ def test_a_release_runs_on_both_workers_and_both_workers_logs_are_readable_throu
         assert "Could not read served logs" not in text, text[:2000]
 
 
-def test_a_backup_dumped_on_one_worker_is_restored_on_the_other_through_the_backup_store(celery_stack):
+@pytest.fixture
+def kept_databases(celery_stack):
+    """Drops the ``<database>_before_restore_<time>`` databases a restore keeps, afterwards."""
+    yield
+    from psycopg import sql
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
+        names = connection.execute(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
+            (f"{celery_stack.database}_before_restore_",),
+        ).fetchall()
+        for (name,) in names:
+            connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_a_backup_dumped_on_one_worker_is_restored_on_the_other_through_the_backup_store(
+    celery_stack, kept_databases
+):
     stack = celery_stack
     first, second = stack.celery_workers
     rest = Rest(stack)
