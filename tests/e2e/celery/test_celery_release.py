@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import redis
 
+from airlock.core.restore import sibling_name
 from tests.e2e.conftest import E2E_REDIS_DB
 from tests.e2e.rest import Rest, approve_the_moment_it_is_listed, served
 
@@ -101,10 +102,12 @@ def kept_databases(celery_stack):
     yield
     from psycopg import sql
 
+    stamp = "20000101000000"  # the restore's kept name: sibling_name(database, "_before_restore_<stamp>")
+    prefix = sibling_name(celery_stack.database, f"_before_restore_{stamp}").removesuffix(stamp)
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
         names = connection.execute(
             "SELECT datname FROM pg_database WHERE starts_with(datname, %s)",
-            (f"{celery_stack.database}_before_restore_",),
+            (prefix,),
         ).fetchall()
         for (name,) in names:
             connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
