@@ -37,11 +37,13 @@ def default_args(
 
     Per-environment DAGs pass their ``environment`` (owner and Slack connection come from its
     file); DAGs that belong to no environment (``airflow_housekeeping``) pass ``owner`` and
-    ``slack_conn_id`` instead. An explicit keyword wins over the environment's value.
+    ``slack_conn_id`` instead. An explicit keyword wins over the environment's value. An
+    environment's ``queue`` sends every task of its DAGs to the workers serving that queue.
     """
     if environment is None and owner is None:
         raise ValueError("default_args needs an environment or an owner")
     return {
+        **({"queue": environment.queue} if environment is not None and environment.queue else {}),
         "owner": owner or environment.owner,
         "retries": retries,
         "retry_delay": timedelta(seconds=10),

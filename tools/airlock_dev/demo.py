@@ -6,6 +6,9 @@ Airflow's metadata.
 Running it again reuses that state. Ctrl-C stops every process it started (Airflow's
 components, sshd hosts, the demo apps, Slack). ``python -m airlock_dev.demo clean`` (``make clean``)
 drops the three databases.
+
+``AIRLOCK_EXECUTOR=celery`` runs the tasks on two Celery workers instead of the LocalExecutor
+(README, "Scaling out").
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ NEXT_STEPS = """
   Ctrl-C stops everything.
 """
 
+CELERY_NOTE = (
+    "Celery mode: tasks run on worker-1 and worker-2 (logs .demo/logs/worker-N.log, their own\n"
+    "  directories under .demo/workers/); a task instance's hostname says which (127.0.0.2 or .3)."
+)
 
 DEMO_HOME = PROJECT_ROOT / ".demo"
 
@@ -76,7 +83,12 @@ def main() -> int:
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     logging.disable(logging.INFO)
     port = int(os.environ.get("AIRLOCK_PORT", "8080"))
-    stack = AirlockStack.demo(DEMO_HOME, Ports(api=port))
+    executor = os.environ.get("AIRLOCK_EXECUTOR", "local")
+    try:
+        stack = AirlockStack.demo(DEMO_HOME, Ports(api=port), executor=executor)
+    except ValueError as error:
+        say(f"error: AIRLOCK_EXECUTOR: {error}")
+        return 1
 
     def interrupted(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -85,6 +97,8 @@ def main() -> int:
     try:
         stack.start()
         print(NEXT_STEPS.format(url=stack.api_url, password=stack.password()), flush=True)
+        if stack.executor == "celery":
+            say(CELERY_NOTE)
         while all(process.poll() is None for process in stack.processes.values()):
             time.sleep(1)
         failed = [name for name, process in stack.processes.items() if process.poll() is not None]

@@ -4,6 +4,8 @@ One implementation serves ``make demo`` (fixed ports, ``.demo/``) and the end-to
 ports, a temporary directory). Airflow runs as separate components bound to loopback, never
 ``airflow standalone`` (whose log servers listen on every interface): api-server, scheduler,
 dag-processor and triggerer, with Airlock's LocalExecutor and a PostgreSQL metadata database.
+With ``executor="celery"`` (``AIRLOCK_EXECUTOR=celery make demo``) the CeleryExecutor runs the
+tasks instead, on Celery workers of this machine (see ``CeleryWorker``).
 
 Three databases on the local PostgreSQL server (127.0.0.1:5432) belong to a stack: the demo app's
 (``database``), Airlock's ops tables (``<database>_ops``: the audit trail and health history live
@@ -63,6 +65,75 @@ COMPONENTS = {
     "dag-processor": ["dag-processor"],
     "triggerer": ["triggerer", "--skip-serve-logs"],
 }
+EXECUTORS = ("local", "celery")
+
+
+@dataclass(frozen=True)
+class CeleryWorker:
+    """
+    One ``airflow celery worker`` of a Celery stack: a machine of its own, as far as tasks can tell.
+
+    Its home, temporary and artifact-cache directories and its task-log folder are its own (a file
+    a task writes on one worker is not there for the next task on the other). It reports its own
+    loopback address as its host name and serves its task logs there, on the port the api-server
+    asks every worker for (Airflow has one ``worker_log_server_port`` for all workers).
+
+    :param number: 1, 2, ...: the worker's name is ``worker-<number>``, its address 127.0.0.<number + 1>.
+    :param root: the directory holding the worker's own directories.
+    :param queues: the Celery queues it consumes.
+    """
+
+    number: int
+    root: Path
+    queues: tuple[str, ...] = ("default",)
+
+    @property
+    def name(self) -> str:
+        return f"worker-{self.number}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.{self.number + 1}"
+
+    @property
+    def directory(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def log_server(self) -> str:
+        return f"{self.name}-logs"
+
+    def settings(self) -> dict[str, str]:
+        """What this worker's processes (and the task processes below them) see differently."""
+        for sub in ("home", "tmp", "cache/artifacts", "logs"):
+            (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "HOME": str(self.directory / "home"),
+            "TMPDIR": str(self.directory / "tmp"),
+            "AIRLOCK_ARTIFACT_CACHE": str(self.directory / "cache" / "artifacts"),
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.directory / "logs"),
+            "AIRLOCK_WORKER_HOSTNAME": self.address,
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "airlock_dev.worker_hostname.hostname",
+            "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT / "plugins"), str(PROJECT_ROOT / "tools")]),
+        }
+
+    def commands(self, concurrency: int, log_port: int) -> dict[str, list[str]]:
+        """The worker (Airflow's own log server off: it binds every interface) and its log server
+        bound to the worker's loopback address."""
+        return {
+            self.name: [
+                "-m", "airflow", "celery", "worker",
+                "--celery-hostname", f"{self.name}@%h",
+                "--queues", ",".join(self.queues),
+                "--concurrency", str(concurrency),
+                "--pid", str(self.directory / "worker.pid"),
+                "--skip-serve-logs",
+            ],
+            self.log_server: [
+                "-m", "uvicorn", "--factory", "airflow.utils.serve_logs.log_server:get_app",
+                "--host", self.address, "--port", str(log_port), "--no-access-log",
+            ],
+        }  # fmt: skip
 
 
 def installation_id(home: Path) -> str:
@@ -99,6 +170,8 @@ class Ports:
     slack: int = 8099
     ssh: list[int] = field(default_factory=lambda: [2201, 2202, 2203])
     app: list[int] = field(default_factory=lambda: [8101, 8102, 8103])
+    #: the port every Celery worker serves its task logs on (each on its own loopback address)
+    worker_logs: int = 8793
 
 
 @dataclass
@@ -114,6 +187,14 @@ class AirlockStack:
     :param echo_slack: print Slack messages on the console.
     :param overrides: top-level settings replaced in the generated demo environment (not with
         the default ports, where the shipped ``include/environments/demo.yaml`` is used as is).
+    :param executor: ``local`` (Airlock's LocalExecutor) or ``celery`` (the CeleryExecutor and
+        ``workers`` Celery workers, Redis broker and PostgreSQL result backend).
+    :param workers: how many Celery workers (``celery`` only).
+    :param worker_queues: the queues of each worker, comma-separated (``("default", "zone-a")``:
+        worker-2 serves only ``zone-a``); empty: every worker serves ``default``.
+    :param worker_concurrency: task slots per Celery worker.
+    :param broker_redis_db: Redis database of the Celery broker (default: ``redis_db``; Celery's
+        keys never start with ``airlock:``).
     """
 
     home: Path
@@ -123,9 +204,29 @@ class AirlockStack:
     redis_db: int = 0
     echo_slack: bool = True
     overrides: dict = field(default_factory=dict)
+    executor: str = "local"
+    workers: int = 2
+    worker_queues: tuple[str, ...] = ()
+    worker_concurrency: int = 2
+    broker_redis_db: int | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     sandbox: Sandbox | None = None
     slack: SlackReceiver | None = None
+    celery_workers: tuple[CeleryWorker, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor {self.executor!r} is not one of {', '.join(EXECUTORS)}")
+        if self.worker_queues and len(self.worker_queues) != self.workers:
+            raise ValueError(f"{len(self.worker_queues)} worker_queues for {self.workers} workers")
+        self.celery_workers = tuple(
+            CeleryWorker(
+                number,
+                self.home / "workers",
+                tuple(self.worker_queues[number - 1].split(",")) if self.worker_queues else ("default",),
+            )
+            for number in range(1, self.workers + 1)
+        )
 
     @property
     def airflow_home(self) -> Path:
@@ -177,7 +278,7 @@ class AirlockStack:
             os.environ.update(saved)
 
     @classmethod
-    def demo(cls, home: Path, ports: Ports) -> AirlockStack:
+    def demo(cls, home: Path, ports: Ports, **options) -> AirlockStack:
         """``make demo``'s stack: its databases are named after this checkout's installation id.
 
         A fresh clone never inherits an earlier clone's DAG runs or data; the same clone finds its
@@ -189,6 +290,7 @@ class AirlockStack:
             ports=ports,
             database=f"airlock_demo_{suffix}",
             metadata_database=f"airlock_demo_{suffix}_airflow",
+            **options,
         )
 
     def environment(self) -> Environment:
@@ -299,6 +401,30 @@ class AirlockStack:
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             **{name: json.dumps(value) for name, value in connections.items() if value},
+            **(self.celery_settings() if self.executor == "celery" else {}),
+        }
+
+    @property
+    def broker_url(self) -> str:
+        db = self.redis_db if self.broker_redis_db is None else self.broker_redis_db
+        return f"redis://127.0.0.1:6379/{db}"
+
+    def celery_settings(self) -> dict[str, str]:
+        """The CeleryExecutor: Redis broker, the metadata database as result backend.
+
+        Airflow 3.3's CeleryExecutor needs no guard against an approval answered the moment the
+        task paused (``ResumeSafeLocalExecutor``'s race): it keeps one Celery result per
+        task-instance key, replaced when the key is sent again, and sends before it reads
+        results in the same heartbeat; the paused try's result is never read as the resumed one's.
+        """
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.metadata_url.replace("+psycopg2", ""),
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+            # One process sends and polls (2 shared cores); the default is one per core minus one.
+            "AIRFLOW__CELERY__SYNC_PARALLELISM": "1",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self.ports.worker_logs),
         }
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -316,6 +442,12 @@ class AirlockStack:
             for port in ports
             if not port_is_free("127.0.0.1", port)
         ]
+        if self.executor == "celery":
+            busy += [
+                f"Celery worker log server {worker.address}:{self.ports.worker_logs}"
+                for worker in self.celery_workers
+                if not port_is_free(worker.address, self.ports.worker_logs)
+            ]
         if busy:
             raise SandboxError(
                 "port(s) already in use: "
@@ -399,19 +531,54 @@ class AirlockStack:
             raise RuntimeError(f"airflow db migrate failed:\n{result.stderr[-3000:]}")
 
     def start_airflow(self) -> None:
+        for name, arguments in COMPONENTS.items():
+            self._spawn(name, ["-m", "airflow", *(a.format(port=self.ports.api) for a in arguments)])
+        if self.executor == "celery":
+            # A task started before the api-server answers fails at once (its supervisor cannot
+            # reach the execution API): the workers start once it does.
+            self.wait_for_api()
+            for worker in self.celery_workers:
+                self.start_worker(worker)
+
+    def wait_for_api(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.processes["api-server"].poll() is not None:
+                raise RuntimeError(f"airflow api-server exited; see {self.home}/logs/api-server.log")
+            try:
+                urllib.request.urlopen(f"{self.api_url}/api/v2/monitor/health", timeout=10).close()
+                return
+            except (OSError, urllib.error.URLError):
+                time.sleep(1)
+        raise RuntimeError(f"the Airflow API did not answer within {timeout:.0f}s")
+
+    def start_worker(self, worker: CeleryWorker) -> None:
+        """Start a Celery worker and its log server (again, after ``kill_worker``)."""
+        for name, arguments in worker.commands(self.worker_concurrency, self.ports.worker_logs).items():
+            self._spawn(name, arguments, worker.settings())
+
+    def kill_worker(self, worker: CeleryWorker) -> None:
+        """SIGKILL a Celery worker, every task process below it and its log server, as a machine
+        dying would."""
+        processes = [self.processes.pop(name) for name in (worker.name, worker.log_server)]
+        for pid in [*(p.pid for p in processes), *descendants([p.pid for p in processes])]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for process in processes:
+            process.wait(timeout=20)
+
+    def _spawn(self, name: str, arguments: list[str], extra: dict[str, str] | None = None) -> None:
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        for name, arguments in COMPONENTS.items():
-            log = (logs / f"{name}.log").open("ab")
+        with (logs / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", "airflow", *(a.format(port=self.ports.api) for a in arguments)],
-                env={**os.environ, **self.settings()},
+                [sys.executable, *arguments],
+                env={**os.environ, **self.settings(), **(extra or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            log.close()
 
     def password(self) -> str:
         path = self.airflow_home / "simple_auth_manager_passwords.json.generated"
@@ -505,7 +672,7 @@ class AirlockStack:
             (f"serving demo app {INITIAL_VERSION} on the hosts", self.serve_initial_release),
             ("taking a verified backup of the demo database (if none is fresh)", self.take_first_backup),
             ("migrating the Airflow metadata database", self.migrate_metadata),
-            ("starting api-server, scheduler, dag-processor, triggerer", self.start_airflow),
+            (f"starting {self.components_title()}", self.start_airflow),
             ("waiting for the API and the DAGs", lambda: self.wait_until_ready(dag_ids)),
         ]
         self.home.mkdir(parents=True, exist_ok=True)
@@ -514,6 +681,23 @@ class AirlockStack:
             say(f"[{number}/{len(steps)}] {title}")
             step()
         say(f"ready in {time.monotonic() - started:.0f}s")
+
+    def clear_broker(self) -> None:
+        """Remove the Celery keys this stack's broker holds (queues, bindings, unacked messages)."""
+        import redis
+
+        queues = {queue for worker in self.celery_workers for queue in worker.queues}
+        patterns = ["_kombu.*", "unacked*", *queues, *(f"{queue}\x06\x16*" for queue in queues)]
+        with redis.Redis.from_url(self.broker_url) as broker:
+            for pattern in patterns:
+                for key in broker.scan_iter(pattern):
+                    broker.delete(key)
+
+    def components_title(self) -> str:
+        title = "api-server, scheduler, dag-processor, triggerer"
+        if self.executor == "celery":
+            title += f", {self.workers} Celery workers"
+        return title
 
     def _start_slack(self) -> None:
         self.slack = SlackReceiver(
@@ -551,6 +735,8 @@ class AirlockStack:
     def stop(self) -> None:
         """Stop every process this stack started; safe to call twice."""
         self.stop_airflow()
+        if self.executor == "celery":
+            self.clear_broker()
         if self.sandbox is not None:
             self.sandbox.stop()
         if self.slack is not None:
@@ -584,6 +770,7 @@ def disposable_stack(*, hosts: int = 3, redis_db: int, prefix: str = "airlock-",
             slack=free_port(),
             ssh=[free_port() for _ in range(hosts)],
             app=[free_port() for _ in range(hosts)],
+            worker_logs=free_port(),
         ),
         database=database,
         metadata_database=f"{database}_airflow",

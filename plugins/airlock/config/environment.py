@@ -41,6 +41,8 @@ from airlock.config.loader import PROJECT_ROOT, ConfigFileError, load_settings_f
 ENVIRONMENTS_DIR_VARIABLE = "AIRLOCK_ENVIRONMENTS_DIR"
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,30}$"
+#: A Celery queue name that needs no quoting anywhere (``airflow celery worker --queues a,b``).
+QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 #: A run's ``reason``: one line (a newline could fake a section of the plan the approver reads).
 REASON_PATTERN = r"^[^\r\n]*$"
@@ -553,6 +555,14 @@ class Environment(_Model):
         ),
     )
     smoke_tests: list[SmokeTest] = Field(default_factory=list, description="Checks run after every wave")
+    queue: str | None = Field(
+        default=None,
+        pattern=QUEUE_PATTERN,
+        description=(
+            "Celery queue of every task of this environment's DAGs (e.g. workers inside the "
+            "network zone that reaches its hosts); null: [operators] default_queue"
+        ),
+    )
 
     @field_validator("hosts")
     @classmethod

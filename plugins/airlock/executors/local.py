@@ -63,8 +63,8 @@ class ResumeSafeLocalExecutor(LocalExecutor):
     ``LocalExecutor`` that ignores a paused process's exit once its task was sent again.
 
     Set ``[core] executor = airlock.executors.local.ResumeSafeLocalExecutor`` (``make demo``
-    and the test stacks do). Whether the CeleryExecutor needs the same guard is not verified yet:
-    it tracks results per Celery task rather than per key, which should not mix the two up.
+    and the test stacks do). The CeleryExecutor needs no such guard: it replaces a key's Celery
+    result when the key is sent again (``docs/behaviour.md``, "Approvals that come fast").
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
