@@ -41,6 +41,10 @@ from airlock.hooks.ssh import HostSSHHook, RemoteCommandError
 log = logging.getLogger(__name__)
 
 RELEASE_MARKER = ".airlock-release"
+PREVIOUS_MARKER = ".airlock-previous"
+HISTORY_FILE = ".airlock-history"
+#: How many releases the history keeps.
+HISTORY_LENGTH = 50
 #: What an interrupted install leaves in ``releases/``: ``<prefix><version><suffix>``.
 LEFTOVERS = ((".incoming-", ".tar.gz"), (".staging-", ""))
 #: The exit status of a host script that refused to remove the live release.
@@ -48,10 +52,6 @@ _LIVE = 97
 #: The exit status of the marker read when there is no marker.
 _NO_MARKER = 98
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-PREVIOUS_MARKER = ".airlock-previous"
-HISTORY_FILE = ".airlock-history"
-#: How many releases the history keeps.
-HISTORY_LENGTH = 50
 
 
 class HostNotServingError(RuntimeError):
@@ -170,8 +170,19 @@ class HostLayout:
         make :meth:`install` replace a release that may be live.
         """
         q = shlex.quote
-        marker = f"{self.release_dir(version)}/{RELEASE_MARKER}"
-        script = f"[ -e {q(marker)} ] || [ -L {q(marker)} ] || exit {_NO_MARKER}\ncat -- {q(marker)}"
+        release, marker = self.release_dir(version), f"{self.release_dir(version)}/{RELEASE_MARKER}"
+        script = "\n".join(
+            [
+                f"if [ ! -e {q(marker)} ] && [ ! -L {q(marker)} ]; then",
+                # A directory the user cannot search hides its marker: unknown, not absent.
+                f"  if [ -d {q(release)} ] && ! [ -x {q(release)} ]; then",
+                f"    echo {q(release + ': Permission denied')} >&2; exit 1",
+                "  fi",
+                f"  exit {_NO_MARKER}",
+                "fi",
+                f"cat -- {q(marker)}",
+            ]
+        )
         result = self.hook.run_script(script, check=False)
         if result.exit_status == _NO_MARKER:
             return None
