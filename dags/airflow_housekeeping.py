@@ -29,14 +29,19 @@ with DAG(
     default_args=default_args(owner=settings.owner, slack_conn_id=settings.slack_conn_id),
     params={
         "dry_run": Param(False, type="boolean", description="Only report what would be deleted"),
+        # A run may keep more than include/housekeeping.yaml, never less (checked again in the tasks).
         "log_retention_days": Param(
-            settings.log_retention_days, type="integer", minimum=1, description="Task logs kept, in days"
+            settings.log_retention_days,
+            type="integer",
+            minimum=settings.log_retention_days,
+            description=f"Task logs kept, in days: at least {settings.log_retention_days}",
         ),
         "metadata_retention_days": Param(
             settings.metadata_retention_days,
             type="integer",
-            minimum=1,
-            description="Metadata records kept, in days",
+            minimum=settings.metadata_retention_days,
+            description=f"Metadata records kept, in days: at least {settings.metadata_retention_days} "
+            f"(approval evidence: at least {settings.audit_retention_days})",
         ),
     },
 ):

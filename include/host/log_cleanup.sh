@@ -3,30 +3,40 @@
 # read by airlock.core.log_cleanup). Every value arrives as a quoted argument; none is ever
 # pasted into this text.
 #
-# Arguments: MODE (apply | dry-run), COMPRESS_MINUTES, DELETE_MINUTES, SAMPLE_LIMIT,
-#            PATTERN_COUNT, PATTERN..., DIRECTORY...
+# Arguments: MODE (apply | dry-run), PARTIAL_PROC (refuse | allow), COMPRESS_MINUTES,
+#            DELETE_MINUTES, SAMPLE_LIMIT, PATTERN_COUNT, PATTERN..., DIRECTORY...
 #
 # For each directory, in one pass of find: delete the files matching a pattern + .gz last
 # written more than DELETE_MINUTES ago, and gzip the regular files whose name matches a pattern
 # (not already *.gz) last written more than COMPRESS_MINUTES ago. find -P never follows a
 # symbolic link, -xdev never enters another filesystem, -type f touches only regular files; a
-# directory that is, or lies behind, a symbolic link is refused. Files a process holds open
-# (seen through /proc/<pid>/fd) are reported and left alone. gzip runs through -execdir: on the
-# file's name inside the directory find itself traversed, so a parent directory swapped for a
-# symbolic link after find checked it is never followed (-delete works the same way).
+# directory that is, or lies behind, a symbolic link is refused. The walk is relative to the
+# directory itself: the script enters it with cd -P, checks that the directory it is now in has
+# exactly the configured path (pwd -P), and runs find -P . from there, so an ancestor swapped for
+# a symbolic link after the check cannot redirect the walk (the shell holds the directory, not
+# its path). Files a process holds open (seen through /proc/<pid>/fd) are reported and left
+# alone; when /proc shows only part of the processes (or there is no /proc), open files cannot
+# be told apart, and with PARTIAL_PROC=refuse an apply touches nothing (the "refused" record).
+# gzip runs through -execdir: on the file's name inside the directory find itself traversed, so
+# a parent directory swapped for a symbolic link after find checked it is never followed
+# (-delete works the same way).
 #
 # Output, one record a line, fields separated by tabs (in paths, newline arrives as \001):
 #   tools     <missing tools, comma separated>           (then exit 3)
 #   open      <proc|partial|unchecked> <unreadable processes>
 #             (partial with 0: /proc hides other users' processes, hidepid=2 or invisible)
-#   dir       <index> <ok|missing|symlink|not-directory|too-broad>
+#   refused   open-files     (apply with PARTIAL_PROC=refuse and a partial or unchecked /proc:
+#                            nothing was touched, no dir record follows)
+#   dir       <index> <ok|missing|symlink|not-directory|unreadable|too-broad>
 #   file      <index> <compress|delete|open> <bytes> <path relative to the directory>
 #   total     <index> <compress|delete|open> <files> <bytes>
 set -u
 export LC_ALL=C
+# find needs a working directory it may enter; the session's (the home) may not be one.
+cd / || exit 1
 
-mode=$1 compress_minutes=$2 delete_minutes=$3 sample_limit=$4 pattern_count=$5
-shift 5
+mode=$1 partial_proc=$2 compress_minutes=$3 delete_minutes=$4 sample_limit=$5 pattern_count=$6
+shift 6
 patterns=("${@:1:pattern_count}")
 shift "$pattern_count"
 directories=("$@")
@@ -80,12 +90,18 @@ if [[ -d /proc/self/fd ]]; then
         hidden=1
     fi
     if ((unreadable || hidden)); then
-        printf 'open\tpartial\t%d\n' "$unreadable"
+        open_check=partial
     else
-        printf 'open\tproc\t0\n'
+        open_check=proc
     fi
+    printf 'open\t%s\t%d\n' "$open_check" "$unreadable"
 else
+    open_check=unchecked
     printf 'open\tunchecked\t0\n'
+fi
+if [[ $mode == apply && $open_check != proc && $partial_proc != allow ]]; then
+    printf 'refused\topen-files\n'
+    exit 0
 fi
 
 # Reads find's "<action>\t<bytes>\t<path>\0" records: up to sample_limit "file" lines per
@@ -102,6 +118,7 @@ summarize() { # index
 
 index=0
 for directory in "${directories[@]}"; do
+    cd / || exit 1
     if [[ $directory == / ]]; then
         status=too-broad
     elif [[ -L $directory ]]; then
@@ -110,10 +127,12 @@ for directory in "${directories[@]}"; do
         status=missing
     elif [[ ! -d $directory ]]; then
         status=not-directory
-    elif [[ "$(cd -P -- "$directory" 2>/dev/null && pwd -P)" != "${directory%/}" ]]; then
-        status=symlink # a component above it is a link: the real path must be configured
+    elif ! cd -P -- "$directory" 2>/dev/null; then
+        status=unreadable
+    elif [[ "$(pwd -P)" != "${directory%/}" ]]; then
+        status=symlink # it, or a component above it, is a link: the real path must be configured
     else
-        status=ok
+        status=ok # and this shell is in the directory checked: find walks it, not its path
     fi
     printf 'dir\t%d\t%s\n' "$index" "$status"
     if [[ $status != ok ]]; then
@@ -122,7 +141,7 @@ for directory in "${directories[@]}"; do
     fi
 
     # Open files on this directory's filesystem (-xdev keeps find on it): reported, never touched.
-    device=$(stat -c %d -- "$directory")
+    device=$(stat -c %d -- .)
     open_match=()
     for entry in "${open_files[@]}"; do
         [[ ${entry% *} == "$device" ]] || continue
@@ -150,7 +169,7 @@ for directory in "${directories[@]}"; do
     fi
     expression+=(\( "${delete_test[@]}" "${delete_action[@]}" -printf 'delete\t%s\t%P\0' \) -o
         \( "${compress_test[@]}" "${compress_action[@]}" -printf 'compress\t%s\t%P\0' \))
-    find -P "$directory" -xdev "${expression[@]}" </dev/null | summarize "$index"
+    find -P . -xdev "${expression[@]}" </dev/null | summarize "$index"
     index=$((index + 1))
 done
 exit 0

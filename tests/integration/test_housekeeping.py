@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def metadata_db(tmp_path, monkeypatch) -> Path:
     with sqlite3.connect(database) as connection:
         connection.executemany(
             "INSERT INTO log (dttm, event) VALUES (?, ?)",
-            [(now - timedelta(days=200), "old-event"), (now - timedelta(days=10), "recent-event")],
+            # Airflow's audit log is approval evidence: kept 365 days (audit_retention_days).
+            [(now - timedelta(days=400), "old-event"), (now - timedelta(days=10), "recent-event")],
         )
         connection.execute(f"CREATE TABLE {ARCHIVE} (id INTEGER)")
     monkeypatch.setenv("AIRFLOW_CONN_AIRFLOW_METADATA_DB", f'{{"conn_type": "sqlite", "host": "{database}"}}')
@@ -123,3 +125,75 @@ def test_a_dry_run_changes_nothing_and_a_run_removes_only_what_is_older_than_the
     assert (tmp_path / "outside" / "keep.log").read_text() == "log line\n"
     assert events(metadata_db) == ["recent-event"]
     assert ARCHIVE not in tables(metadata_db)
+
+
+def add_approval(database: Path, run_id: str, days_old: int) -> None:
+    """A manual release run whose approval task has its HITL row (who approved what), aged."""
+    when = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=days_old)
+    ti_id = uuid.uuid4().hex
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "INSERT INTO dag_run (dag_id, run_id, run_type, run_after, start_date, logical_date) "
+            "VALUES ('release_demo', ?, 'manual', ?, ?, ?)",
+            (run_id, when, when, when),
+        )
+        connection.execute(
+            "INSERT INTO task_instance (id, task_id, dag_id, run_id, start_date, try_number, pool, "
+            "pool_slots, state) VALUES (?, 'approve', 'release_demo', ?, ?, 1, 'default_pool', 1, 'success')",
+            (ti_id, run_id, when),
+        )
+        connection.execute(
+            "INSERT INTO hitl_detail (ti_id, options, subject, params, created_at, responded_at, "
+            'responded_by, chosen_options, params_input) VALUES (?, \'["Approve", "Reject"]\', '
+            "'Release 2.0.0', '{}', ?, ?, '{\"id\": \"alice\"}', '[\"Approve\"]', '{}')",
+            (ti_id, when, when),
+        )
+        connection.execute(
+            "INSERT INTO job (dag_id, state, job_type, latest_heartbeat) "
+            "VALUES (?, 'success', 'scheduler', ?)",
+            (run_id, when),
+        )
+
+
+def approvals(database: Path) -> list[tuple]:
+    with sqlite3.connect(database) as connection:
+        return connection.execute(
+            "SELECT ti.run_id, h.chosen_options FROM hitl_detail h JOIN task_instance ti ON ti.id = h.ti_id "
+            "ORDER BY ti.run_id"
+        ).fetchall()
+
+
+def jobs(database: Path) -> list[str]:
+    with sqlite3.connect(database) as connection:
+        return sorted(
+            dag_id for (dag_id,) in connection.execute("SELECT dag_id FROM job WHERE dag_id LIKE 'run-%'")
+        )
+
+
+def test_approvals_younger_than_the_audit_retention_survive_a_run_that_trims_older_metadata(
+    metadata_db, log_folder
+):
+    # 120 days: past metadata_retention_days (90), inside audit_retention_days (365).
+    add_approval(metadata_db, "run-120-days", 120)
+    add_approval(metadata_db, "run-400-days", 400)
+
+    _, states, _ = run_dag(load_dag("airflow_housekeeping"), {})
+
+    assert set(states.values()) == {"success"}, states
+    assert approvals(metadata_db) == [("run-120-days", '["Approve"]')]
+    assert jobs(metadata_db) == []  # not evidence: trimmed at 90 days as before
+    assert events(metadata_db) == ["recent-event"]
+
+
+@pytest.mark.parametrize("field", ["log_retention_days", "metadata_retention_days"])
+def test_a_trigger_asking_to_keep_one_day_is_refused_and_nothing_is_deleted(metadata_db, log_folder, field):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    add_approval(metadata_db, "run-120-days", 120)
+    before = tree(log_folder)
+
+    with pytest.raises(ParamValidationError, match=field):
+        run_dag(load_dag("airflow_housekeeping"), {field: 1})
+
+    assert tree(log_folder) == before
+    assert approvals(metadata_db) == [("run-120-days", '["Approve"]')]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import shlex
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -170,3 +172,93 @@ def test_a_symlinked_directory_is_refused_and_the_other_directories_are_still_cl
 
     assert sorted(p.name for p in real.iterdir()) == ["old.log"]
     assert sorted(p.name for p in cleaned.iterdir()) == ["old.log.gz"]
+
+
+def run_through(monkeypatch, *prefix: str) -> None:
+    """Send the cleanup command through ``prefix`` (a program run before bash on the host).
+
+    The sandbox hosts connect as root and start sshd without ``AcceptEnv``, so this is how a
+    test puts the script where a real host could (another user, a hostile PATH).
+    """
+    from airlock.tasks import log_cleanup
+
+    command = log_cleanup.cleanup_command
+    monkeypatch.setattr(
+        log_cleanup,
+        "cleanup_command",
+        lambda *args, **kwargs: shlex.join(prefix) + " " + command(*args, **kwargs),
+    )
+
+
+def cleanup_settings(*directories: str, **extra) -> LogSettings:
+    return LogSettings(directories=list(directories), compress_after_days=1, delete_after_days=7, **extra)
+
+
+def test_an_ancestor_swapped_for_a_symlink_mid_run_does_not_redirect_deletion(
+    sandbox, environment, tmp_path, monkeypatch
+):
+    root = Path(environment.root_of(environment.hosts[1]))
+    ancestor = root / "shared" / f"swapped-{uuid.uuid4().hex[:8]}"
+    decoy = root / "shared" / f"decoy-{ancestor.name}"
+    for directory in (ancestor, decoy):
+        write(directory / "log" / "old.log", "old\n", 3)
+        write(directory / "log" / "ancient.log.gz", "gz\n", 10)
+    decoy_before = snapshot(decoy)
+    # The host's find, once the walk starts (after the script checked the directory), swaps
+    # the directory's parent for a link to another tree: the race an attacker would win.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    swap = f"mv {ancestor} {ancestor}.real && ln -s {decoy} {ancestor}"
+    (tools / "find").write_text(
+        f'#!/bin/sh\ncase " $* " in *" -xdev "*) [ -L {ancestor} ] || {{ {swap}; }} ;; esac\n'
+        f'exec {shutil.which("find")} "$@"\n'
+    )
+    (tools / "find").chmod(0o755)
+    run_through(monkeypatch, "env", f"PATH={tools}:/usr/local/bin:/usr/bin:/bin")
+    configured = environment.model_copy(
+        update={"logs": cleanup_settings(f"{{root}}/shared/{ancestor.name}/log")}
+    )
+
+    clean_host_logs(configured, "web-2", dry_run=False)
+
+    assert ancestor.is_symlink()  # the swap did happen
+    assert snapshot(decoy) == decoy_before
+    assert sorted(p.name for p in Path(f"{ancestor}.real", "log").iterdir()) == ["old.log.gz"]
+
+
+def test_a_host_whose_proc_hides_processes_is_refused_and_nothing_is_touched(
+    sandbox, environment, monkeypatch, request
+):
+    root = Path(environment.root_of(environment.hosts[2]))
+    directory = root / "shared" / f"unseen-{uuid.uuid4().hex[:8]}"
+    write(directory / "old.log", "old\n", 3)
+    write(directory / "ancient.log.gz", "gz\n", 10)
+    # Connected as nobody, /proc/<pid>/fd of every other user's process is unreadable: what
+    # an unprivileged SSH user sees on a real host. The directory and the logs are nobody's.
+    for path in (directory, *directory.iterdir()):
+        os.chown(path, 65534, 65534)
+    for parent in directory.parents:  # let nobody reach it; the modes are put back afterwards
+        mode = parent.stat().st_mode & 0o7777
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+            request.addfinalizer(lambda parent=parent, mode=mode: parent.chmod(mode))
+    run_through(monkeypatch, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+    before = snapshot(directory)
+    refusing = environment.model_copy(update={"logs": cleanup_settings(f"{{root}}/shared/{directory.name}")})
+
+    with pytest.raises(
+        LogCleanupError,
+        match=r"Host web-3: /proc does not show the open files of \d+ processes of other users.*"
+        r"nothing was touched.*logs\.allow_partial_proc: true",
+    ):
+        clean_host_logs(refusing, "web-3", dry_run=False)
+
+    assert snapshot(directory) == before
+
+    allowing = environment.model_copy(
+        update={"logs": cleanup_settings(f"{{root}}/shared/{directory.name}", allow_partial_proc=True)}
+    )
+    report = clean_host_logs(allowing, "web-3", dry_run=False)
+
+    assert report["open_files_check"] == "partial"
+    assert sorted(p.name for p in directory.iterdir()) == ["old.log.gz"]

@@ -8,11 +8,13 @@ both limits, nested directories, and symbolic links to files and directories out
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -62,10 +64,14 @@ def state(directory: Path) -> dict[str, tuple[str, int]]:
     }
 
 
-def run_script(directory: Path, mode: str) -> subprocess.CompletedProcess:
+def run_script(
+    directory: Path, mode: str, *, partial_proc: str = "refuse", prefix: tuple[str, ...] = (), env=None
+) -> subprocess.CompletedProcess:
+    """The script on ``directory``; ``prefix`` runs it through another program (setpriv, env)."""
     argv = [str(COMPRESS_DAYS * 1440), str(DELETE_DAYS * 1440), "10", str(len(PATTERNS)), *PATTERNS]
     return subprocess.run(
-        ["bash", "-c", SCRIPT.read_text(), "log-cleanup", mode, *argv, str(directory)],
+        [*prefix, "bash", "-c", SCRIPT.read_text(), "log-cleanup", mode, partial_proc, *argv, str(directory)],
+        env=env,
         capture_output=True,
         text=True,
         check=True,
@@ -130,3 +136,78 @@ def test_nothing_young_or_outside_the_patterns_is_ever_deleted_and_everything_ol
             else:
                 assert matches(name, ".gz"), f"{path} deleted outside the patterns"
                 assert age_hours > DELETE_DAYS * 24, f"{path} deleted at {age_hours}h old"
+
+
+def old_logs(directory: Path) -> None:
+    """One log old enough to compress and one compressed log old enough to delete."""
+    directory.mkdir(parents=True)
+    stamp = time.time() - (DELETE_DAYS + 1) * 24 * HOUR
+    for name in ("old.log", "older.log.gz"):
+        (directory / name).write_text(name)
+        os.utime(directory / name, (stamp, stamp))
+
+
+def find_that_swaps(workspace: Path, ancestor: Path, decoy: Path) -> Path:
+    """A ``find`` that, when the walk starts, swaps ``ancestor`` for a link to ``decoy``.
+
+    The swap lands between the script's check of the directory and its walk: the window an
+    attacker who can rename an ancestor has. The tool check (``find /dev/null``) is let through.
+    """
+    tools = workspace / "bin"
+    tools.mkdir()
+    swap = f"mv {ancestor} {ancestor}.real && ln -s {decoy} {ancestor}"
+    (tools / "find").write_text(
+        f'#!/bin/sh\ncase " $* " in *" -xdev "*) [ -L {ancestor} ] || {{ {swap}; }} ;; esac\n'
+        f'exec {shutil.which("find")} "$@"\n'
+    )
+    (tools / "find").chmod(0o755)
+    return tools
+
+
+def test_an_ancestor_swapped_for_a_symlink_after_the_check_does_not_redirect_the_walk(tmp_path):
+    ancestor, decoy = tmp_path / "srv", tmp_path / "elsewhere"
+    old_logs(ancestor / "logs")
+    old_logs(decoy / "logs")
+    outside_before = state(decoy)
+    tools = find_that_swaps(tmp_path, ancestor, decoy)
+
+    run_script(ancestor / "logs", "apply", env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"})
+
+    assert (ancestor / "logs").resolve() == decoy / "logs"  # the swap did happen
+    assert state(decoy) == outside_before
+    assert sorted(p.name for p in (tmp_path / "srv.real" / "logs").iterdir()) == ["old.log.gz"]
+
+
+AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+@pytest.fixture
+def nobodys_logs():
+    """Old logs owned by nobody, in a directory nobody can reach (pytest's tmp_path is 0700)."""
+    with tempfile.TemporaryDirectory() as workspace:
+        Path(workspace).chmod(0o755)
+        logs = Path(workspace) / "logs"
+        old_logs(logs)
+        for path in (logs, *logs.iterdir()):
+            os.chown(path, 65534, 65534)
+        yield logs
+
+
+def test_an_apply_that_cannot_see_every_process_refuses_and_touches_nothing(nobodys_logs):
+    # Run as nobody, /proc/<pid>/fd of every other user's process is unreadable: the partial
+    # visibility a cleanup connected as an unprivileged user has on a real host.
+    logs = nobodys_logs
+    before = state(logs)
+
+    refused = run_script(logs, "apply", prefix=AS_NOBODY)
+
+    records = [line.split("\t") for line in refused.stdout.splitlines()]
+    assert records[0][:2] == ["open", "partial"]
+    assert int(records[0][2]) > 0
+    assert records[1:] == [["refused", "open-files"]]
+    assert state(logs) == before
+
+    allowed = run_script(logs, "apply", partial_proc="allow", prefix=AS_NOBODY)
+
+    assert "dir\t0\tok" in allowed.stdout
+    assert sorted(p.name for p in logs.iterdir()) == ["old.log.gz"]

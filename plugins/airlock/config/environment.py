@@ -462,6 +462,11 @@ class LogSettings(_Model):
     delete_after_days: int = Field(
         default=30, ge=1, description="Compressed files last written longer ago are deleted"
     )
+    allow_partial_proc: bool = Field(
+        default=False,
+        description="Clean even when /proc hides other users' processes (their open logs may be "
+        "touched); false: such a host is refused",
+    )
 
     @model_validator(mode="after")
     def _delete_after_compress(self) -> LogSettings:

@@ -3,6 +3,12 @@
 Not per environment: one Airflow, one housekeeping. The file is read at parse time (local file
 only) through :mod:`airlock.config.loader`, so it accepts ``${VAR}`` references like the
 environment files and its errors name the file and the field.
+
+The retentions here are floors a run cannot go below: a run's params may keep more (to hold
+evidence during an investigation), never less, so whoever may trigger the DAG cannot erase what
+this reviewed file keeps. Approval evidence (HITL rows, the XComs the plan travelled in,
+Airflow's audit log) is kept at least ``audit_retention_days``, whatever
+``metadata_retention_days`` says.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class HousekeepingSettings(BaseModel):
     log_folder: Path | None = None
     log_retention_days: int = Field(default=30, ge=1)
     metadata_retention_days: int = Field(default=90, ge=1)
+    audit_retention_days: int = Field(default=365, ge=30)
     tables: list[str] = Field(default_factory=list)
 
 

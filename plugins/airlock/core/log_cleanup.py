@@ -25,6 +25,7 @@ SAMPLE_LIMIT = 50
 REFUSED = {
     "symlink": "is a symbolic link or lies behind one: configure its real path",
     "not-directory": "is not a directory",
+    "unreadable": "cannot be entered by the SSH user: check its permissions",
     "too-broad": "is the root directory: configure the log directory itself",
 }
 ACTIONS = ("delete", "compress", "open")
@@ -32,6 +33,10 @@ ACTIONS = ("delete", "compress", "open")
 
 class MissingToolsError(RuntimeError):
     """The host lacks a program the cleanup script needs; the message names them and what to install."""
+
+
+class PartialProcError(RuntimeError):
+    """The host's ``/proc`` hides processes, so open files cannot be told apart; nothing was touched."""
 
 
 @dataclass
@@ -124,6 +129,15 @@ def describe_open_files_check(report: HostCleanupReport) -> str:
     return "not checked: the host has no /proc; files held open may have been touched"
 
 
+def unseen_processes(report: HostCleanupReport) -> str:
+    """Why the open-files check saw only part of the processes, for a refusal."""
+    if report.open_files_check == "unchecked":
+        return "does not exist on the host"
+    if report.unreadable_processes:
+        return f"does not show the open files of {report.unreadable_processes} processes of other users"
+    return "hides other users' processes (mounted with hidepid)"
+
+
 def host_directories(environment: Environment, host: Host) -> list[str]:
     """``logs.directories`` for ``host``, ``{root}`` filled in with its deploy root."""
     root = environment.root_of(host)
@@ -140,6 +154,7 @@ def cleanup_command(settings: LogSettings, directories: list[str], *, dry_run: b
             SCRIPT.read_text(),
             "airlock-log-cleanup",
             "dry-run" if dry_run else "apply",
+            "allow" if settings.allow_partial_proc else "refuse",
             *minutes,
             str(SAMPLE_LIMIT),
             str(len(settings.patterns)),
@@ -159,6 +174,13 @@ def parse_report(host: str, directories: list[str], output: str, *, dry_run: boo
             raise MissingToolsError(
                 f"Host {host} lacks {rest} needed by the log cleanup: install them (GNU findutils, "
                 "gzip, coreutils, gawk or mawk)"
+            )
+        if kind == "refused" and rest == "open-files":
+            raise PartialProcError(
+                f"Host {host}: /proc {unseen_processes(report)}, so files they hold open cannot be "
+                "told apart; nothing was touched. Connect as root or as the logs' owner, or set "
+                "logs.allow_partial_proc: true in the environment file to clean anyway (a log a "
+                "hidden process still writes may then be compressed or deleted)"
             )
         if kind == "open":
             report.open_files_check, unreadable = rest.split("\t")

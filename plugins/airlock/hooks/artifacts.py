@@ -12,14 +12,26 @@ never relies on a file another task left behind.
 A step that works from an approved plan passes the plan's SHA-256 as ``expected_sha256``: when
 the published checksum is another one (the artifact was republished since the plan), it fails
 before downloading anything, naming both digests.
+
+The cache is the worker user's own: created 0700; an existing one that is a symbolic link or
+belongs to another user is refused (another user could swap what a release uploads), and one
+that is group- or world-accessible is set back to 0700 with every entry that is not one of our
+regular files removed (every hit is re-hashed anyway). It holds at most
+``$AIRLOCK_ARTIFACT_CACHE_MAX_MB`` (default 2048): after each fetch the least recently used
+artifacts are evicted until it fits, never the one just fetched, and ``.partial-*`` downloads a
+dead worker left are removed once an hour old.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
+import shutil
+import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +39,13 @@ from airflow.sdk import ObjectStoragePath
 
 from airlock.config import DeploySettings
 
+log = logging.getLogger(__name__)
+
 CACHE_VARIABLE = "AIRLOCK_ARTIFACT_CACHE"
+CACHE_LIMIT_VARIABLE = "AIRLOCK_ARTIFACT_CACHE_MAX_MB"
+DEFAULT_CACHE_LIMIT_MB = 2048
+#: A download older than this is one a dead worker left behind.
+STALE_PARTIAL_SECONDS = 3600
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
 
@@ -45,9 +63,108 @@ class Artifact:
 
 
 def cache_dir() -> Path:
+    """The artifact cache, created 0700; refused when it is not this user's own directory."""
     directory = Path(os.environ.get(CACHE_VARIABLE) or Path(tempfile.gettempdir()) / "airlock-artifacts")
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, exist_ok=True)
+    try:
+        handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as error:
+        raise ArtifactError(
+            f"artifact cache {directory} is not a directory of its own ({error.strerror}): remove it, "
+            f"or set {CACHE_VARIABLE} to a directory only this worker's user can write"
+        ) from None
+    try:
+        info = os.fstat(handle)
+        if info.st_uid != os.geteuid():
+            raise ArtifactError(
+                f"artifact cache {directory} belongs to uid {info.st_uid}, not to this worker's user "
+                f"(uid {os.geteuid()}), who could then swap the artifacts a release uploads: remove it, "
+                f"or set {CACHE_VARIABLE} to a directory of this user's"
+            )
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.fchmod(handle, 0o700)
+            removed = _remove_foreign_entries(directory)
+            log.warning(
+                "Artifact cache %s was open to other users (mode %o): set to 0700, %d entries "
+                "not this user's regular files removed",
+                directory,
+                stat.S_IMODE(info.st_mode),
+                removed,
+            )
+    finally:
+        os.close(handle)
     return directory
+
+
+def _is_own_file(path: Path) -> bool:
+    info = path.lstat()
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+
+
+def _remove_foreign_entries(directory: Path) -> int:
+    """Remove what another user may have planted while the cache was open to them."""
+    removed = 0
+    for entry in directory.iterdir():
+        if _is_own_file(entry):
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        except OSError as error:
+            raise ArtifactError(
+                f"artifact cache {directory} holds {entry.name}, which is not this user's and cannot "
+                f"be removed ({error.strerror}): remove it by hand"
+            ) from None
+        removed += 1
+    return removed
+
+
+def cache_limit_bytes() -> int:
+    """``$AIRLOCK_ARTIFACT_CACHE_MAX_MB`` in bytes (a positive whole number of MB)."""
+    value = os.environ.get(CACHE_LIMIT_VARIABLE) or str(DEFAULT_CACHE_LIMIT_MB)
+    if not value.isdigit() or int(value) < 1:
+        raise ArtifactError(f"{CACHE_LIMIT_VARIABLE}={value!r} must be a positive whole number of MB")
+    return int(value) * 1024 * 1024
+
+
+def evict(directory: Path, keep: Path, limit: int) -> list[str]:
+    """Remove the least recently used artifacts until the cache holds ``limit`` bytes; never ``keep``.
+
+    Returns the names removed. Downloads a dead worker left (``.partial-*`` older than
+    :data:`STALE_PARTIAL_SECONDS`) go too; fresh ones may be another task's, in progress.
+    """
+    now = time.time()
+    removed = []
+    artifacts = []
+    for entry in directory.iterdir():
+        info = entry.lstat()
+        if entry.name.startswith(".partial-"):
+            if now - info.st_mtime > STALE_PARTIAL_SECONDS:
+                entry.unlink(missing_ok=True)
+                removed.append(entry.name)
+        elif entry.name.endswith(".artifact") and stat.S_ISREG(info.st_mode):
+            artifacts.append((info.st_mtime, info.st_size, entry))
+    total = sum(size for _, size, _ in artifacts)
+    for _, size, entry in sorted(artifacts, key=lambda item: item[0]):
+        if total <= limit:
+            break
+        if entry == keep:
+            continue
+        entry.unlink(missing_ok=True)
+        total -= size
+        removed.append(entry.name)
+    if total > limit:
+        log.warning(
+            "Artifact cache %s holds %d bytes, above %s (%d MB): %s alone is larger",
+            directory,
+            total,
+            CACHE_LIMIT_VARIABLE,
+            limit // (1024 * 1024),
+            keep.name,
+        )
+    if removed:
+        log.info("Evicted from the artifact cache %s: %s", directory, ", ".join(removed))
+    return removed
 
 
 def read_published_sha256(checksum_url: str, conn_id: str | None = None) -> str:
@@ -93,8 +210,11 @@ def fetch_artifact(
     expected = read_published_sha256(checksum_url, conn_id)
     if expected_sha256 and expected != expected_sha256.lower():
         raise ArtifactChangedError(url, published=expected, expected=expected_sha256.lower())
+    limit = cache_limit_bytes()
     cached = cache_dir() / f"{expected}.artifact"
-    if cached.exists() and sha256_of(cached) == expected:
+    if cached.exists() and _is_own_file(cached) and sha256_of(cached) == expected:
+        os.utime(cached)  # recently used: evicted last
+        evict(cached.parent, keep=cached, limit=limit)
         return Artifact(url=url, sha256=expected, size=cached.stat().st_size, path=cached)
 
     source = ObjectStoragePath(url, conn_id=conn_id)
@@ -119,6 +239,7 @@ def fetch_artifact(
         partial.replace(cached)
     finally:
         partial.unlink(missing_ok=True)
+    evict(cached.parent, keep=cached, limit=limit)
     return Artifact(url=url, sha256=expected, size=cached.stat().st_size, path=cached)
 
 

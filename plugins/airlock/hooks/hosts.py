@@ -9,6 +9,14 @@ Host layout (the release contract)::
                                  first; a rollback removes the releases it backs out of
     <root>/.airlock-previous     the release a rollback goes back to: the one before ``current``
                                  in that history (absent when there is none)
+    <root>/releases/.incoming-<version>.tar.gz, .staging-<version>/
+                                 an upload and an unpack in progress; what a killed one leaves
+                                 behind is pruned with the old releases
+
+The directory ``current`` resolves to is never removed: an install that would have to replace
+it (a release laid out before Airlock, without a marker) is refused, and so is pruning it. A
+release marker that exists but cannot be read fails loudly instead of counting as "not
+installed".
 
 Every step is idempotent: re-running it after a crash converges to the same state instead of
 failing or doing the work twice. Every command is assembled from ``shlex``-quoted parts.
@@ -16,6 +24,8 @@ failing or doing the work twice. Every command is assembled from ``shlex``-quote
 
 from __future__ import annotations
 
+import logging
+import re
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -26,17 +36,52 @@ from datetime import timedelta
 from airlock.config import Environment, Host
 from airlock.hooks.artifacts import Artifact
 from airlock.hooks.http import UNREACHABLE, fetch_json
-from airlock.hooks.ssh import HostSSHHook
+from airlock.hooks.ssh import HostSSHHook, RemoteCommandError
+
+log = logging.getLogger(__name__)
 
 RELEASE_MARKER = ".airlock-release"
 PREVIOUS_MARKER = ".airlock-previous"
 HISTORY_FILE = ".airlock-history"
 #: How many releases the history keeps.
 HISTORY_LENGTH = 50
+#: What an interrupted install leaves in ``releases/``: ``<prefix><version><suffix>``.
+LEFTOVERS = ((".incoming-", ".tar.gz"), (".staging-", ""))
+#: The exit status of a host script that refused to remove the live release.
+_LIVE = 97
+#: The exit status of the marker read when there is no marker.
+_NO_MARKER = 98
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class HostNotServingError(RuntimeError):
     """The host did not become healthy on the expected version in time."""
+
+
+class ReleaseMarkerError(RuntimeError):
+    """A release marker exists but cannot be read: what the host has installed is unknown."""
+
+
+class LiveReleaseError(RuntimeError):
+    """A step would have removed the directory ``current`` points to; nothing was removed."""
+
+
+def refuse_if_live(current: str, path: str) -> str:
+    """Shell lines that exit :data:`_LIVE` when ``current`` resolves to ``path`` or inside it.
+
+    Resolved on the host, right before the removal they guard, so a ``current`` that points at
+    the directory through another name (or a symbolic link) is caught too.
+    """
+    q = shlex.quote
+    return "\n".join(
+        [
+            f"live=$(readlink -f -- {q(current)}) || live=",
+            f"doomed=$(readlink -f -- {q(path)}) || doomed=",
+            'case "$live/" in "$doomed"/*) if [ -n "$doomed" ] && [ -n "$live" ]; then',
+            f'    echo "current -> $live" >&2; exit {_LIVE}',
+            "fi ;; esac",
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -118,11 +163,38 @@ class HostLayout:
         return int(fields[3]) // 1024
 
     def installed_sha256(self, version: str) -> str | None:
-        marker = f"{self.release_dir(version)}/{RELEASE_MARKER}"
-        result = self.hook.run(["cat", marker], check=False)
-        if result.exit_status != 0:
+        """The SHA-256 the release was installed from; None when it has no marker (not installed).
+
+        A marker that exists but cannot be read (permissions, I/O error, not a file) or does not
+        hold a digest raises :class:`ReleaseMarkerError`: counting it as "not installed" would
+        make :meth:`install` replace a release that may be live.
+        """
+        q = shlex.quote
+        release, marker = self.release_dir(version), f"{self.release_dir(version)}/{RELEASE_MARKER}"
+        script = "\n".join(
+            [
+                f"if [ ! -e {q(marker)} ] && [ ! -L {q(marker)} ]; then",
+                # A directory the user cannot search hides its marker: unknown, not absent.
+                f"  if [ -d {q(release)} ] && ! [ -x {q(release)} ]; then",
+                f"    echo {q(release + ': Permission denied')} >&2; exit 1",
+                "  fi",
+                f"  exit {_NO_MARKER}",
+                "fi",
+                f"cat -- {q(marker)}",
+            ]
+        )
+        result = self.hook.run_script(script, check=False)
+        if result.exit_status == _NO_MARKER:
             return None
-        return result.stdout.strip() or None
+        digest = result.stdout.strip()
+        if result.exit_status != 0 or not _SHA256.match(digest):
+            problem = result.stderr.strip() or f"it holds {digest[:80]!r}, not a SHA-256"
+            raise ReleaseMarkerError(
+                f"Host {self.hook.host.name}: cannot read the release marker {marker} ({problem}); "
+                "what is installed there is unknown, so nothing was changed: fix the file's "
+                "permissions or the disk, then run again"
+            )
+        return digest
 
     def install(self, version: str, artifact: Artifact) -> bool:
         """Unpack the artifact into ``releases/<version>``; returns False when already there.
@@ -130,7 +202,10 @@ class HostLayout:
         The upload is checked against the artifact's SHA-256 on the host, unpacked into a
         temporary directory and renamed into place, so a release directory is either complete
         or absent. A version already installed from a different artifact is refused: versions
-        are immutable.
+        are immutable. A directory of that version without a marker (an unfinished install, or
+        a release laid out before Airlock) is replaced, unless ``current`` resolves to it: then
+        :class:`LiveReleaseError` says so and the host keeps serving it untouched, since which
+        artifact it holds is unknown and adopting it would vouch for an unchecked build.
         """
         installed = self.installed_sha256(version)
         if installed == artifact.sha256:
@@ -150,6 +225,12 @@ class HostLayout:
             [
                 "set -eu",
                 f"echo {q(artifact.sha256 + '  ' + incoming)} | sha256sum --check --status -",
+                # A directory without a marker (read above): an unfinished or pre-Airlock release.
+                f"if [ -e {q(target)} ] || [ -L {q(target)} ]; then",
+                f"trap {q('rm -f ' + q(incoming))} EXIT",
+                refuse_if_live(self.current, target),
+                "trap - EXIT",
+                "fi",
                 f"rm -rf {q(staging)} {q(target)}",
                 f"mkdir -p {q(staging)}",
                 f"tar -xzf {q(incoming)} -C {q(staging)} --no-same-owner",
@@ -159,7 +240,17 @@ class HostLayout:
                 f"rm -f {q(incoming)}",
             ]
         )
-        self.hook.run_script(script, shown=f"install {version} into {target}")
+        result = self.hook.run_script(script, check=False)
+        if result.exit_status == _LIVE:
+            raise LiveReleaseError(
+                f"Host {self.hook.host.name}: {target} is the live release "
+                f"({result.stderr.strip()}) but has no Airlock release marker, so which artifact it "
+                f"holds is unknown; Airlock will not replace the directory the host serves from. "
+                f"Release a new version, or, once you have checked that it holds this artifact, "
+                f"write its SHA-256 ({artifact.sha256}) into {target}/{RELEASE_MARKER}"
+            )
+        if result.exit_status != 0:
+            raise RemoteCommandError(self.hook.host, f"install {version} into {target}", result)
         return True
 
     def previous_version(self) -> str | None:
@@ -213,13 +304,44 @@ class HostLayout:
         values = {"root": self.root, "release_dir": self.release_dir(version), "version": version}
         self.hook.run([part.format(**values) for part in command])
 
+    def leftovers(self) -> dict[str, str]:
+        """What interrupted installs left in ``releases/``: entry name -> the version it was for."""
+        script = f"cd {shlex.quote(self.releases)} 2>/dev/null && ls -1A -- || true"
+        found = {}
+        for name in self.hook.run_script(script).stdout.splitlines():
+            for prefix, suffix in LEFTOVERS:
+                if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix + suffix):
+                    found[name] = name[len(prefix) : len(name) - len(suffix)]
+        return found
+
     def prune(self, keep: int, protect: set[str]) -> list[str]:
-        """Delete the oldest releases beyond ``keep``; never one in ``protect``."""
+        """Delete the oldest releases beyond ``keep`` and interrupted installs' leftovers.
+
+        Never a release or a leftover of a version in ``protect`` (the one being released may
+        still be uploading or unpacking), and never the directory ``current`` resolves to (kept,
+        with a warning). Returns the releases and leftovers removed.
+        """
         installed = self.installed_versions()
-        doomed = [v for v in installed[keep:] if v not in protect]
-        for version in doomed:
-            self.hook.run(["rm", "-rf", "--", self.release_dir(version)])
-        return doomed
+        doomed = [self.release_dir(v) for v in installed[keep:] if v not in protect]
+        doomed += [f"{self.releases}/{name}" for name, v in self.leftovers().items() if v not in protect]
+        removed = []
+        for path in doomed:
+            script = "\n".join(
+                ["set -eu", refuse_if_live(self.current, path), shlex.join(["rm", "-rf", "--", path])]
+            )
+            result = self.hook.run_script(script, check=False)
+            if result.exit_status == _LIVE:
+                log.warning(
+                    "Host %s: kept %s, the live release (%s)",
+                    self.hook.host.name,
+                    path,
+                    result.stderr.strip(),
+                )
+                continue
+            if result.exit_status != 0:
+                raise RemoteCommandError(self.hook.host, f"rm -rf -- {path}", result)
+            removed.append(path.rsplit("/", 1)[-1])
+        return removed
 
 
 def history_after_release(history: list[str], before: str | None, version: str) -> list[str]:

@@ -9,7 +9,13 @@ it through a dedicated Airflow connection (``metadata_conn_id``) and runs Airflo
 ``airflow db clean`` against it as a subprocess: records older than the retention are purged
 without archive copies (``--skip-archive``), and archive tables earlier manual runs left behind
 are dropped (``airflow db drop-archived``). The password only ever travels in the subprocess's
-environment; logs show the URL masked.
+environment; logs show the URL masked. Approval evidence (see
+:data:`airlock.core.housekeeping.EVIDENCE_TABLES`) is purged in a second ``db clean`` with its
+own cutoff, never younger than ``audit_retention_days``.
+
+A run's params may keep more than the settings file, never less: the DAG's Params refuse a
+shorter retention at trigger time, and each task refuses it again (no retry), since a run
+created past the form (an older serialized DAG, a changed file) must not erase evidence either.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import conf, get_current_context
+from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import HousekeepingSettings
-from airlock.core.housekeeping import purged_rows
+from airlock.core.housekeeping import RetentionError, purged_rows, run_retention_days, split_evidence_tables
 from airlock.hooks.metadata_db import archive_tables, metadata_database_url
 
 log = logging.getLogger(__name__)
@@ -134,17 +141,8 @@ def _airflow_cli(arguments: list[str], url: str) -> subprocess.CompletedProcess[
     )
 
 
-def trim_metadata_database(
-    conn_id: str,
-    older_than: timedelta,
-    *,
-    dry_run: bool,
-    tables: list[str] | None = None,
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """``airflow db clean`` (no archives) on the metadata database of ``conn_id``, then drop archives."""
-    url, shown = metadata_database_url(conn_id)
-    cutoff = (now or datetime.now(UTC)) - older_than
+def _db_clean(url: str, shown: str, cutoff: datetime, tables: list[str], *, dry_run: bool) -> dict[str, int]:
+    """One ``airflow db clean`` (no archives) of ``tables`` (empty: all) before ``cutoff``."""
     arguments = ["db", "clean", "--clean-before-timestamp", cutoff.isoformat(), "--skip-archive", "--yes"]
     if tables:
         arguments += ["--tables", ",".join(tables)]
@@ -152,12 +150,48 @@ def trim_metadata_database(
         arguments.append("--dry-run")
     log.info("Running airflow %s against %s", " ".join(arguments), shown)
     result = _airflow_cli(arguments, url)
-    output = result.stdout + result.stderr
     if result.returncode != 0:
         raise RuntimeError(
-            f"airflow db clean against {shown} exited {result.returncode}: {output.strip()[-2000:]}"
+            f"airflow db clean against {shown} exited {result.returncode}: "
+            f"{(result.stdout + result.stderr).strip()[-2000:]}"
         )
-    rows = {table: count for table, count in purged_rows(result.stdout).items() if count}
+    return {table: count for table, count in purged_rows(result.stdout).items() if count}
+
+
+def _clean_dependencies() -> dict[str, list[str]]:
+    """``airflow db clean``'s tables, each with the tables it purges along with it."""
+    from airflow.utils.db_cleanup import config_dict
+
+    return {name: list(config.dependent_tables or []) for name, config in config_dict.items()}
+
+
+def trim_metadata_database(
+    conn_id: str,
+    older_than: timedelta,
+    *,
+    dry_run: bool,
+    evidence_older_than: timedelta,
+    tables: list[str] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """``airflow db clean`` (no archives) on the metadata database of ``conn_id``, then drop archives.
+
+    Tables whose purge reaches approval evidence are cleaned with a cutoff of at least
+    ``evidence_older_than`` (see :func:`airlock.core.housekeeping.split_evidence_tables`).
+    """
+    url, shown = metadata_database_url(conn_id)
+    now = now or datetime.now(UTC)
+    cutoff = now - older_than
+    evidence_cutoff = now - max(older_than, evidence_older_than)
+    if evidence_cutoff == cutoff:
+        passes = [(cutoff, tables or [])]
+    else:
+        dependencies = _clean_dependencies()
+        plain, evidence = split_evidence_tables(dependencies, tables or list(dependencies))
+        passes = [(when, chosen) for when, chosen in ((cutoff, plain), (evidence_cutoff, evidence)) if chosen]
+    rows: dict[str, int] = {}
+    for when, chosen in passes:
+        rows.update(_db_clean(url, shown, when, chosen, dry_run=dry_run))
     archives = archive_tables(url)
     if archives and not dry_run:
         dropped = _airflow_cli(["db", "drop-archived", "--yes"], url)
@@ -167,26 +201,46 @@ def trim_metadata_database(
                 f"{(dropped.stdout + dropped.stderr).strip()[-2000:]}"
             )
     verb = "would be" if dry_run else "were"
-    log.info("Metadata records older than %s %s purged: %s", cutoff.isoformat(), verb, rows or "none")
+    log.info(
+        "Metadata records older than %s (approval evidence: older than %s) %s purged: %s",
+        cutoff.isoformat(),
+        evidence_cutoff.isoformat(),
+        verb,
+        rows or "none",
+    )
     log.info("Archive tables %s dropped: %s", verb, ", ".join(archives) or "none")
-    return {"dry_run": dry_run, "cutoff": cutoff.isoformat(), "rows": rows, "archive_tables": archives}
+    return {
+        "dry_run": dry_run,
+        "cutoff": cutoff.isoformat(),
+        "evidence_cutoff": evidence_cutoff.isoformat(),
+        "rows": rows,
+        "archive_tables": archives,
+    }
+
+
+def run_retention(settings: HousekeepingSettings, params: dict[str, Any], field: str) -> timedelta:
+    """The run's retention for ``field``: its param, never below the settings file's (no retry)."""
+    try:
+        return timedelta(days=run_retention_days(field, getattr(settings, field), params.get(field)))
+    except RetentionError as error:
+        raise AirflowFailException(str(error)) from None
 
 
 def delete_expired_task_logs(settings: HousekeepingSettings) -> dict[str, Any]:
     """Task body of ``delete_old_task_logs``: the run's retention and dry run, the worker's log folder."""
     params = get_current_context()["params"]
+    retention = run_retention(settings, params, "log_retention_days")
     folder = settings.log_folder or Path(conf.get("logging", "base_log_folder"))
-    return delete_old_task_logs(
-        folder, timedelta(days=params["log_retention_days"]), dry_run=params["dry_run"]
-    )
+    return delete_old_task_logs(folder, retention, dry_run=params["dry_run"])
 
 
 def trim_expired_metadata(settings: HousekeepingSettings) -> dict[str, Any]:
-    """Task body of ``trim_metadata_database``: the run's retention and dry run."""
+    """Task body of ``trim_metadata_database``: the run's retention and dry run, evidence kept."""
     params = get_current_context()["params"]
     return trim_metadata_database(
         settings.metadata_conn_id,
-        timedelta(days=params["metadata_retention_days"]),
+        run_retention(settings, params, "metadata_retention_days"),
         dry_run=params["dry_run"],
+        evidence_older_than=timedelta(days=settings.audit_retention_days),
         tables=settings.tables,
     )

@@ -10,6 +10,8 @@ Safety rules (enforced by the script, tested on real sshd hosts):
 
 - only regular files (``find -P -type f``: symbolic links are never followed nor touched),
   only below a configured directory (``-xdev``: never another filesystem mounted inside it);
+  the walk starts from the directory itself (``cd -P``, its path checked with ``pwd -P``, then
+  ``find -P .``), so an ancestor swapped for a symbolic link after the check cannot redirect it;
   ``gzip`` runs through ``-execdir`` and deletion through ``-delete``, both on the name inside the
   directory find walked, so a parent swapped for a symbolic link mid-run is never followed;
 - a configured directory that is a symbolic link, or lies behind one, is refused: configure the
@@ -17,7 +19,9 @@ Safety rules (enforced by the script, tested on real sshd hosts):
 - only names matching ``logs.patterns`` are compressed, only names matching a pattern + ``.gz``
   are deleted, and only when last written longer ago than the configured age;
 - a file some process holds open (per ``/proc/<pid>/fd``) is left alone; when the host cannot
-  tell (no ``/proc``) or hides other users' processes, the report says so.
+  tell (no ``/proc``) or hides other users' processes, nothing is touched and the task fails
+  (no retry), unless the environment sets ``logs.allow_partial_proc: true``; a dry run still
+  lists, and its report says what ``/proc`` showed.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from airlock.core.log_cleanup import (
     REFUSED,
     HostCleanupReport,
     MissingToolsError,
+    PartialProcError,
     cleanup_command,
     host_directories,
     parse_report,
@@ -63,7 +68,8 @@ def clean_host_logs(environment: Environment, host_name: str, *, dry_run: bool) 
     """Clean (or, for a dry run, list) the logs of one host; returns its report as plain JSON.
 
     Raises :class:`LogCleanupError` (no retry) after cleaning the other directories when a
-    configured directory is refused, or when the host lacks the tools.
+    configured directory is refused, and before touching anything when the host lacks the tools
+    or its ``/proc`` hides processes (unless ``logs.allow_partial_proc``).
     """
     host = environment.host(host_name)
     directories = host_directories(environment, host)
@@ -83,7 +89,7 @@ def clean_host_logs(environment: Environment, host_name: str, *, dry_run: bool) 
         log.warning("Host %s said while cleaning logs:\n%s", host.name, result.stderr.strip()[-5000:])
     try:
         report = parse_report(host.name, directories, result.stdout, dry_run=dry_run)
-    except MissingToolsError as error:
+    except (MissingToolsError, PartialProcError) as error:
         raise LogCleanupError(str(error)) from None
     for line in report.lines():
         log.info("%s", line)

@@ -67,3 +67,14 @@ def test_environment_variables_are_expanded_as_in_environment_files(tmp_path, mo
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigFileError, match=r"absent\.yaml: cannot read: No such file"):
         load_housekeeping_settings(tmp_path / "absent.yaml")
+
+
+def test_approval_evidence_is_kept_a_year_and_never_less_than_30_days(tmp_path):
+    assert load_housekeeping_settings().audit_retention_days == 365
+    short = tmp_path / "housekeeping.yaml"
+    short.write_text("audit_retention_days: 7\n")
+
+    with pytest.raises(
+        ConfigFileError, match=r"housekeeping\.yaml: audit_retention_days: .*greater than or equal to 30"
+    ):
+        load_housekeeping_settings(short)

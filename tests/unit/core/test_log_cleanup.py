@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from airlock.config import LogSettings
 from airlock.core.log_cleanup import (
     MissingToolsError,
+    PartialProcError,
     cleanup_command,
     describe_open_files_check,
     parse_report,
@@ -32,6 +33,7 @@ def test_every_setting_reaches_the_host_as_its_own_argument_never_as_code():
         SCRIPT.read_text(),
         "airlock-log-cleanup",
         "dry-run",
+        "refuse",
         str(2 * 1440),
         str(9 * 1440),
         "50",
@@ -40,6 +42,34 @@ def test_every_setting_reaches_the_host_as_its_own_argument_never_as_code():
         "it's $(id).out",
         *directories,
     ]
+
+
+def test_allow_partial_proc_is_passed_to_the_script_and_defaults_to_refusing():
+    allowed = LogSettings(allow_partial_proc=True)
+
+    assert shlex.split(cleanup_command(allowed, ["/l"], dry_run=False))[4:6] == ["apply", "allow"]
+    assert shlex.split(cleanup_command(LogSettings(), ["/l"], dry_run=False))[4:6] == ["apply", "refuse"]
+    with pytest.raises(ValidationError, match="allow_partial_proc"):
+        LogSettings(allow_partial_proc="sometimes")
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        pytest.param(
+            "open\tpartial\t3\nrefused\topen-files\n",
+            "does not show the open files of 3 processes",
+            id="unreadable",
+        ),
+        pytest.param("open\tpartial\t0\nrefused\topen-files\n", "hides other users. processes", id="hidepid"),
+        pytest.param("open\tunchecked\t0\nrefused\topen-files\n", "does not exist", id="no-proc"),
+    ],
+)
+def test_a_refusal_for_partial_proc_names_the_host_why_and_the_setting(output, reason):
+    with pytest.raises(
+        PartialProcError, match=rf"Host web-1: /proc {reason}.*nothing was touched.*allow_partial_proc"
+    ):
+        parse_report("web-1", ["/a"], output, dry_run=False)
 
 
 @pytest.mark.parametrize(
