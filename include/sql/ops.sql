@@ -24,6 +24,9 @@ CREATE TABLE IF NOT EXISTS {schema}.releases (
 -- approved_by is the approver's user id; under FAB (numeric ids) or Keycloak it differs from the
 -- name people know them by, which is kept beside it.
 ALTER TABLE {schema}.releases ADD COLUMN IF NOT EXISTS approved_by_name text;
+-- When the released commit was made, if the CI trigger said (release param committed_at): the
+-- start of the DORA lead time for changes on the Airlock board.
+ALTER TABLE {schema}.releases ADD COLUMN IF NOT EXISTS committed_at timestamptz;
 
 -- The health-check history: one row per check, target and run of health_<env>. Read it for
 -- trends and dashboards, e.g.

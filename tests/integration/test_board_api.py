@@ -7,7 +7,8 @@ cannot list in this configuration (a viewer in a team, a user with no role). The
 the audit trail, the health history and the backup written by Airlock's own writers into this
 session's PostgreSQL database, the lock taken in Redis.
 
-Two environments: ``sandbox`` (its DAGs belong to no team) and ``vault``, whose DAGs are in a
+Two environments of their own, so that other tests' runs on ``sandbox`` change no figure here:
+``board`` (the sandbox's shape; its DAGs belong to no team) and ``vault``, whose DAGs are in a
 bundle owned by the team ``vault``, which the viewer is not in.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,14 +27,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from airlock.core.health import CheckResult, Status
 from airlock.hooks.lock import EnvironmentLock
 from airlock.hooks.ops_store import AuditRecord, record_health_results, write_audit_record
-from tests.support import write_environment
+from airlock.tasks.backup import take_backup, verify_backup
+from tests.integration.releases import NEW, OLD, on_every_host
+from tests.support import load_dag, run_dag, write_environment
 
 ROUTES = [
     "/airlock/",
     "/airlock/api/environments",
-    "/airlock/api/environments/sandbox/releases",
-    "/airlock/api/environments/sandbox/health",
-    "/airlock/api/environments/sandbox/dora",
+    "/airlock/api/environments/board/releases",
+    "/airlock/api/environments/board/health",
+    "/airlock/api/environments/board/dora",
     "/airlock/metrics",
 ]
 HOSTS = ("web-1", "web-2", "web-3")
@@ -40,7 +44,7 @@ HOSTS = ("web-1", "web-2", "web-3")
 
 def release(run_id: str, version: str, result: str, previous: str, action: str = "release") -> AuditRecord:
     return AuditRecord(
-        dag_id=f"{action}_sandbox",
+        dag_id=f"{action}_board",
         run_id=run_id,
         action=action,
         version=version,
@@ -58,6 +62,19 @@ def result(check: str, target: str, status: Status, value: float | None, message
     return CheckResult(check, target, status, value, None, message, 1.0)
 
 
+def environment_like_sandbox(name: str):
+    directory = Path(os.environ["AIRLOCK_ENVIRONMENTS_DIR"])
+    document = yaml.safe_load((directory / "sandbox.yaml").read_text())
+    return write_environment(directory / f"{name}.yaml", document)
+
+
+@pytest.fixture(scope="module")
+def board(environment, postgres_url):
+    environment = environment_like_sandbox("board")
+    yield environment
+    (Path(os.environ["AIRLOCK_ENVIRONMENTS_DIR"]) / "board.yaml").unlink()
+
+
 @pytest.fixture(scope="module")
 def vault(environment):
     """A second environment whose DAGs belong to the team ``vault`` (a bundle of that team)."""
@@ -66,10 +83,8 @@ def vault(environment):
     from airflow.models.team import Team
     from airflow.utils.session import create_session
 
-    directory = Path(os.environ["AIRLOCK_ENVIRONMENTS_DIR"])
-    document = yaml.safe_load((directory / "sandbox.yaml").read_text())
-    path = directory / "vault.yaml"
-    write_environment(path, document)
+    environment_like_sandbox("vault")
+    path = Path(os.environ["AIRLOCK_ENVIRONMENTS_DIR"]) / "vault.yaml"
     with create_session() as session:
         team = Team(name="vault")
         bundle = DagBundleModel(name="vault-bundle")
@@ -87,8 +102,11 @@ def vault(environment):
 
 
 @pytest.fixture(scope="module")
-def history(environment, postgres_url, redis_client, verified_backup):
-    """What Airlock's DAGs leave behind: releases, a rollback, health runs, a held lock."""
+def history(board, redis_client):
+    """What Airlock's DAGs leave behind: releases, health runs, a verified backup, a held lock."""
+    environment = board
+    backup = take_backup(environment, kind="manual")
+    verify_backup(environment, backup.name)
     write_audit_record(environment, release("board-1", "1.0.0", "succeeded", "0.9.0"))
     write_audit_record(environment, release("board-2", "1.1.0", "rolled_back", "1.0.0"))
     write_audit_record(environment, release("board-3", "1.1.1", "failed", "1.0.0"))
@@ -96,7 +114,7 @@ def history(environment, postgres_url, redis_client, verified_backup):
     for run, disk in (("health-1", 40.0), ("health-2", 50.0), ("health-3", 60.0)):
         record_health_results(
             environment,
-            dag_id="health_sandbox",
+            dag_id="health_board",
             run_id=run,
             results=[
                 result("app", "web-1", Status.OK, 12.0, "healthy in 12 ms, version 1.2.0"),
@@ -105,11 +123,9 @@ def history(environment, postgres_url, redis_client, verified_backup):
                 result("replication", "airlock_demo_db", Status.SKIPPED, None, "no replica"),
             ],
         )
-    lock = EnvironmentLock(environment="sandbox", redis_conn_id="airlock_redis", ttl=timedelta(hours=1))
-    lock.acquire(
-        run_id="manual__board", purpose="release 1.3.0", triggered_by="rita", dag_id="release_sandbox"
-    )
-    yield verified_backup
+    lock = EnvironmentLock(environment="board", redis_conn_id="airlock_redis", ttl=timedelta(hours=1))
+    lock.acquire(run_id="manual__board", purpose="release 1.3.0", triggered_by="rita", dag_id="release_board")
+    yield backup.name
     lock.release_for_run("manual__board")
 
 
@@ -141,6 +157,19 @@ def signed(role: str | None, teams: list[str] | None = None) -> dict[str, str]:
     return {"Authorization": f"Bearer {get_auth_manager().generate_jwt(user)}"}
 
 
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """(name, labels) -> value, read by prometheus_client's own parser."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def labels(environment: str, **more: str) -> tuple:
+    return tuple(sorted({"environment": environment, **more}.items()))
+
+
 @pytest.fixture(scope="module")
 def admin(api) -> dict[str, str]:
     return login(api)
@@ -158,7 +187,7 @@ def test_every_route_refuses_a_forged_token(api, route):
     assert response.status_code == 403, response.text
 
 
-@pytest.mark.parametrize("route", [r for r in ROUTES if "/sandbox/" in r or r == "/airlock/"])
+@pytest.mark.parametrize("route", [r for r in ROUTES if "/board/" in r or r == "/airlock/"])
 def test_a_user_without_a_role_is_refused(api, route):
     assert api.get(route, headers=signed(None)).status_code == 403
 
@@ -179,9 +208,9 @@ def test_the_board_page_opens_with_the_ui_cookie(api, admin):
 def test_the_overview_shows_hosts_lock_last_release_backup_and_alerts(api, admin, history):
     listed = api.get("/airlock/api/environments", headers=admin).json()["environments"]
     environments = {environment["name"]: environment for environment in listed}
-    assert {"sandbox", "vault"} <= set(environments)
-    sandbox = environments["sandbox"]
-    hosts = {host["name"]: host for host in sandbox["hosts"]}
+    assert {"board", "vault"} <= set(environments)
+    board = environments["board"]
+    hosts = {host["name"]: host for host in board["hosts"]}
     assert {name: host["version"]["version"] for name, host in hosts.items()} == dict.fromkeys(HOSTS, "1.2.0")
     assert hosts["web-1"]["version"]["source"] == "health"
     assert hosts["web-2"]["version"]["source"] == "audit"
@@ -192,32 +221,32 @@ def test_the_overview_shows_hosts_lock_last_release_backup_and_alerts(api, admin
         "checks": ["app (web-2)"],
     }
     assert hosts["web-3"]["health"] is None
-    assert sandbox["lock"]["run_id"] == "manual__board"
-    assert sandbox["lock"]["purpose"] == "release 1.3.0"
-    assert "token" not in sandbox["lock"]
-    last = sandbox["last_release"]
+    assert board["lock"]["run_id"] == "manual__board"
+    assert board["lock"]["purpose"] == "release 1.3.0"
+    assert "token" not in board["lock"]
+    last = board["last_release"]
     assert (last["version"], last["result"], last["approver"]) == ("1.2.0", "succeeded", "rita")
-    assert last["url"] == "/dags/release_sandbox/runs/board-4"
-    assert sandbox["backup"]["name"] == history
-    assert 0 <= sandbox["backup"]["age_seconds"] < 3600
-    alerts = [(alert["check"], alert["target"], alert["status"]) for alert in sandbox["alerts"]]
+    assert last["url"] == "/dags/release_board/runs/board-4"
+    assert board["backup"]["name"] == history
+    assert 0 <= board["backup"]["age_seconds"] < 3600
+    alerts = [(alert["check"], alert["target"], alert["status"]) for alert in board["alerts"]]
     assert alerts == [("app", "web-2", "critical")]
 
 
 def test_a_viewer_sees_only_the_environments_whose_dags_they_may_read(api):
     viewer = signed("viewer", teams=["web"])
     names = [e["name"] for e in api.get("/airlock/api/environments", headers=viewer).json()["environments"]]
-    assert "sandbox" in names
+    assert "board" in names
     assert "vault" not in names
     assert api.get("/airlock/api/environments/vault/releases", headers=viewer).status_code == 403
-    assert api.get("/airlock/api/environments/sandbox/releases", headers=viewer).status_code == 200
+    assert api.get("/airlock/api/environments/board/releases", headers=viewer).status_code == 200
     metrics = api.get("/airlock/metrics", headers=viewer).text
-    assert 'environment="sandbox"' in metrics
+    assert 'environment="board"' in metrics
     assert 'environment="vault"' not in metrics
 
 
 def test_releases_come_newest_first_up_to_the_limit(api, admin):
-    response = api.get("/airlock/api/environments/sandbox/releases", params={"limit": 2}, headers=admin)
+    response = api.get("/airlock/api/environments/board/releases", params={"limit": 2}, headers=admin)
     rows = response.json()["releases"]
     newest = [(row["run_id"], row["result"]) for row in rows]
     assert newest == [("board-4", "succeeded"), ("board-3", "failed")]
@@ -226,7 +255,7 @@ def test_releases_come_newest_first_up_to_the_limit(api, admin):
 
 
 def test_health_history_since_a_time_with_strips_and_trends(api, admin):
-    response = api.get("/airlock/api/environments/sandbox/health", headers=admin)
+    response = api.get("/airlock/api/environments/board/health", headers=admin)
     body = response.json()
     disk = [row["value"] for row in body["rows"] if row["check"] == "disk"]
     assert disk == [60.0, 50.0, 40.0]
@@ -235,12 +264,12 @@ def test_health_history_since_a_time_with_strips_and_trends(api, admin):
     assert checks[("disk", "web-1:/")]["trend"] == "rising"
     assert checks[("app", "web-2")]["status"] == "critical"
     later = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
-    empty = api.get("/airlock/api/environments/sandbox/health", params={"since": later}, headers=admin)
+    empty = api.get("/airlock/api/environments/board/health", params={"since": later}, headers=admin)
     assert empty.json()["rows"] == []
 
 
 def test_dora_figures_from_the_audit_trail(api, admin):
-    body = api.get("/airlock/api/environments/sandbox/dora", params={"days": 7}, headers=admin).json()
+    body = api.get("/airlock/api/environments/board/dora", params={"days": 7}, headers=admin).json()
     assert body["days"] == 7
     # board-1 and board-4 succeeded, board-2 was rolled back; board-3 switched no host.
     assert body["deployment_frequency"] == {"deployments": 3, "succeeded": 2, "per_day": round(2 / 7, 4)}
@@ -261,7 +290,7 @@ def test_dora_figures_from_the_audit_trail(api, admin):
     ],
 )
 def test_bad_query_values_answer_422(api, admin, route, query):
-    response = api.get(f"/airlock/api/environments/sandbox/{route}", params=query, headers=admin)
+    response = api.get(f"/airlock/api/environments/board/{route}", params=query, headers=admin)
     assert response.status_code == 422, response.text
 
 
@@ -275,18 +304,17 @@ def test_an_unknown_environment_answers_404_naming_it(api, admin, route):
 def test_metrics_in_the_prometheus_text_format(api, admin):
     response = api.get("/airlock/metrics", headers=admin)
     assert response.headers["content-type"].startswith("text/plain")
-    samples = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    metrics = samples(response.text)
 
-    def value(name: str, **labels: str) -> float:
-        return samples[(name, tuple(sorted({"environment": "sandbox", **labels}.items())))]
+    def value(name: str, **more: str) -> float:
+        return metrics[(name, labels("board", **more))]
 
     assert value("airlock_health_status", target="web-2", check="app") == 2
     assert value("airlock_health_status", target="web-1", check="app") == 0
-    assert ("airlock_health_status", (("check", "replication"),)) not in samples
+    assert (
+        "airlock_health_status",
+        labels("board", target="airlock_demo_db", check="replication"),
+    ) not in metrics
     assert value("airlock_releases_total", outcome="succeeded") == 2
     assert value("airlock_releases_total", outcome="rolled_back") == 1
     assert value("airlock_lock_held") == 1
@@ -294,7 +322,7 @@ def test_metrics_in_the_prometheus_text_format(api, admin):
     assert 0 < value("airlock_last_release_duration_seconds") < 3600
     assert value("airlock_dora_change_failure_rate") == pytest.approx(1 / 3)
     assert value("airlock_dora_deployments_per_day") == pytest.approx(2 / 30)
-    assert not [key for key in samples if key[0] == "airlock_dora_lead_time_seconds"]
+    assert not [key for key in metrics if key[0] == "airlock_dora_lead_time_seconds"]
 
 
 def test_the_airlock_view_is_in_the_navigation(api, admin):
@@ -303,3 +331,52 @@ def test_the_airlock_view_is_in_the_navigation(api, admin):
     assert {"name": "Airlock", "href": "/airlock/", "destination": "nav"}.items() <= next(
         view for view in views if view["name"] == "Airlock"
     ).items()
+
+
+# --- after real runs of release_sandbox and health_sandbox --------------------------------------
+
+
+def stop_app(environment, host) -> None:
+    """The host's app stops (its own control script), as an operator or a crash would stop it."""
+    root = environment.root_of(host)
+    stopped = subprocess.run(
+        [f"{root}/current/bin/demo-app", "--root", root, "stop"], capture_output=True, text=True
+    )
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def test_the_board_shows_what_a_real_release_and_health_run_left(api, admin, hosts_on_old):
+    environment = hosts_on_old
+    committed_at = datetime.now(UTC) - timedelta(hours=2)
+    conf = {"version": NEW, "reason": "board", "committed_at": committed_at.isoformat()}
+    run_id, states, _ = run_dag(load_dag("release_sandbox"), conf, answer="Approve")
+    assert states["conclude"] == "success", states
+    web_3 = environment.hosts[2]
+    stop_app(environment, web_3)
+    try:
+        run_dag(load_dag("health_sandbox"), {})
+
+        listed = api.get("/airlock/api/environments", headers=admin).json()["environments"]
+        sandbox = next(e for e in listed if e["name"] == "sandbox")
+        hosts = {host["name"]: host for host in sandbox["hosts"]}
+        assert {name: host["version"]["version"] for name, host in hosts.items()} == dict.fromkeys(HOSTS, NEW)
+        assert hosts["web-3"]["health"]["status"] == "critical"
+        assert "app (web-3)" in hosts["web-3"]["health"]["checks"]
+        assert ("app", "web-3", "critical") in [
+            (a["check"], a["target"], a["status"]) for a in sandbox["alerts"]
+        ]
+        assert (sandbox["last_release"]["run_id"], sandbox["last_release"]["approver"]) == (run_id, "admin")
+
+        [row] = api.get(
+            "/airlock/api/environments/sandbox/releases", params={"limit": 1}, headers=admin
+        ).json()["releases"]
+        assert (row["run_id"], row["version"], row["result"]) == (run_id, NEW, "succeeded")
+        assert datetime.fromisoformat(row["committed_at"]) == committed_at
+        lead = api.get("/airlock/api/environments/sandbox/dora", params={"days": 1}, headers=admin).json()
+        assert lead["lead_time"]["samples"] == 1
+        assert 2 * 3600 <= lead["lead_time"]["seconds"] < 3 * 3600
+
+        metrics = samples(api.get("/airlock/metrics", headers=admin).text)
+        assert metrics[("airlock_health_status", labels("sandbox", target="web-3", check="app"))] == 2
+    finally:
+        on_every_host(environment, OLD)

@@ -35,6 +35,7 @@ AUDIT_COLUMNS = (
     "finished_at",
     "result",
     "detail",
+    "committed_at",
 )
 
 
@@ -74,15 +75,22 @@ def audit_rows(
 def audited_runs(environment: Environment, *, since: datetime) -> list[AuditedRun]:
     """Releases and rollbacks that finished since ``since``, for the DORA figures."""
     statement = sql.SQL(
-        "SELECT action, version, result, started_at, finished_at FROM {schema}.releases"
+        "SELECT action, version, result, started_at, finished_at, committed_at FROM {schema}.releases"
         " WHERE environment = %s AND action IN ('release', 'rollback') AND finished_at >= %s"
         " ORDER BY finished_at"
     ).format(schema=_schema(environment))
     with ops_session(environment) as connection:
         rows = connection.execute(statement, (environment.name, since)).fetchall()
     return [
-        AuditedRun(action=action, version=version, result=result, started_at=started, finished_at=finished)
-        for action, version, result, started, finished in rows
+        AuditedRun(
+            action=action,
+            version=version,
+            result=result,
+            started_at=started,
+            finished_at=finished,
+            committed_at=committed,
+        )
+        for action, version, result, started, finished, committed in rows
     ]
 
 
