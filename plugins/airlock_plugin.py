@@ -40,6 +40,6 @@ class AirlockPlugin(AirflowPlugin):
             "href": "/airlock/",
             "url_route": "airlock",
             "destination": "nav",
-            "category": "browse",
+            "nav_top_level": True,
         }
     ]
