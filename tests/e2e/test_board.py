@@ -108,6 +108,8 @@ def read_the_board(stack, rest: Rest, version: str, run_id: str) -> None:
     web_3_app = (("check", "app"), ("environment", "demo"), ("target", "web-3"))
     assert metric_samples(stack, rest)[("airlock_health_status", web_3_app)] == 2
 
+    # The shared machine can be slow to render the UI: wait up to 30 s, not 5, for each sight.
+    expect.set_options(timeout=30_000)
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:
@@ -126,3 +128,4 @@ def read_the_board(stack, rest: Rest, version: str, run_id: str) -> None:
             page.screenshot(path=SCREENSHOT, full_page=True)
         finally:
             browser.close()
+            expect.set_options(timeout=None)

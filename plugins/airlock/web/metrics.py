@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from airlock.config import Environment
 from airlock.core.board import latest_per_check, status_value
-from airlock.hooks.ops_history import latest_health, release_counts
+from airlock.hooks.ops_history import OpsHistory
 from airlock.web import overview
 
 DORA_DAYS = 30
@@ -80,7 +80,11 @@ class AirlockCollector(Collector):
         )
         for environment in self.environments:
             name = environment.name
-            latest = latest_per_check(latest_health(environment, since=self.now - overview.CURRENT))
+            with OpsHistory.open(environment) as history:
+                latest = latest_per_check(history.latest_health(since=self.now - overview.CURRENT))
+                counts = history.release_counts()
+                last = overview.last_release(history)
+                report = overview.dora_figures(history, DORA_DAYS, self.now)
             for (check, target), row in sorted(latest.items()):
                 value = status_value(row.status)
                 if value is not None:
@@ -88,13 +92,11 @@ class AirlockCollector(Collector):
             backup = overview.newest_verified_backup(environment)
             if backup is not None:
                 backup_age.add_metric([name], (self.now - backup.finished_at).total_seconds())
-            for outcome, count in sorted(release_counts(environment).items()):
+            for outcome, count in sorted(counts.items()):
                 releases.add_metric([name, outcome], count)
-            last = overview.last_release(environment)
             if last is not None and last["duration_seconds"] is not None:
                 duration.add_metric([name], last["duration_seconds"])
             lock.add_metric([name], 1 if overview.lock_state(environment).holder else 0)
-            report = overview.dora(environment, DORA_DAYS, self.now)
             frequency.add_metric([name], report.deployments_per_day)
             if report.change_failure_rate is not None:
                 failure_rate.add_metric([name], report.change_failure_rate)

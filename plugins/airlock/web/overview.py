@@ -24,14 +24,7 @@ from airlock.core.board import (
 from airlock.core.dora import DoraReport, dora_report
 from airlock.hooks.backup_store import BackupStore
 from airlock.hooks.lock import AttentionMark, EnvironmentLock
-from airlock.hooks.ops_history import (
-    AuditRow,
-    audit_rows,
-    audited_runs,
-    health_rows,
-    host_changes,
-    latest_health,
-)
+from airlock.hooks.ops_history import AuditRow, OpsHistory
 
 #: A check with no result for this long is not current, and not a host's health any more.
 CURRENT = timedelta(days=2)
@@ -53,11 +46,12 @@ def release_entry(row: AuditRow) -> dict[str, Any]:
 
 def releases(environment: Environment, limit: int) -> list[dict[str, Any]]:
     """Audit rows, newest first, each with its approver and a link to its run."""
-    return [release_entry(row) for row in audit_rows(environment, limit=limit)]
+    with OpsHistory.open(environment) as history:
+        return [release_entry(row) for row in history.audit_rows(limit=limit)]
 
 
-def last_release(environment: Environment) -> dict[str, Any] | None:
-    rows = audit_rows(environment, limit=1, actions=("release",))
+def last_release(history: OpsHistory) -> dict[str, Any] | None:
+    rows = history.audit_rows(limit=1, actions=("release",))
     return release_entry(rows[0]) if rows else None
 
 
@@ -100,8 +94,10 @@ def lock_state(environment: Environment) -> LockState:
 def overview(environment: Environment, now: datetime | None = None) -> dict[str, Any]:
     """One environment's card on the board, and its entry in ``GET /airlock/api/environments``."""
     now = now or datetime.now(UTC)
-    latest = latest_per_check(latest_health(environment, since=now - CURRENT))
-    changes = host_changes(environment)
+    with OpsHistory.open(environment) as history:
+        latest = latest_per_check(history.latest_health(since=now - CURRENT))
+        changes = history.host_changes()
+        last = last_release(history)
     lock = lock_state(environment)
     return {
         "name": environment.name,
@@ -117,7 +113,7 @@ def overview(environment: Environment, now: datetime | None = None) -> dict[str,
         ],
         "lock": lock.holder,
         "attention": lock.attention,
-        "last_release": last_release(environment),
+        "last_release": last,
         "backup": backup_entry(newest_verified_backup(environment), now),
         "alerts": open_alerts(latest),
     }
@@ -125,7 +121,8 @@ def overview(environment: Environment, now: datetime | None = None) -> dict[str,
 
 def health(environment: Environment, since: datetime, limit: int) -> dict[str, Any]:
     """The health history since ``since`` (newest first), and per check its strip and trend."""
-    rows = health_rows(environment, since=since, limit=limit)
+    with OpsHistory.open(environment) as history:
+        rows = history.health_rows(since=since, limit=limit)
     return {
         "environment": environment.name,
         "since": since.isoformat(),
@@ -135,6 +132,10 @@ def health(environment: Environment, since: datetime, limit: int) -> dict[str, A
 
 
 def dora(environment: Environment, days: int, now: datetime | None = None) -> DoraReport:
-    now = now or datetime.now(UTC)
-    runs = audited_runs(environment, since=now - timedelta(days=days))
+    with OpsHistory.open(environment) as history:
+        return dora_figures(history, days, now or datetime.now(UTC))
+
+
+def dora_figures(history: OpsHistory, days: int, now: datetime) -> DoraReport:
+    runs = history.audited_runs(since=now - timedelta(days=days))
     return dora_report(runs, days=days, now=now)
