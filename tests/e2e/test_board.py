@@ -115,7 +115,7 @@ def read_the_board(stack, rest: Rest, version: str, run_id: str) -> None:
         try:
             page = open_page(browser)
             log_in(page, stack.api_url, "admin", stack.password())
-            page.get_by_role("link", name="Airlock").click()
+            page.get_by_test_id("nav-sidebar").get_by_role("link", name="Airlock", exact=True).click()
             board = page.frame_locator("iframe")
             for host in ("web-1", "web-2", "web-3"):
                 expect(board.locator(f"tr[data-host='{host}'] td.version")).to_have_text(
