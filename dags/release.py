@@ -39,6 +39,11 @@ def release_dag(environment: Environment) -> DAG:
                 pattern="^([0-9a-fA-F]{64})?$",
                 description="SHA-256 of the artifact CI built: any other is refused (empty: not pinned)",
             ),
+            "committed_at": Param(
+                None,
+                type=["null", "string"],
+                description="When the released commit was made, ISO 8601 with offset: the DORA lead time",
+            ),
         },
         render_template_as_native_obj=False,
     ) as dag:

@@ -11,6 +11,7 @@ Exit codes: 0 released (or planned, for ``--dry-run``); 1 the run failed or was 
         --version 2.0.0 --reason "PR #123" --artifact-sha256 "$(cut -d' ' -f1 app-2.0.0.tar.gz.sha256)" --wait
 
 ``--artifact-sha256`` pins the artifact CI built: the release refuses any other one.
+``--committed-at "$(git show -s --format=%cI)"`` dates the commit, for the board's lead time.
 """
 
 from __future__ import annotations
@@ -119,6 +120,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="SHA-256 of the artifact CI built (64 hex characters): the release refuses any other",
     )
+    parser.add_argument(
+        "--committed-at",
+        default="",
+        help="when the released commit was made, ISO 8601 (git show -s --format=%%cI): the lead time",
+    )
     parser.add_argument("--wait", action="store_true", help="follow the run until it finishes")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait with --wait")
     return parser.parse_args(argv)
@@ -134,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     conf = {"version": arguments.version, "reason": arguments.reason, "dry_run": arguments.dry_run}
     if arguments.artifact_sha256:
         conf["artifact_sha256"] = arguments.artifact_sha256
+    if arguments.committed_at:
+        conf["committed_at"] = arguments.committed_at
     try:
         with client_for(url) as api:
             run_id = trigger(api, dag_id, conf)

@@ -24,6 +24,11 @@ CREATE TABLE IF NOT EXISTS {schema}.releases (
 -- approved_by is the approver's user id; under FAB (numeric ids) or Keycloak it differs from the
 -- name people know them by, which is kept beside it.
 ALTER TABLE {schema}.releases ADD COLUMN IF NOT EXISTS approved_by_name text;
+-- When the released commit was made, if the CI trigger said (release param committed_at): the
+-- start of the DORA lead time for changes on the Airlock board.
+ALTER TABLE {schema}.releases ADD COLUMN IF NOT EXISTS committed_at timestamptz;
+-- The Airlock board reads an environment's newest rows first (releases, DORA windows).
+CREATE INDEX IF NOT EXISTS releases_by_time ON {schema}.releases (environment, finished_at DESC);
 
 -- The health-check history: one row per check, target and run of health_<env>. Read it for
 -- trends and dashboards, e.g.
@@ -91,3 +96,5 @@ CREATE TABLE IF NOT EXISTS {schema}.health_silences (
     reason          text        NOT NULL,
     created_by      text        NOT NULL
 );
+-- The Airlock board's history since a time, and each check's latest row within a window.
+CREATE INDEX IF NOT EXISTS health_checks_by_time ON {schema}.health_checks (environment, checked_at DESC);

@@ -140,3 +140,12 @@ def test_dev_tooling_stays_out_of_the_package_and_the_dags():
         assert not [n for n in imports if n.split(".")[0] == "airlock_dev"], (
             f"{where(path)} imports the dev tooling (tools/airlock_dev)"
         )
+
+
+@pytest.mark.parametrize("path", modules(PACKAGE / "web"), ids=where)
+def test_the_board_reads_its_data_only_through_hooks(path):
+    imports = imported_modules(parsed(path))
+    clients = sorted(name for name in imports if name.split(".")[0] in {"psycopg", "redis", "sqlalchemy"})
+    above = sorted(name for name in imports if name.startswith("airlock.tasks"))
+    assert not clients, f"{where(path)} reaches a database or Redis itself: {clients}"
+    assert not above, f"{where(path)} imports task bodies: {above}"

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from airlock.config import VERSION_PATTERN, Environment
@@ -20,7 +21,7 @@ from airlock.core.markdown import inline
 from airlock.core.migrations import pending_migrations_markdown
 
 _VERSION = re.compile(VERSION_PATTERN)
-REQUEST_KEYS = frozenset({"version", "dry_run", "reason", "artifact_sha256"})
+REQUEST_KEYS = frozenset({"version", "dry_run", "reason", "artifact_sha256", "committed_at"})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -35,6 +36,8 @@ class ReleaseRequest:
     reason: str
     #: The artifact's SHA-256 CI expects (lower-case hex), or "" when the trigger pinned none.
     artifact_sha256: str = ""
+    #: When the released commit was made, if CI said: the start of the DORA lead time.
+    committed_at: datetime | None = None
 
 
 def validate_version(version: Any) -> str:
@@ -70,6 +73,7 @@ def validate_request(conf: Mapping[str, Any], params: Mapping[str, Any]) -> Rele
         dry_run=dry_run,
         reason=reason,
         artifact_sha256=validate_artifact_sha256(params.get("artifact_sha256")),
+        committed_at=validate_committed_at(params.get("committed_at")),
     )
 
 
@@ -82,6 +86,22 @@ def validate_artifact_sha256(value: Any) -> str:
             f"artifact_sha256 {value!r} is not a SHA-256: give 64 hex characters, or leave it empty"
         )
     return value.lower()
+
+
+def validate_committed_at(value: Any) -> datetime | None:
+    """The trigger's ``committed_at``: an ISO 8601 time with its UTC offset, or None for none."""
+    if value is None or value == "":
+        return None
+    hint = "give an ISO 8601 time with its offset (git show -s --format=%cI), or leave it empty"
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise InvalidReleaseRequest(f"committed_at {value!r} is not a time: {hint}")
+    if moment.tzinfo is None:
+        raise InvalidReleaseRequest(f"committed_at {value!r} has no UTC offset: {hint}")
+    return moment
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,8 @@ class AuditRecord:
     detail: str | None = None
     #: The approver's name; ``approved_by`` is their user id (the two differ under FAB).
     approved_by_name: str | None = None
+    #: When the released commit was made, if the trigger said (the DORA lead time's start).
+    committed_at: datetime | None = None
 
 
 def write_audit_record(environment: Environment, record: AuditRecord) -> None:
@@ -88,11 +90,12 @@ def write_audit_record(environment: Environment, record: AuditRecord) -> None:
     statement = sql.SQL(
         """
         INSERT INTO {schema}.releases (environment, dag_id, run_id, action, version, previous,
-            triggered_by, approved_by, reason, started_at, result, detail, approved_by_name)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            triggered_by, approved_by, reason, started_at, result, detail, approved_by_name, committed_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (run_id, action) DO UPDATE SET
             result = EXCLUDED.result, detail = EXCLUDED.detail, approved_by = EXCLUDED.approved_by,
-            approved_by_name = EXCLUDED.approved_by_name, finished_at = now()
+            approved_by_name = EXCLUDED.approved_by_name, finished_at = now(),
+            committed_at = coalesce(EXCLUDED.committed_at, {schema}.releases.committed_at)
         """
     ).format(schema=_schema(environment))
     with ops_session(environment) as connection:
@@ -105,8 +108,8 @@ def write_audit_record_if_missing(environment: Environment, record: AuditRecord)
     statement = sql.SQL(
         """
         INSERT INTO {schema}.releases (environment, dag_id, run_id, action, version, previous,
-            triggered_by, approved_by, reason, started_at, result, detail, approved_by_name)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            triggered_by, approved_by, reason, started_at, result, detail, approved_by_name, committed_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (run_id, action) DO NOTHING
         """
     ).format(schema=_schema(environment))
@@ -130,6 +133,7 @@ def _audit_values(environment: Environment, record: AuditRecord) -> tuple[Any, .
         record.result,
         record.detail,
         record.approved_by_name,
+        record.committed_at,
     )
 
 

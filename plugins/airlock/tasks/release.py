@@ -43,6 +43,7 @@ from airlock.core.release import (
     migration_checksum,
     plan_digest,
     preflight_checks,
+    validate_committed_at,
     validate_request,
 )
 from airlock.hooks.artifacts import ArtifactChangedError, release_artifact
@@ -98,6 +99,7 @@ def validate(conf: Mapping[str, Any] | None, params: Mapping[str, Any]) -> dict[
         "dry_run": request.dry_run,
         "reason": request.reason,
         "artifact_sha256": request.artifact_sha256,
+        "committed_at": request.committed_at.isoformat() if request.committed_at else None,
     }
 
 
@@ -534,6 +536,7 @@ def conclude_release(
                 started_at=started_at,
                 result=outcome.result,
                 detail=outcome.detail,
+                committed_at=validate_committed_at(params.get("committed_at")),
             ),
         )
 

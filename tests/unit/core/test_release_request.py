@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from airlock.core.release import InvalidReleaseRequest, validate_request
@@ -43,3 +45,27 @@ def test_unknown_keys_are_refused_by_name():
 def test_dry_run_must_be_a_boolean():
     with pytest.raises(InvalidReleaseRequest, match="dry_run must be true or false"):
         validate_request({"version": "2.0.0", "dry_run": "yes"}, {"version": "2.0.0", "dry_run": "yes"})
+
+
+def test_committed_at_is_read_with_its_offset_for_the_lead_time():
+    params = {"version": "2.0.0", "committed_at": "2026-11-30T17:05:00+01:00"}
+    request = validate_request(params, params)
+    assert request.committed_at == datetime(2026, 11, 30, 16, 5, tzinfo=UTC)
+    assert (
+        validate_request({"version": "2.0.0"}, {"version": "2.0.0", "committed_at": None}).committed_at
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param("yesterday", "is not a time", id="not-a-time"),
+        pytest.param(1764518700, "is not a time", id="a-number"),
+        pytest.param("2026-11-30T17:05:00", "has no UTC offset", id="no-offset"),
+    ],
+)
+def test_a_committed_at_that_is_no_dated_time_is_refused(value, message):
+    params = {"version": "2.0.0", "committed_at": value}
+    with pytest.raises(InvalidReleaseRequest, match=f"committed_at .* {message}"):
+        validate_request(params, params)
