@@ -265,10 +265,10 @@ def test_a_switched_host_lost_before_a_later_wave_fails_makes_the_rollback_incom
 
 
 def stop_app(environment, host) -> None:
-    """The host's app dies after its switch (stopped by its own control script)."""
+    """The host's app dies after its switch (stopped by its own control script, a shell script)."""
     root = environment.root_of(host)
     stopped = subprocess.run(
-        [sys.executable, f"{root}/current/bin/demo-app", "--root", root, "stop"],
+        [f"{root}/current/bin/demo-app", "--root", root, "stop"],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHON": sys.executable},
