@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from tests.faults.load import HostLoad
+from tests.faults.private_postgres import private_postgres_server
 from tests.integration.conftest import artifacts, hosts_on_old, verified_backup  # noqa: F401
 
 
@@ -30,3 +31,10 @@ def host_load():
     yield start
     for load in started:
         load.stop()
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL 15 server of this test alone (:class:`~tests.faults.private_postgres.PrivateServer`),
+    which it may restart; stopped and removed afterwards, whatever happened."""
+    yield from private_postgres_server()
