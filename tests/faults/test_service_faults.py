@@ -5,7 +5,7 @@ the task process killed mid-deploy. Two triggers at once are raced at the lock t
 The shared Redis and PostgreSQL servers serve other test sessions at the same time, so they are
 never stopped here: "Redis down" is a connection to a port nothing listens on (at lock time) or a
 private ``redis-server`` that the test kills (mid-run). PostgreSQL restarted during the
-pre-release backup is not covered: it needs a server of the test's own (see the report).
+pre-release backup runs on a server of the test's own: ``test_database_faults.py``.
 """
 
 from __future__ import annotations
