@@ -221,16 +221,20 @@ class AirlockStack:
             raise ValueError("add_environment needs a stack with its own environments directory")
         document = yaml.safe_load((self.environments_dir / "demo.yaml").read_text())
         document.update(overrides)
-        path = self.environments_dir / f"{name}.yaml"
-        path.write_text(f"# {name}: the demo environment with {', '.join(overrides)} replaced.\n")
-        with path.open("a") as out:
-            yaml.safe_dump(document, out, sort_keys=False)
+        text = f"# {name}: the demo environment with {', '.join(overrides)} replaced.\n"
+        text += yaml.safe_dump(document, sort_keys=False)
+        # Validated in a subdirectory first (the DAG files read only environments/*.yaml), so the
+        # dag-processor never sees a file that does not load.
+        candidate = self.environments_dir / ".candidates" / f"{name}.yaml"
+        candidate.parent.mkdir(exist_ok=True)
+        candidate.write_text(text)
         try:
             with self.own_settings():
-                environment = load_environment(path)
+                environment = load_environment(candidate)
         except Exception:
-            path.unlink()  # never leave a broken environment for the dag-processor
+            candidate.unlink()
             raise
+        candidate.rename(self.environments_dir / f"{name}.yaml")
         self.wait_until_ready(dag_ids)
         return environment
 
