@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS {schema}.releases (
     reason          text,
     started_at      timestamptz,
     finished_at     timestamptz NOT NULL DEFAULT now(),
-    result          text        NOT NULL,  -- succeeded | rolled_back | failed | rejected | planned | broken
+    result          text        NOT NULL,  -- succeeded | rolled_back | failed | rejected | timed_out | planned | broken
     detail          text,
     UNIQUE (run_id, action)
 );

@@ -10,4 +10,31 @@ are the integration suite's own.
 
 from __future__ import annotations
 
+import pytest
+
+from tests.faults.load import HostLoad
+from tests.faults.private_postgres import private_postgres_server
 from tests.integration.conftest import artifacts, hosts_on_old, verified_backup  # noqa: F401
+
+
+@pytest.fixture
+def host_load():
+    """``host_load(environment)``: a running :class:`~tests.faults.load.HostLoad` on every host of
+    ``environment``; whatever the test did not stop is stopped afterwards."""
+    started: list[HostLoad] = []
+
+    def start(environment) -> HostLoad:
+        load = HostLoad(environment).start()
+        started.append(load)
+        return load
+
+    yield start
+    for load in started:
+        load.stop()
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL 15 server of this test alone (:class:`~tests.faults.private_postgres.PrivateServer`),
+    which it may restart; stopped and removed afterwards, whatever happened."""
+    yield from private_postgres_server()

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -141,14 +141,16 @@ def lock_is_free(redis_client, environment) -> bool:
 
 
 def test_a_host_unreachable_before_its_switch_is_left_alone_and_the_switched_ones_go_back(
-    hosts_on_old, sshd, attention, slack_messages, redis_client, postgres_url, ops_url
+    hosts_on_old, sshd, attention, slack_messages, redis_client, postgres_url, host_load, ops_url
 ):
     environment = hosts_on_old
     release = release_dag(environment)
 
     kill_web_2 = approve_after(lambda: sshd["kill"]("web-2"))
 
+    traffic = host_load(environment)
     run_id, states, _ = run_dag(release, {"version": NEW}, answer=kill_web_2)
+    traffic.stop()
 
     assert states["wave_2.deploy[0]"] == "failed"  # web-2: its sshd is gone
     assert states["rollback"] == "success"
@@ -160,6 +162,9 @@ def test_a_host_unreachable_before_its_switch_is_left_alone_and_the_switched_one
     assert any(f"release {NEW} {detail}" in text for text in slack_messages.texts())
     assert lock_is_free(redis_client, environment)
     assert attention.get() is None
+    # web-1 went to 2.0.0 and back by reloads, web-2's app never noticed its sshd was gone.
+    traffic.assert_every_request_answered()
+    assert traffic.versions_served("web-1") == {OLD, NEW}
 
 
 def test_a_deploy_that_starts_after_another_host_failed_switches_nothing(environment, hosts_on_old):
@@ -205,7 +210,7 @@ def test_a_deploy_whose_wave_mate_fails_during_its_install_stops_before_the_swit
 
 
 def test_a_switched_host_lost_before_a_later_wave_fails_makes_the_rollback_incomplete_and_blocks_releases(
-    hosts_on_old, sshd, attention, slack_messages, redis_client, postgres_url, monkeypatch, ops_url
+    hosts_on_old, sshd, attention, slack_messages, redis_client, postgres_url, monkeypatch, host_load, ops_url
 ):
     environment = hosts_on_old
 
@@ -214,6 +219,7 @@ def test_a_switched_host_lost_before_a_later_wave_fails_makes_the_rollback_incom
         sshd["kill"]("web-2")  # wave 2 fails on it
 
     after_verify_of(monkeypatch, ["web-1"], lose_web_1_and_web_2)
+    traffic = host_load(environment)
     run_id, states, _ = run_dag(release_dag(environment), {"version": NEW}, answer="Approve")
 
     assert states["wave_1.verify"] == "success"
@@ -252,27 +258,35 @@ def test_a_switched_host_lost_before_a_later_wave_fails_makes_the_rollback_incom
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
     assert attention.get() is None
     assert any("Cleared the needs-attention mark" in t for t in slack_messages.texts())
+    # Losing sshd never stops an app: through the release, the refusal and the operator's
+    # rollback, every request to every host was answered (web-1 by 2.0.0, then by 1.0.0 again).
+    traffic.stop().assert_every_request_answered()
+    assert traffic.versions_served("web-1") == {OLD, NEW}
 
 
 def stop_app(environment, host) -> None:
-    """The host's app dies after its switch (stopped by its own control script)."""
+    """The host's app dies after its switch (stopped by its own control script, a shell script)."""
     root = environment.root_of(host)
-    subprocess.run(
-        [sys.executable, f"{root}/current/bin/demo-app", "--root", root, "stop"],
-        check=True,
+    stopped = subprocess.run(
+        [f"{root}/current/bin/demo-app", "--root", root, "stop"],
         capture_output=True,
+        text=True,
         env={**os.environ, "PYTHON": sys.executable},
     )
+    assert stopped.returncode == 0, f"demo-app stop failed: {stopped.stdout} {stopped.stderr}"
 
 
 def test_a_host_whose_app_breaks_after_the_switch_is_rolled_back_and_its_history_stays_true(
-    hosts_on_old, attention, slack_messages, postgres_url, monkeypatch, ops_url
+    hosts_on_old, attention, slack_messages, postgres_url, monkeypatch, host_load, ops_url
 ):
     environment = hosts_on_old
     web_1 = environment.hosts[0]
-    monkeypatch.setattr(release_steps, "run_smoke_tests", _stop_then_smoke(environment, web_1))
+    stopped: list[datetime] = []
+    monkeypatch.setattr(release_steps, "run_smoke_tests", _stop_then_smoke(environment, web_1, stopped))
 
+    traffic = host_load(environment)
     run_id, states, _ = run_dag(release_dag(environment), {"version": NEW}, answer="Approve")
+    traffic.stop()
 
     assert states["wave_1.deploy[0]"] == "success"
     assert states["wave_1.verify"] == "failed"
@@ -284,13 +298,24 @@ def test_a_host_whose_app_breaks_after_the_switch_is_rolled_back_and_its_history
         assert layout.previous_version() != NEW  # the broken build is never "previous"
         assert NEW not in layout.history()
     assert attention.get() is None
+    # The scenario cannot allow zero failures: web-1's app is down from its stop until the
+    # rollback starts it again. What holds instead: web-2 and web-3 (never switched) answered
+    # every request, web-1 failed only after its stop, and answered again (on 1.0.0) at the end.
+    assert traffic.failed("web-2") == traffic.failed("web-3") == []
+    [stopped_at] = stopped
+    assert traffic.failed("web-1"), "the app was stopped: some request to web-1 must have failed"
+    assert all(failure.at >= stopped_at for failure in traffic.failed("web-1"))
+    last_answer = traffic.answered("web-1")[-1]
+    assert last_answer.at > traffic.failed("web-1")[-1].at
+    assert last_answer.version == OLD
 
 
-def _stop_then_smoke(environment, host):
+def _stop_then_smoke(environment, host, stopped: list[datetime]):
     smoke = release_steps.run_smoke_tests
 
     def stop_then_smoke(env, hosts):
-        if [h.name for h in hosts] == [host.name]:
+        if [h.name for h in hosts] == [host.name] and not stopped:  # the first try only
+            stopped.append(datetime.now(UTC))
             stop_app(environment, host)
         return smoke(env, hosts)
 
@@ -298,13 +323,15 @@ def _stop_then_smoke(environment, host):
 
 
 def test_a_hung_host_is_bounded_by_the_ssh_timeouts_and_never_switched(
-    hosts_on_old, sshd, attention, postgres_url, ops_url
+    hosts_on_old, sshd, attention, postgres_url, host_load, ops_url
 ):
     environment = hosts_on_old
 
     hang_web_2 = approve_after(lambda: sshd["stop"]("web-2"))
 
+    traffic = host_load(environment)
     run_id, states, _ = run_dag(release_dag(environment, retries=0), {"version": NEW}, answer=hang_web_2)
+    traffic.stop()
 
     assert states["wave_2.deploy[0]"] == "failed"
     assert states["conclude"] == "failed"
@@ -318,6 +345,7 @@ def test_a_hung_host_is_bounded_by_the_ssh_timeouts_and_never_switched(
     assert "web-2 (never switched by this run; left alone)" in detail
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
     assert attention.get() is None
+    traffic.assert_every_request_answered()  # a hung sshd is not a hung app
 
 
 @pytest.fixture
@@ -346,14 +374,17 @@ def migration_fault(environment, artifacts, postgres_url) -> Iterator[str]:
 
 
 def test_a_migration_failing_in_the_second_of_three_files_reports_the_one_applied(
-    hosts_on_old, migration_fault, slack_messages, postgres_url, ops_url
+    hosts_on_old, migration_fault, slack_messages, postgres_url, host_load, ops_url
 ):
     environment = hosts_on_old
 
+    traffic = host_load(environment)
     run_id, states, _ = run_dag(release_dag(environment), {"version": migration_fault}, answer="Approve")
+    traffic.stop()
 
     assert states["migrate"] == "failed"
     assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
+    traffic.assert_every_request_answered()  # the app kept serving on the half-migrated database
     with psycopg.connect(postgres_url) as connection:
         history = [v for (v,) in connection.execute("SELECT version FROM public.airlock_schema_history")]
         tables = connection.execute(

@@ -5,7 +5,7 @@ the task process killed mid-deploy. Two triggers at once are raced at the lock t
 The shared Redis and PostgreSQL servers serve other test sessions at the same time, so they are
 never stopped here: "Redis down" is a connection to a port nothing listens on (at lock time) or a
 private ``redis-server`` that the test kills (mid-run). PostgreSQL restarted during the
-pre-release backup is not covered: it needs a server of the test's own (see the report).
+pre-release backup runs on a server of the test's own: ``test_database_faults.py``.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def test_a_restore_whose_redis_dies_mid_step_stops_before_the_swap(
 
 
 def test_with_slack_down_the_release_goes_on_and_the_failures_are_logged(
-    hosts_on_old, postgres_url, monkeypatch, caplog, database_as_before, ops_url
+    hosts_on_old, postgres_url, monkeypatch, caplog, database_as_before, host_load, ops_url
 ):
     environment = hosts_on_old
     with SlackReceiver() as gone:
@@ -161,13 +161,17 @@ def test_with_slack_down_the_release_goes_on_and_the_failures_are_logged(
     connect("airlock_slack", down, monkeypatch)
     caplog.set_level(logging.WARNING, logger="airlock.notifications.slack")
 
+    traffic = host_load(environment)
     run_id, states, answered = run_dag(
         load_dag(f"release_{environment.name}"), {"version": NEW, "reason": "Slack is down"}, answer="Approve"
     )
+    traffic.stop()
 
     assert answered["ok"] is True
     assert states["conclude"] == "success", states
     assert served_versions(environment) == dict.fromkeys(HOSTS, NEW)
+    traffic.assert_every_request_answered()  # every host went 1.0.0 -> 2.0.0 by a reload
+    assert all(traffic.versions_served(host) == {OLD, NEW} for host in HOSTS), traffic.answers[-3:]
     [(result,)] = audit_rows(ops_url, run_id, "result")
     assert result == "succeeded"
     undelivered = [
@@ -222,7 +226,7 @@ hosts.deploy_to_host(environment, environment.host("web-1"), version, artifact)
         pytest.param("switch_current", id="killed-after-the-switch-before-activation"),
     ],
 )
-def test_a_deploy_killed_mid_way_converges_when_run_again(hosts_on_old, tmp_path, halt_after):
+def test_a_deploy_killed_mid_way_converges_when_run_again(hosts_on_old, tmp_path, halt_after, host_load):
     from airlock.hooks.artifacts import release_artifact
     from airlock.hooks.hosts import deploy_to_host
 
@@ -232,11 +236,12 @@ def test_a_deploy_killed_mid_way_converges_when_run_again(hosts_on_old, tmp_path
     marker = tmp_path / "halted"
     shutil.rmtree(root / "releases" / NEW, ignore_errors=True)  # as on a host that never had it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT / "plugins"), str(PROJECT)])}
+    traffic = host_load(environment)
     task = subprocess.Popen(
         [sys.executable, "-c", DEPLOY, environment.name, NEW, halt_after, str(marker)], env=env, cwd=PROJECT
     )
     try:
-        wait_until(lambda: marker.exists() or task.poll() is not None, limit=60)
+        wait_until(lambda: marker.exists() or task.poll() is not None, limit=180)  # a loaded CI box
         assert marker.exists(), f"the deploy process ended ({task.returncode}) before {halt_after}"
     finally:
         if task.poll() is None:
@@ -245,6 +250,7 @@ def test_a_deploy_killed_mid_way_converges_when_run_again(hosts_on_old, tmp_path
     assert task.returncode == -signal.SIGKILL
 
     release = deploy_to_host(environment, host, NEW, release_artifact(environment.deploy, NEW))  # the retry
+    traffic.stop()
 
     assert release.version == NEW
     assert served_versions(environment) == {"web-1": NEW, "web-2": OLD, "web-3": OLD}
@@ -252,6 +258,9 @@ def test_a_deploy_killed_mid_way_converges_when_run_again(hosts_on_old, tmp_path
     assert {OLD, NEW} <= set(entries)
     assert [name for name in entries if name.startswith(".")] == []  # no partial upload or unpacking
     assert (root / "current").resolve().name == NEW
+    # The killed try never took the app down, switched or not; the retry's reload swapped it.
+    traffic.assert_every_request_answered()
+    assert traffic.versions_served("web-1") == {OLD, NEW}
 
 
 # -- audit everywhere: runs that stopped before the plan, and migrate_ runs -----------------------

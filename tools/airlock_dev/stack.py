@@ -322,6 +322,39 @@ class AirlockStack:
             + yaml.safe_dump(document, sort_keys=False)
         )
 
+    def add_environment(self, name: str, overrides: dict, dag_ids: tuple[str, ...]) -> Environment:
+        """A second environment next to this stack's demo, parsed by the running dag-processor.
+
+        It is the generated demo environment (same hosts, database, connections) with the
+        top-level settings in ``overrides`` replaced, written to ``environments/<name>.yaml`` and
+        validated as every component will read it. Returns once the DAGs in ``dag_ids`` are
+        parsed. Only for stacks with their own environments directory (not ``make demo``'s).
+        """
+        if self.environments_dir == PROJECT_ROOT / "include" / "environments":
+            raise ValueError("add_environment needs a stack with its own environments directory")
+        document = yaml.safe_load((self.environments_dir / "demo.yaml").read_text())
+        document.update(overrides)
+        text = f"# {name}: the demo environment with {', '.join(overrides)} replaced.\n"
+        text += yaml.safe_dump(document, sort_keys=False)
+        # Validated in a subdirectory first (the DAG files read only environments/*.yaml), so the
+        # dag-processor never sees a file that does not load.
+        candidate = self.environments_dir / ".candidates" / f"{name}.yaml"
+        candidate.parent.mkdir(exist_ok=True)
+        candidate.write_text(text)
+        try:
+            with self.own_settings():
+                environment = load_environment(candidate)
+        except Exception:
+            candidate.unlink()
+            raise
+        candidate.rename(self.environments_dir / f"{name}.yaml")
+        self.wait_until_ready(dag_ids)
+        return environment
+
+    def remove_environment(self, name: str) -> None:
+        """Undo :meth:`add_environment`: the dag-processor drops its DAGs on its next parse."""
+        (self.environments_dir / f"{name}.yaml").unlink(missing_ok=True)
+
     def _secret(self, name: str) -> str:
         path = self.home / "secrets" / name
         if not path.exists():

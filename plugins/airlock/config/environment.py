@@ -229,7 +229,9 @@ class ApprovalSettings(_Model):
             "uses names as ids (the simple auth manager)"
         ),
     )
-    timeout: Duration = Field(default=timedelta(hours=4), description="No answer in time counts as rejected")
+    timeout: Duration = Field(
+        default=timedelta(hours=4), description="No answer in time ends the run, audited as timed_out"
+    )
     allow_self_approval: bool = Field(default=False, description="Whether the triggering user may approve")
 
     @model_validator(mode="after")

@@ -78,6 +78,8 @@ class ReleaseRun:
     :param approval: the approval gate's state (None when the environment has no gate).
     :param failed: the failed steps, described for a reader (see :func:`describe_failed`).
     :param rollback: the rollback step's state (None: not run yet).
+    :param approval_timeout: the approval's timeout, when nobody answered within it (the gate
+        records it; None: answered, or not asked).
     """
 
     verifications: list[str | None]
@@ -85,6 +87,7 @@ class ReleaseRun:
     approval: str | None = None
     failed: str = "an earlier step"
     rollback: str | None = None
+    approval_timeout: str | None = None
 
     @property
     def every_wave_verified(self) -> bool:
@@ -186,7 +189,18 @@ class Outcome:
         return self.result in ("succeeded", "planned")
 
 
-REJECTED = Outcome("rejected", "rejected or timed out at approval; nothing changed")
+REJECTED = Outcome("rejected", "rejected at approval; nothing changed")
+
+
+def not_approved(approval_timeout: str | None) -> Outcome:
+    """The outcome of a run whose approval gate failed: ``timed_out`` when nobody answered within
+    ``approval_timeout`` (what the gate recorded), else :data:`REJECTED` (refused, or answered by
+    someone not allowed)."""
+    if approval_timeout:
+        detail = f"approval timed out: nobody answered within {approval_timeout}; nothing changed"
+        return Outcome("timed_out", detail)
+    return REJECTED
+
 
 #: The result of a run whose rollback could not put every host back: the environment needs a person.
 ROLLBACK_INCOMPLETE = "rollback_incomplete"
@@ -216,7 +230,7 @@ def release_outcome(
     if planned and run.every_wave_verified:
         return Outcome("succeeded")
     if run.rejected:
-        return REJECTED
+        return not_approved(run.approval_timeout)
     if rollback:
         report = RollbackReport.from_dict(rollback)
         if report.incomplete:
@@ -247,19 +261,24 @@ def release_outcome(
 
 
 def rollback_outcome(
-    host_rollbacks: Mapping[str, str | None], *, approval: str | None, failed: str
+    host_rollbacks: Mapping[str, str | None],
+    *,
+    approval: str | None,
+    failed: str,
+    approval_timeout: str | None = None,
 ) -> Outcome:
     """How a ``rollback_<env>`` run ended.
 
     :param host_rollbacks: each host's roll-back step state, by host name.
     :param approval: the approval gate's state (None when the environment has no gate).
     :param failed: the failed steps, described for a reader (see :func:`describe_failed`).
+    :param approval_timeout: the approval's timeout, when the gate recorded that nobody answered.
     """
     states = list(host_rollbacks.values())
     if states and all(state == "success" for state in states):
         return Outcome("succeeded")
     if approval == "failed":
-        return REJECTED
+        return not_approved(approval_timeout)
     switched = sorted(host for host, state in host_rollbacks.items() if state == "success")
     not_back = sorted(host for host, state in host_rollbacks.items() if state in FAILED)
     if switched and not_back:

@@ -9,7 +9,9 @@
 - The gate records what its request showed (the plan digest, the run and its clear number, as
   XCom ``request``) and returns it with the answer: the evidence every later step that changes
   something checks (:mod:`airlock.core.evidence`).
-- No answer within the environment's timeout counts as a rejection (the default option).
+- No answer within the environment's timeout is not an approval (the default option is
+  *Reject*, which the scheduler applies); the gate records the timeout (XCom
+  :data:`APPROVAL_TIMED_OUT`), so the audit row says ``timed_out``, not ``rejected``.
 - Approved: the run goes on. Rejected or timed out: the task fails, nothing downstream runs
   except the teardown, and Slack says who rejected or that time ran out.
 """
@@ -26,6 +28,9 @@ from airlock.config import Environment
 from airlock.core.evidence import describe_user, response_refusal
 from airlock.core.outcome import triggering_user
 from airlock.notifications.slack import post, render
+
+#: The gate's XCom key holding its timeout (as text) when nobody answered within it.
+APPROVAL_TIMED_OUT = "timed_out"
 
 #: How long the gate's own work may take, before it parks to wait and after the answer comes.
 APPROVAL_EXECUTION_TIMEOUT = timedelta(minutes=5)
@@ -98,6 +103,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         if event.get("timedout") or event.get("error_type") == "timeout":
+            context["ti"].xcom_push(key=APPROVAL_TIMED_OUT, value=str(self.response_timeout))
             post(
                 self.slack_conn_id,
                 render(

@@ -36,6 +36,7 @@ from airlock.hooks.lock import (
 from airlock.hooks.ops_store import AuditRecord, write_audit_record, write_audit_record_if_missing
 from airlock.hooks.ssh import HostKeyError
 from airlock.notifications.slack import post, render
+from airlock.operators.approval import APPROVAL_TIMED_OUT
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,11 @@ def run_task_states(context: Any) -> dict[str, str]:
     """Task id (:func:`mapped` for mapped ones) -> state, for this run."""
     ti = context["ti"]
     return ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+
+
+def approval_timeout(context: Any) -> str | None:
+    """The approval's timeout when nobody answered within it (what the gate recorded), else None."""
+    return context["ti"].xcom_pull(task_ids=TaskIds.APPROVE, key=APPROVAL_TIMED_OUT)
 
 
 def environment_lock(environment: Environment) -> EnvironmentLock:
@@ -280,6 +286,7 @@ def audit_unconcluded_run(
     params: Mapping[str, Any],
     triggered_by: str,
     approval: Mapping[str, Any] | None,
+    approval_timeout: str | None = None,
     started_at: Any = None,
 ) -> bool:
     """The audit row of a run that stopped before the step writing its own (e.g. a checksum or host
@@ -292,6 +299,7 @@ def audit_unconcluded_run(
         {task: state for task, state in task_states.items() if task != TaskIds.UNLOCK},
         approve_task_id=TaskIds.APPROVE,
         change_task_ids=_CHANGE_STEPS.get(action, ()),
+        approval_timeout=approval_timeout,
     )
     version = params.get("version") or params.get("to_version") or params.get("backup") or ""
     written = write_audit_record_if_missing(
@@ -373,6 +381,7 @@ def unlock_task(environment: Environment):
             params=context["params"],
             triggered_by=triggering_user(context),
             approval=context["ti"].xcom_pull(task_ids=TaskIds.APPROVE),
+            approval_timeout=approval_timeout(context),
             started_at=dag_run.start_date,
         )
 

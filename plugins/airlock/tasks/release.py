@@ -54,7 +54,7 @@ from airlock.hooks.postgres import first_row
 from airlock.notifications.slack import post, render, summarize_error
 from airlock.tasks import environment as shared
 from airlock.tasks.backup import require_fresh_backup, take_backup
-from airlock.tasks.environment import keep_lock, mapped, run_task_states, triggering_user
+from airlock.tasks.environment import approval_timeout, keep_lock, mapped, run_task_states, triggering_user
 from airlock.tasks.migrate import apply_migrations, migrations_applied_by_run
 from airlock.tasks.smoke import run_smoke_tests
 
@@ -373,10 +373,12 @@ def verify(environment: Environment, *, wave_hosts: list[str]) -> list[dict[str,
     return [result.__dict__ for result in results]
 
 
-def release_run(environment: Environment, task_states: Mapping[str, str]) -> ReleaseRun:
+def release_run(
+    environment: Environment, task_states: Mapping[str, str], *, approval_timeout: str | None = None
+) -> ReleaseRun:
     """What this run's steps did, from its task states: each wave's verification, each host's
-    deploy, the approval, the rollback, and the failed steps named for a reader
-    (``wave_1.deploy (web-1)``)."""
+    deploy, the approval (and ``approval_timeout`` when nobody answered it), the rollback, and the
+    failed steps named for a reader (``wave_1.deploy (web-1)``)."""
     deploys, names = {}, {}
     for wave in environment.waves:
         for index, host in enumerate(wave.hosts):
@@ -389,6 +391,7 @@ def release_run(environment: Environment, task_states: Mapping[str, str]) -> Rel
         approval=task_states.get(TaskIds.APPROVE),
         failed=describe_failed(task_states, names),
         rollback=task_states.get(TaskIds.ROLLBACK),
+        approval_timeout=approval_timeout,
     )
 
 
@@ -710,7 +713,7 @@ def conclude(environment: Environment) -> dict[str, Any]:
     context = get_current_context()
     ti, dag_run = context["ti"], context["dag_run"]
     planned = ti.xcom_pull(task_ids=TaskIds.PLAN)
-    run = release_run(environment, run_task_states(context))
+    run = release_run(environment, run_task_states(context), approval_timeout=approval_timeout(context))
     rolled_back = ti.xcom_pull(task_ids=TaskIds.ROLLBACK) or ti.xcom_pull(
         task_ids=TaskIds.ROLLBACK, key=ROLLBACK_REPORT
     )

@@ -30,7 +30,7 @@ from airlock.hooks.lock import AttentionMark
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.notifications.slack import post, render
 from airlock.tasks import environment as shared
-from airlock.tasks.environment import hold_lock, mapped, run_task_states, triggering_user
+from airlock.tasks.environment import approval_timeout, hold_lock, mapped, run_task_states, triggering_user
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,10 @@ def conclude_rollback(
     approval: Mapping[str, Any] | None,
     task_states: Mapping[str, str],
     started_at: datetime | None,
+    approval_timeout: str | None = None,
 ) -> dict[str, Any]:
-    """Audit record and Slack; the run ends failed unless every host was rolled back."""
+    """Audit record and Slack; the run ends failed unless every host was rolled back
+    (``approval_timeout``: the approval's timeout, when nobody answered within it)."""
     if planned is None:
         raise AirflowFailException(
             f"Rollback of {environment.name} stopped before planning: see the failed task"
@@ -140,6 +142,7 @@ def conclude_rollback(
         host_states,
         approval=task_states.get(TaskIds.APPROVE),
         failed=describe_failed(task_states, names),
+        approval_timeout=approval_timeout,
     )
     mark = AttentionMark(environment=environment.name, redis_conn_id=environment.redis_conn_id)
     resolve = (
@@ -247,4 +250,5 @@ def conclude(environment: Environment) -> dict[str, Any]:
         approval=ti.xcom_pull(task_ids=TaskIds.APPROVE),
         task_states=run_task_states(context),
         started_at=dag_run.start_date,
+        approval_timeout=approval_timeout(context),
     )

@@ -55,3 +55,16 @@ def test_the_outcome_of_a_run_without_its_own_row(states, result, detail):
     assert outcome.result == result
     if detail:
         assert outcome.detail == detail
+
+
+def test_a_run_whose_approval_timed_out_is_audited_as_timed_out():
+    states = {"plan": "success", "approve": "failed", "apply": "upstream_failed"}
+
+    outcome = unconcluded_outcome(
+        states, approve_task_id="approve", change_task_ids=["apply"], approval_timeout="0:00:25"
+    )
+
+    assert (outcome.result, outcome.detail) == (
+        "timed_out",
+        "approval timed out: nobody answered within 0:00:25; nothing changed",
+    )

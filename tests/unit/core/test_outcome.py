@@ -23,12 +23,15 @@ from airlock.core.outcome import (
 THREE_HOSTS = {"web-1": None, "web-2": None, "web-3": None}
 
 
-def run(verifications, deploys=None, approval="success", failed="an earlier step") -> ReleaseRun:
+def run(
+    verifications, deploys=None, approval="success", failed="an earlier step", approval_timeout=None
+) -> ReleaseRun:
     return ReleaseRun(
         verifications=verifications,
         deploys={**THREE_HOSTS, **(deploys or {})},
         approval=approval,
         failed=failed,
+        approval_timeout=approval_timeout,
     )
 
 
@@ -130,8 +133,24 @@ def test_a_failed_approval_is_a_rejection_that_changed_nothing():
     )
 
     assert outcome.result == "rejected"
-    assert outcome.detail == "rejected or timed out at approval; nothing changed"
+    assert outcome.detail == "rejected at approval; nothing changed"
     assert not outcome.ended_well
+
+
+def test_an_approval_nobody_answered_in_time_timed_out_and_is_not_called_a_rejection():
+    outcome = release_outcome(
+        run([None, None], approval="failed", approval_timeout="0:00:25"),
+        planned=True,
+        dry_run=False,
+        rollback=None,
+        backup=None,
+    )
+
+    assert (outcome.result, outcome.detail, outcome.ended_well) == (
+        "timed_out",
+        "approval timed out: nobody answered within 0:00:25; nothing changed",
+        False,
+    )
 
 
 def report(*hosts: tuple[str, bool, str], failed: str = "wave_1.verify") -> dict:
@@ -279,7 +298,13 @@ def test_a_rollback_that_switched_some_hosts_but_not_others_is_incomplete():
 def test_a_rejected_rollback_changed_nothing():
     outcome = rollback_outcome({"web-1": "skipped", "web-2": "skipped"}, approval="failed", failed="approve")
 
-    assert (outcome.result, outcome.detail) == (
-        "rejected",
-        "rejected or timed out at approval; nothing changed",
+    assert (outcome.result, outcome.detail) == ("rejected", "rejected at approval; nothing changed")
+
+
+def test_a_rollback_whose_approval_nobody_answered_in_time_timed_out():
+    outcome = rollback_outcome(
+        {"web-1": "skipped"}, approval="failed", failed="approve", approval_timeout="1:00:00"
     )
+
+    assert outcome.result == "timed_out"
+    assert "nobody answered within 1:00:00" in outcome.detail
