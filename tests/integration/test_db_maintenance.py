@@ -52,8 +52,9 @@ def wait_for_dead_tuples(postgres_url: str, schema: str, table: str, at_least: i
 
 
 @pytest.fixture
-def churned(postgres_url):
-    """Schema with ``orders`` (25,000 dead of 30,000 rows, an unused index) and ``quiet``."""
+def churned(postgres_url, redis_client):
+    """Schema with ``orders`` (25,000 dead of 30,000 rows, an unused index) and ``quiet``; Redis for
+    the shared lock the DAG's steps hold."""
     schema = f"maint_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         for statement in (
