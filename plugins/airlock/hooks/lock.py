@@ -830,7 +830,10 @@ class SharedHold:
     def __exit__(self, *exc_info: object) -> None:
         if self._keeper is not None:
             self._keeper.stop()
-        self.lock.leave(self.holder)
+        try:
+            self.lock.leave(self.holder)
+        except LockUnavailableError as error:  # the work is done; the registration expires by itself
+            log.warning("%s; the shared hold ends with its TTL (%s)", error, self.lock.ttl)
 
     def check(self) -> None:
         """Before the next change: :class:`LockLostError` if the registration expired meanwhile."""
@@ -917,7 +920,10 @@ class MigrationGate:
         if self._keeper is not None:
             self._keeper.stop()
             self._keeper = None
-        self.lock.open_gate(self.migrating)
+        try:
+            self.lock.open_gate(self.migrating)
+        except LockUnavailableError as error:  # the migrations are over; the gate expires by itself
+            log.warning("%s; the gate opens with its TTL (%s)", error, self.lock.ttl)
 
     def still_closed(self) -> None:
         """Before each migration: :class:`LockLostError` if the gate expired (holders may be back)."""
