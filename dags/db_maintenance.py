@@ -37,7 +37,7 @@ def db_maintenance_dag(environment: Environment) -> DAG:
         @task(task_id=TaskIds.INSPECT, retries=2)
         def inspect():
             """Dead tuples, sessions, bloat, unused and invalid indexes; changes nothing."""
-            return maintenance.inspect_database(environment)
+            return maintenance.inspect(environment)
 
         @task(task_id=TaskIds.VACUUM, retries=1)
         def vacuum(inspection: dict):

@@ -52,8 +52,9 @@ def wait_for_dead_tuples(postgres_url: str, schema: str, table: str, at_least: i
 
 
 @pytest.fixture
-def churned(postgres_url):
-    """Schema with ``orders`` (25,000 dead of 30,000 rows, an unused index) and ``quiet``."""
+def churned(postgres_url, redis_client):
+    """Schema with ``orders`` (25,000 dead of 30,000 rows, an unused index) and ``quiet``; Redis for
+    the shared lock the DAG's steps hold."""
     schema = f"maint_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         for statement in (
@@ -226,3 +227,36 @@ def test_the_report_says_when_vacuum_or_reindex_failed(environment):
     assert any("REINDEX CONCURRENTLY did not run" in item for item in failed["attention"])
     assert dry["attention"] == []
     assert any("inspect task failed" in item for item in nothing["attention"])
+
+
+def test_a_long_session_reaches_slack_with_its_statement_redacted(environment, postgres_url, slack_messages):
+    """The session's last statement carries a password and a card number; Slack sees its shape."""
+    from airlock.notifications.slack import post, render
+
+    configured = environment.model_copy(
+        update={
+            "db_maintenance": environment.db_maintenance.model_copy(
+                update={"long_session": timedelta(seconds=1)}
+            )
+        }
+    )
+    with psycopg.connect(postgres_url) as idle:
+        idle.execute("SELECT 'hunter2' AS password, 4111111111111111 AS card").fetchone()
+        time.sleep(1.2)  # idle in transaction for longer than long_session
+        inspection = inspect_database(configured)
+        result = maintenance_report(configured, inspection, [], [], dry_run=False)
+        post(
+            configured.slack_conn_id,
+            render(
+                "db_maintenance_attention",
+                environment=configured.name,
+                items="\n".join(result["attention"]),
+                log_url="",
+            ),
+        )
+
+    [message] = [text for text in slack_messages.texts() if "idle in transaction" in text]
+    assert "SELECT ? AS password, ? AS card" in message
+    assert "hunter2" not in message
+    assert "4111" not in message
+    assert "hunter2" not in result["markdown"]

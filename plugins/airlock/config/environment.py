@@ -264,6 +264,14 @@ class MigrationSettings(_Model):
     history_table: str = Field(default="airlock_schema_history", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     lock_timeout: Duration = timedelta(seconds=5)
     statement_timeout: Duration = timedelta(minutes=15)
+    maintenance_wait: Duration = Field(
+        default=timedelta(minutes=10),
+        description=(
+            "How long a migration waits for backup dumps and database maintenance to finish (they hold "
+            "the shared lock; the migration then fails, applying nothing), and how long they wait for "
+            "a migration; the migrate step's execution_timeout must leave room for it"
+        ),
+    )
 
 
 class BackupRetention(_Model):
@@ -297,7 +305,13 @@ class BackupSettings(_Model):
     )
     verify_conn_id: str | None = Field(
         default=None,
-        description="Server where backups are test-restored; defaults to database.conn_id's server",
+        description=(
+            "Connection of the server where backups are test-restored into scratch databases (a "
+            "scratch server, or a role with CREATEDB; sessions open on the database it names); "
+            "default database.conn_id: "
+            "then every verify doubles disk use and I/O on the production server, ships its WAL to the "
+            "replicas, and the application's credential needs CREATEDB"
+        ),
     )
     restore_admin_conn_id: str | None = Field(
         default=None,

@@ -8,11 +8,91 @@ report and the list of what needs a person (empty: no Slack message).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from airlock.config import DatabaseMaintenanceSettings, Environment
 
 log = logging.getLogger(__name__)
+
+
+#: How much of a session's (redacted) statement the report shows.
+QUERY_SHOWN = 120
+_NUMBER = re.compile(r"0[xXoObB][0-9A-Fa-f_]+|\d[\d_]*(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?")
+_WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+_PARAMETER = re.compile(r"\$\d+")
+_STRING_PREFIX = re.compile(r"(?:[EeBbXxNn]|[Uu]&)'")
+
+
+def _string_end(text: str, start: int, backslashes: bool) -> int:
+    """The index after the string literal whose opening quote is at ``start`` (or the text's end)."""
+    index = start + 1
+    while index < len(text):
+        if backslashes and text[index] == "\\":
+            index += 2
+        elif text[index] == "'":
+            if text.startswith("''", index):
+                index += 2
+            else:
+                return index + 1
+        else:
+            index += 1
+    return len(text)
+
+
+def redact_query(text: str | None, limit: int = QUERY_SHOWN) -> str:
+    """A session's statement reduced to its shape, safe for a report and Slack.
+
+    Every literal (quoted, escape, bit and dollar-quoted strings, numbers) becomes ``?`` and every
+    comment goes, so no password, e-mail address or other value a statement carries leaves the
+    database; keywords, identifiers and ``$1`` parameters stay. Then cut to ``limit`` characters.
+    A literal cut off by PostgreSQL's ``track_activity_query_size`` is redacted to the end.
+    """
+    text = text or ""
+    shape: list[str] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if text.startswith("--", index):
+            end = text.find("\n", index)
+            index = len(text) if end < 0 else end
+            shape.append(" ")
+        elif text.startswith("/*", index):
+            end = text.find("*/", index + 2)
+            index = len(text) if end < 0 else end + 2
+            shape.append(" ")
+        elif prefix := _STRING_PREFIX.match(text, index):
+            quote = prefix.end() - 1
+            index = _string_end(text, quote, backslashes=text[index] in "Ee")
+            shape.append("?")
+        elif char == "'":
+            index = _string_end(text, index, backslashes=False)
+            shape.append("?")
+        elif char == '"':
+            end = index + 1
+            while end < len(text) and (text[end] != '"' or text.startswith('""', end)):
+                end += 2 if text.startswith('""', end) else 1
+            shape.append(text[index : end + 1])
+            index = end + 1
+        elif tag := _DOLLAR_TAG.match(text, index):
+            end = text.find(tag.group(), tag.end())
+            index = len(text) if end < 0 else end + len(tag.group())
+            shape.append("?")
+        elif parameter := _PARAMETER.match(text, index):
+            shape.append(parameter.group())
+            index = parameter.end()
+        elif number := _NUMBER.match(text, index):
+            shape.append("?")
+            index = number.end()
+        elif word := _WORD.match(text, index):
+            shape.append(word.group())
+            index = word.end()
+        else:
+            shape.append(char)
+            index += 1
+    redacted = " ".join("".join(shape).split())
+    return redacted if len(redacted) <= limit else redacted[: limit - 1] + "…"
 
 
 def qualified(schema: str, name: str) -> str:

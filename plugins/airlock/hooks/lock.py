@@ -533,3 +533,399 @@ class LockKeeper:
                 ):
                     self._lost = f"{error}; the lock may have expired (lock_ttl {self.lock.ttl})"
                     return
+
+
+# -- the shared mode: backups and maintenance against the database --------------------------------
+
+#: How long a shared hold (or a closed gate) outlives a holder that stopped renewing it.
+SHARED_TTL = timedelta(minutes=2)
+
+# Join the shared holders unless a migration closed the gate; returns the gate's value if closed.
+_JOIN_UNLESS_MIGRATING = """
+local gate = redis.call('GET', KEYS[2])
+if gate then
+    return gate
+end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return false
+"""
+
+# Restart a shared hold's TTL if it is still registered (and not expired); returns 1 if it was.
+_RENEW_SHARED = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+    return 0
+end
+redis.call('ZADD', KEYS[1], 'XX', now_ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+# The live shared holders (expired ones are dropped first).
+_LIVE_SHARED = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
+@dataclass(frozen=True)
+class SharedHolder:
+    """A backup or maintenance step working on the environment's database."""
+
+    token: str
+    dag_id: str
+    run_id: str
+    purpose: str
+    since: str
+
+    def describe(self) -> str:
+        return f"{self.purpose} (run {self.run_id} of {self.dag_id}, since {self.since})"
+
+
+class MigrationRunningError(RuntimeError):
+    """A migration has closed the gate: no backup or maintenance step may start until it ends."""
+
+
+class MaintenanceRunningError(RuntimeError):
+    """Backups or maintenance still work on the database after the wait: no migration ran."""
+
+
+class SharedLock:
+    """
+    The shared mode of an environment's lock: what backups and maintenance hold, and the gate a
+    migration closes (docs/architecture.md, "Backups, maintenance and migrations").
+
+    Each backup dump and maintenance step registers as a shared holder while it works on the
+    database (``airlock:lock:<env>:shared``, a sorted set of holders scored by expiry), renewed by
+    a keeper thread (:class:`SharedHold`); a holder that dies drops out after :data:`SHARED_TTL`.
+    A migration first closes the gate (``airlock:lock:<env>:migrating``, with the same TTL, kept
+    by its own keeper), so no new holder joins, then waits until no holder remains; joining and
+    the gate check are one Lua script, so a holder never slips in after the migration counted.
+
+    :param environment: environment name.
+    :param redis_conn_id: Airflow connection to Redis.
+    :param ttl: how long a silent holder (or gate) stays registered.
+    """
+
+    def __init__(self, *, environment: str, redis_conn_id: str, ttl: timedelta = SHARED_TTL) -> None:
+        self.environment = environment
+        self.redis_conn_id = redis_conn_id
+        self.ttl = ttl
+        self.holders_key = f"airlock:lock:{environment}:shared"
+        self.gate_key = f"airlock:lock:{environment}:migrating"
+
+    @cached_property
+    def client(self):
+        return redis_client(self.redis_conn_id)
+
+    @property
+    def _ttl_ms(self) -> int:
+        return int(self.ttl.total_seconds() * 1000)
+
+    def _redis(self, what: str, call: Callable[[], object]) -> object:
+        try:
+            return call()
+        except RedisError as error:
+            raise LockUnavailableError(
+                f"Cannot {what} of {self.environment}: Redis ({self.redis_conn_id}) did not answer "
+                f"({error}); stopping before touching the database (see the troubleshooting runbook, "
+                "'Redis is down')"
+            ) from error
+
+    # the holders' side
+
+    def join(self, holder: SharedHolder) -> LockHolder | None:
+        """Register ``holder``; returns the migrating run instead (and registers nothing) while the
+        gate is closed."""
+        gate = self._redis(
+            "register a shared hold",
+            lambda: self.client.eval(
+                _JOIN_UNLESS_MIGRATING,
+                2,
+                self.holders_key,
+                self.gate_key,
+                json.dumps(asdict(holder)),
+                self._ttl_ms,
+            ),
+        )
+        return LockHolder(**json.loads(gate)) if gate else None
+
+    def renew(self, holder: SharedHolder) -> bool:
+        """Restart ``holder``'s TTL; False when it is no longer registered (it expired)."""
+        member = json.dumps(asdict(holder))
+        return bool(
+            self._redis(
+                "renew a shared hold",
+                lambda: self.client.eval(_RENEW_SHARED, 1, self.holders_key, member, self._ttl_ms),
+            )
+        )
+
+    def leave(self, holder: SharedHolder) -> None:
+        self._redis(
+            "end a shared hold", lambda: self.client.zrem(self.holders_key, json.dumps(asdict(holder)))
+        )
+
+    def holders(self) -> list[SharedHolder]:
+        """The live shared holders, oldest first."""
+        members = self._redis(
+            "read the shared holders", lambda: self.client.eval(_LIVE_SHARED, 1, self.holders_key)
+        )
+        holders = [SharedHolder(**json.loads(member)) for member in members]
+        return sorted(holders, key=lambda holder: holder.since)
+
+    # the migration's side
+
+    def gate(self) -> LockHolder | None:
+        """The run migrating now (the gate is closed), or None."""
+        raw = self._redis("read the migration gate", lambda: self.client.get(self.gate_key))
+        return LockHolder(**json.loads(raw)) if raw else None
+
+    def close_gate(self, migrating: LockHolder) -> None:
+        """Stop new holders from joining (only the environment lock's holder migrates)."""
+        value = json.dumps(asdict(migrating))
+        self._redis(
+            "close the migration gate", lambda: self.client.set(self.gate_key, value, px=self._ttl_ms)
+        )
+
+    def renew_gate(self, migrating: LockHolder) -> bool:
+        value = json.dumps(asdict(migrating))
+        return bool(
+            self._redis(
+                "renew the migration gate",
+                lambda: self.client.eval(_EXTEND_IF_OWNER, 1, self.gate_key, value, self._ttl_ms),
+            )
+        )
+
+    def open_gate(self, migrating: LockHolder) -> None:
+        value = json.dumps(asdict(migrating))
+        self._redis(
+            "open the migration gate", lambda: self.client.eval(_RELEASE_IF_OWNER, 1, self.gate_key, value)
+        )
+
+
+class _Renewer:
+    """Call ``renew`` every ``interval`` in a daemon thread until stopped; remember why it failed."""
+
+    def __init__(self, name: str, renew: Callable[[], bool], interval: timedelta, lost: str) -> None:
+        self._renew = renew
+        self._interval = interval
+        self._lost_message = lost
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self._interval.total_seconds()):
+            try:
+                if not self._renew():
+                    self.lost = self._lost_message
+                    log.error("%s", self.lost)
+                    return
+            except LockUnavailableError as error:
+                log.warning("%s", error)  # Redis may answer again before the TTL runs out
+
+
+def _wait(
+    until: Callable[[], bool], *, limit: timedelta, poll: timedelta, waiting: Callable[[], str]
+) -> bool:
+    """Poll ``until`` every ``poll`` for at most ``limit``, logging what is waited for when it
+    changes (and every minute); returns whether it came true."""
+    deadline = time.monotonic() + limit.total_seconds()
+    said, said_at = "", 0.0
+    while not until():
+        if time.monotonic() >= deadline:
+            return False
+        what = waiting()
+        if what != said or time.monotonic() - said_at >= 60:
+            log.info("%s", what)
+            said, said_at = what, time.monotonic()
+        time.sleep(poll.total_seconds())
+    return True
+
+
+class SharedHold:
+    """
+    Hold the shared mode of the lock while a backup or maintenance step works (a context manager).
+
+    Entering waits (for at most ``wait``) while a migration has the gate closed, then registers;
+    Redis unreachable stops the step (:class:`LockUnavailableError`: fail closed). A keeper thread
+    renews the registration every third of its TTL; leaving unregisters.
+
+    :param lock: the environment's shared lock.
+    :param dag_id: the DAG of the step's run.
+    :param run_id: the step's run.
+    :param purpose: what the step does, for the migration's log (``backup dump``...).
+    :param wait: how long to wait for a migration to finish.
+    :param poll: how often to look again.
+    """
+
+    def __init__(
+        self,
+        lock: SharedLock,
+        *,
+        dag_id: str,
+        run_id: str,
+        purpose: str,
+        wait: timedelta,
+        poll: timedelta = timedelta(seconds=1),
+    ) -> None:
+        self.lock = lock
+        self.holder = SharedHolder(
+            token=secrets.token_hex(16),
+            dag_id=dag_id,
+            run_id=run_id,
+            purpose=purpose,
+            since=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        self.wait = wait
+        self.poll = poll
+        self._keeper: _Renewer | None = None
+
+    def __enter__(self) -> SharedHold:
+        migrating: list[LockHolder | None] = [None]
+
+        def joined() -> bool:
+            migrating[0] = self.lock.join(self.holder)
+            return migrating[0] is None
+
+        if not _wait(
+            joined,
+            limit=self.wait,
+            poll=self.poll,
+            waiting=lambda: (
+                f"{self.holder.purpose} of {self.lock.environment} waits for "
+                f"the migration of {migrating[0].describe()}"
+            ),
+        ):
+            raise MigrationRunningError(
+                f"{self.holder.purpose} of {self.lock.environment} did not start: the migration of "
+                f"{migrating[0].describe()} was still running after {self.wait} (migrations.maintenance_wait)"
+            )
+        self._keeper = _Renewer(
+            f"airlock-shared-hold-{self.lock.environment}",
+            lambda: self.lock.renew(self.holder),
+            self.lock.ttl / 3,
+            lost=f"The shared hold of {self.holder.describe()} on {self.lock.environment} expired "
+            "(Redis did not answer for longer than its TTL): a migration may run alongside it",
+        )
+        self._keeper.start()
+        log.info("Holding the shared lock of %s for %s", self.lock.environment, self.holder.describe())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
+        try:
+            self.lock.leave(self.holder)
+        except LockUnavailableError as error:  # the work is done; the registration expires by itself
+            log.warning("%s; the shared hold ends with its TTL (%s)", error, self.lock.ttl)
+
+    def check(self) -> None:
+        """Before the next change: :class:`LockLostError` if the registration expired meanwhile."""
+        if self._keeper is not None and self._keeper.lost:
+            raise LockLostError(self._keeper.lost)
+
+
+class MigrationGate:
+    """
+    Close the gate for a migration and wait until no backup or maintenance step holds the shared
+    lock (a context manager; the gate opens again on exit).
+
+    The wait is bounded by ``wait``; when a holder is still there after it,
+    :class:`MaintenanceRunningError` names it and nothing is migrated. While waiting, ``check``
+    (the environment lock's keeper) confirms the run still holds the environment lock.
+
+    :param lock: the environment's shared lock.
+    :param migrating: the environment lock's holder (the run about to migrate).
+    :param wait: how long to wait for holders.
+    :param poll: how often to look again.
+    :param check: called while waiting; raises when the run lost its environment lock.
+    """
+
+    def __init__(
+        self,
+        lock: SharedLock,
+        migrating: LockHolder,
+        *,
+        wait: timedelta,
+        poll: timedelta = timedelta(seconds=1),
+        check: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.lock = lock
+        self.migrating = migrating
+        self.wait = wait
+        self.poll = poll
+        self.check = check
+        self.waited_for: list[SharedHolder] = []
+        self._keeper: _Renewer | None = None
+
+    def __enter__(self) -> MigrationGate:
+        self.lock.close_gate(self.migrating)
+        self._keeper = _Renewer(
+            f"airlock-migration-gate-{self.lock.environment}",
+            lambda: self.lock.renew_gate(self.migrating),
+            self.lock.ttl / 3,
+            lost=f"The migration gate of {self.lock.environment} expired (Redis did not answer)",
+        )
+        self._keeper.start()
+        try:
+            self._wait_for_holders()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_for_holders(self) -> None:
+        holders: list[SharedHolder] = []
+
+        def none_left() -> bool:
+            self.check()
+            holders[:] = self.lock.holders()
+            self.waited_for += [h for h in holders if h not in self.waited_for]
+            return not holders
+
+        def waiting() -> str:
+            return f"Migrations of {self.lock.environment} wait for " + "; ".join(
+                h.describe() for h in holders
+            )
+
+        if not _wait(none_left, limit=self.wait, poll=self.poll, waiting=waiting):
+            raise MaintenanceRunningError(
+                f"No migration was applied: {'; '.join(h.describe() for h in holders)} still worked on "
+                f"the database of {self.lock.environment} after {self.wait} (migrations.maintenance_wait). "
+                "Retry once it has finished, or stop it; see the database migration runbook"
+            )
+        if self.waited_for:
+            log.info(
+                "Migrations of %s go on: no backup or maintenance step holds the database",
+                self.lock.environment,
+            )
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._keeper = None
+        try:
+            self.lock.open_gate(self.migrating)
+        except LockUnavailableError as error:  # the migrations are over; the gate expires by itself
+            log.warning("%s; the gate opens with its TTL (%s)", error, self.lock.ttl)
+
+    def still_closed(self) -> None:
+        """Before each migration: :class:`LockLostError` if the gate expired (holders may be back)."""
+        if self._keeper is not None and self._keeper.lost:
+            raise LockLostError(self._keeper.lost)

@@ -20,7 +20,7 @@ keyed on the history table serializes runs against the same database; ``lock_tim
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -180,10 +180,18 @@ class MigrationRunner:
         """The migrations not applied yet, in order, after :meth:`validate`; changes nothing."""
         return self.validate(migrations)
 
-    def apply(self, migrations: Sequence[Migration], run_id: str) -> list[str]:
+    def apply(
+        self,
+        migrations: Sequence[Migration],
+        run_id: str,
+        *,
+        before_each: Callable[[], None] = lambda: None,
+    ) -> list[str]:
         """Apply the pending migrations in order under the advisory lock; return their versions.
 
         A second run against the same database waits for the lock, then finds nothing pending.
+        ``before_each`` runs before each migration and raises to stop before it (the run's locks
+        are no longer held).
         """
         key = advisory_lock_key(self.settings.history_schema, self.settings.history_table)
         with self._session() as connection:
@@ -193,6 +201,7 @@ class MigrationRunner:
                 pending = self._validate(migrations, self._applied(connection))
                 applied: list[Migration] = []
                 for migration in pending:
+                    before_each()
                     self._set_timeouts(connection)
                     try:
                         self._apply_one(connection, migration, run_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -91,16 +92,30 @@ def first_row(conn_id: str, query: str, parameters: Sequence[Any] | Mapping[str,
 # -- addresses and sessions of backups and restores ----------------------------------------------
 
 
+#: The SSL settings of a connection's extra that reach every libpq client Airlock runs, as the
+#: environment variables libpq reads (never a command-line argument: ``ps`` would show them).
+SSL_SETTINGS = {
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL",
+}
+
+
 @dataclass(frozen=True)
 class DatabaseAddress:
-    """How libpq reaches one database of an Airflow Postgres connection; the password stays in env."""
+    """How libpq reaches one database of an Airflow Postgres connection; the password stays in env.
+
+    ``ssl`` holds the connection extra's SSL settings (:data:`SSL_SETTINGS`), as (name, value).
+    """
 
     host: str
     port: int
     user: str
     password: str | None = field(repr=False)
     dbname: str
-    sslmode: str | None = None
+    ssl: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, conn_id: str, *, default_dbname: str | None = None) -> DatabaseAddress:
@@ -111,13 +126,14 @@ class DatabaseAddress:
         dbname = connection.schema or default_dbname
         if not dbname:
             raise BackupError(f"Connection {conn_id} names no database (its schema field is empty)")
+        extra = connection.extra_dejson or {}
         return cls(
             host=connection.host or "localhost",
             port=connection.port or 5432,
             user=connection.login or "postgres",
             password=connection.password or None,
             dbname=dbname,
-            sslmode=(connection.extra_dejson or {}).get("sslmode"),
+            ssl=tuple((name, str(extra[name])) for name in SSL_SETTINGS if extra.get(name) not in (None, "")),
         )
 
     def on(self, dbname: str) -> DatabaseAddress:
@@ -125,33 +141,37 @@ class DatabaseAddress:
         return replace(self, dbname=dbname)
 
     def libpq_env(self) -> dict[str, str]:
-        """This process's environment with the libpq variables of this address (for pg_dump/pg_restore)."""
-        env = {
-            **os.environ,
-            "PGHOST": self.host,
-            "PGPORT": str(self.port),
-            "PGUSER": self.user,
-            "PGDATABASE": self.dbname,
-            "PGAPPNAME": BACKUP_APPLICATION_NAME,
-            "PGCONNECT_TIMEOUT": "10",
-        }
-        env.pop("PGPASSWORD", None)
+        """This process's environment with the libpq variables of this address (for pg_dump/pg_restore).
+
+        Every ``PG*`` variable this process has is dropped first, so only this address's settings
+        (and none of the worker's own) reach the tool.
+        """
+        env = {name: value for name, value in os.environ.items() if not name.startswith("PG")}
+        env.update(
+            PGHOST=self.host,
+            PGPORT=str(self.port),
+            PGUSER=self.user,
+            PGDATABASE=self.dbname,
+            PGAPPNAME=BACKUP_APPLICATION_NAME,
+            PGCONNECT_TIMEOUT="10",
+        )
         if self.password:
             env["PGPASSWORD"] = self.password
-        if self.sslmode:
-            env["PGSSLMODE"] = self.sslmode
+        env.update({SSL_SETTINGS[name]: value for name, value in self.ssl})
         return env
 
     def connect(self, **options: Any) -> psycopg.Connection[Any]:
+        ssl = dict(self.ssl)
+        ssl.setdefault("sslmode", "prefer")
         return psycopg.connect(
             host=self.host,
             port=self.port,
             user=self.user,
             password=self.password,
             dbname=self.dbname,
-            sslmode=self.sslmode or "prefer",
             application_name=BACKUP_APPLICATION_NAME,
             connect_timeout=10,
+            **ssl,
             **options,
         )
 
@@ -181,16 +201,71 @@ def drop_database(admin: DatabaseAddress, name: str) -> None:
         connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+#: The key space of the advisory locks a verification holds on its scratch database's name.
+_SCRATCH_LOCK = "SELECT pg_advisory_lock(hashtextextended(%s, 0))"
+_SCRATCH_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
+_SCRATCH_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
+
+
+def _drop_forced(name: str) -> sql.Composed:
+    return sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+
+
+def verify_database_pattern(environment: str) -> str:
+    """The names of ``environment``'s scratch databases, as a regular expression.
+
+    ``airlock_verify_<environment>_<8 hex digits>``: environment names have no ``_``, so one
+    environment's pattern never matches another's (``prod`` and ``prod-eu``), and nothing but a
+    verification names a database so.
+    """
+    return rf"^airlock_verify_{re.escape(environment)}_[0-9a-f]{{8}}$"
+
+
 @contextmanager
-def scratch_database(server: DatabaseAddress, label: str) -> Iterator[DatabaseAddress]:
-    """A new empty database on ``server``, dropped afterwards whatever happened."""
-    name = f"airlock_scratch_{label}_{uuid.uuid4().hex[:8]}"[:63]
-    admin = server.on("postgres")
-    create_database(admin, name)
-    try:
-        yield server.on(name)
-    finally:
-        drop_database(admin, name)
+def verify_scratch_database(server: DatabaseAddress, environment: str) -> Iterator[DatabaseAddress]:
+    """A new empty database on ``server`` to test-restore ``environment``'s backup into, dropped
+    afterwards whatever happened.
+
+    Created, dropped and held through ``server`` (the session opens on the database it names). For
+    as long as it exists, that session holds an advisory lock on its name, so a run that died
+    with its database still there is told apart from one still verifying
+    (:func:`drop_abandoned_verify_databases`): PostgreSQL frees a dead session's locks.
+    """
+    name = f"airlock_verify_{environment}_{uuid.uuid4().hex[:8]}"
+    with server.connect(autocommit=True) as holder:
+        holder.execute(_SCRATCH_LOCK, (name,))
+        holder.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        try:
+            yield server.on(name)
+        finally:
+            holder.execute(_drop_forced(name))
+            holder.execute(_SCRATCH_UNLOCK, (name,))
+
+
+def drop_abandoned_verify_databases(server: DatabaseAddress, environment: str) -> list[str]:
+    """Drop ``environment``'s scratch databases on ``server`` that no live verification holds
+    (their run was killed before it could drop them); returns their names."""
+    dropped = []
+    with server.connect(autocommit=True) as connection:
+        names = [
+            name
+            for (name,) in connection.execute(
+                "SELECT datname FROM pg_database WHERE datname ~ %s ORDER BY datname",
+                (verify_database_pattern(environment),),
+            )
+        ]
+        for name in names:
+            if not connection.execute(_SCRATCH_TRY_LOCK, (name,)).fetchone()[0]:
+                continue  # a verification is using it
+            try:
+                connection.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+                dropped.append(name)
+                log.warning("Dropped scratch database %s, left by a verification that died", name)
+            finally:
+                connection.execute(_SCRATCH_UNLOCK, (name,))
+    return dropped
 
 
 def database_owner(admin: DatabaseAddress, database: str) -> str:

@@ -36,11 +36,13 @@ from airlock.hooks.postgres import (
     DatabaseAddress,
     client_tool,
     count_rows,
+    drop_abandoned_verify_databases,
     dump_snapshot,
     pg_restore,
-    scratch_database,
     tool_version,
+    verify_scratch_database,
 )
+from airlock.tasks.shared_lock import hold_shared
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def dump(environment: Environment) -> dict[str, Any]:
     """Task ``dump``: a scheduled (or, when triggered, manual) backup of this run."""
     dag_run = get_current_context()["dag_run"]
     kind = "scheduled" if dag_run.run_type == "scheduled" else "manual"
-    return take_backup(environment, kind=kind, dag_id=dag_run.dag_id, run_id=dag_run.run_id).summary()
+    return back_up(environment, kind=kind, dag_id=dag_run.dag_id, run_id=dag_run.run_id).summary()
 
 
 def verify(environment: Environment, backup: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +84,18 @@ def prune(environment: Environment) -> dict[str, Any]:
 
 
 # -- what they do ---------------------------------------------------------------------------------
+
+
+def back_up(environment: Environment, *, kind: Kind, dag_id: str, run_id: str) -> BackupManifest:
+    """:func:`take_backup` holding the shared mode of the environment lock for the whole dump.
+
+    The dump's ACCESS SHARE locks would make a migration fail on ``lock_timeout``: a migration
+    waits for this hold to end, and the dump waits while a migration runs (see
+    :mod:`airlock.tasks.shared_lock`). A release's own pre-release backup runs under the
+    release's exclusive lock, before its migrations, so it holds nothing more.
+    """
+    with hold_shared(environment, dag_id=dag_id, run_id=run_id, purpose=f"{kind} backup dump"):
+        return take_backup(environment, kind=kind, dag_id=dag_id, run_id=run_id)
 
 
 def take_backup(
@@ -144,16 +158,19 @@ def take_backup(
 def verify_backup(environment: Environment, name: str, *, verified_by: str | None = None) -> BackupManifest:
     """Check the files' SHA-256, restore into a scratch database, compare row counts, mark verified.
 
-    The checksums are computed while ``pg_restore`` runs (both only read the files); a damaged
-    file is reported as such even when it also made the restore fail.
+    The scratch database lives on ``backup.verify_conn_id``'s server (by default the application's
+    own); scratch databases that killed verifications of this environment left there are dropped
+    first. The checksums are computed while ``pg_restore`` runs (both only read the files); a
+    damaged file is reported as such even when it also made the restore fail.
     """
     settings = backup_settings(environment)
     store = BackupStore.of(environment)
     manifest = store.manifest(name)
     server = DatabaseAddress.of(settings.verify_conn_id or environment.database.conn_id)
+    drop_abandoned_verify_databases(server, environment.name)
     with store.local_copy(name) as directory, ThreadPoolExecutor(max_workers=1) as checksums:
         files_checked = checksums.submit(check_files, directory, manifest)
-        with scratch_database(server, "verify") as scratch:
+        with verify_scratch_database(server, environment.name) as scratch:
             try:
                 pg_restore(
                     directory / manifest.dump_path,

@@ -13,12 +13,18 @@ takes the exclusive lock that truncating empty pages at the table's end needs), 
 from ``db_maintenance`` (sessions come from :func:`airlock.hooks.postgres.session`). Queries live
 in ``include/sql/db_maintenance/``; identifiers go through ``psycopg.sql``. Which indexes to
 rebuild and the report's Markdown are decided in :mod:`airlock.core.db_maintenance`.
+
+Sessions' statements are redacted to their shape (:func:`~airlock.core.db_maintenance.redact_query`)
+as they are read, before XCom, the log or Slack see them. Every step that works on the
+database holds the shared mode of the environment lock, so a release's migrations wait for it
+instead of failing on ``lock_timeout`` (:mod:`airlock.tasks.shared_lock`).
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import date, datetime
 from typing import Any
 
@@ -27,9 +33,11 @@ from airflow.sdk import get_current_context
 from psycopg import sql
 
 from airlock.config import PROJECT_ROOT, DatabaseMaintenanceSettings, Environment
-from airlock.core.db_maintenance import indexes_to_rebuild, maintenance_report, qualified
+from airlock.core.db_maintenance import indexes_to_rebuild, maintenance_report, qualified, redact_query
+from airlock.hooks.lock import SharedHold
 from airlock.hooks.postgres import session
 from airlock.notifications.slack import post, render
+from airlock.tasks.shared_lock import hold_shared
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +103,10 @@ def inspect_database(environment: Environment) -> dict[str, Any]:
                 threshold=settings.dead_tuple_threshold,
                 ratio=settings.dead_tuple_ratio,
             ),
-            "sessions": _rows(connection, "sessions", seconds=settings.long_session.total_seconds()),
+            "sessions": [
+                {**row, "query": redact_query(row["query"])}
+                for row in _rows(connection, "sessions", seconds=settings.long_session.total_seconds())
+            ],
             "invalid_indexes": _rows(connection, "invalid_indexes"),
             "unused_indexes": _rows(connection, "unused_indexes") if settings.report_unused_indexes else [],
             "pgstattuple": measured,
@@ -115,9 +126,12 @@ def inspect_database(environment: Environment) -> dict[str, Any]:
     return inspection
 
 
-def vacuum_tables(environment: Environment, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def vacuum_tables(
+    environment: Environment, candidates: list[dict[str, Any]], *, before_each=lambda: None
+) -> list[dict[str, Any]]:
     """``VACUUM (ANALYZE, SKIP_LOCKED, TRUNCATE false)`` each candidate; dead tuples before and after,
-    or why not. ``TRUNCATE false``: no exclusive lock to cut empty pages off the table's end."""
+    or why not. ``TRUNCATE false``: no exclusive lock to cut empty pages off the table's end.
+    ``before_each`` runs before each table and raises to stop (the shared hold was lost)."""
     settings = environment.db_maintenance
     results = []
     with maintenance_connection(environment.database.conn_id, settings) as connection:
@@ -126,6 +140,7 @@ def vacuum_tables(environment: Environment, candidates: list[dict[str, Any]]) ->
         for table in candidates:
             name = qualified(table["schema"], table["table"])
             notices.clear()
+            before_each()
             result = {"table": name, "dead_tuples_before": table["dead_tuples"], "outcome": "vacuumed"}
             try:
                 connection.execute(
@@ -161,8 +176,11 @@ def vacuum_tables(environment: Environment, candidates: list[dict[str, Any]]) ->
     return results
 
 
-def reindex_concurrently(environment: Environment, indexes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def reindex_concurrently(
+    environment: Environment, indexes: list[dict[str, Any]], *, before_each=lambda: None
+) -> list[dict[str, Any]]:
     """``REINDEX INDEX CONCURRENTLY`` one index at a time; a failure is reported, not retried.
+    ``before_each`` runs before each index and raises to stop (the shared hold was lost).
 
     A failed rebuild leaves an invalid ``<index>_ccnew`` (``_ccnew1``... when the name is taken)
     or, failing after the swap, ``<index>_ccold`` index; :func:`drop_reindex_leftovers` drops
@@ -171,6 +189,7 @@ def reindex_concurrently(environment: Environment, indexes: list[dict[str, Any]]
     results = []
     with maintenance_connection(environment.database.conn_id, environment.db_maintenance) as connection:
         for index in indexes:
+            before_each()
             identifier = sql.Identifier(index["schema"], index["index"])
             result = {
                 "index": qualified(index["schema"], index["index"]),
@@ -229,11 +248,27 @@ def _dry_run() -> bool:
     return get_current_context()["params"]["dry_run"]
 
 
+@contextmanager
+def _holding(environment: Environment, step: str) -> Iterator[SharedHold]:
+    """This run's shared hold for one step (waits while a migration runs; see the module doc)."""
+    dag_run = get_current_context()["dag_run"]
+    purpose = f"database maintenance ({step})"
+    with hold_shared(environment, dag_id=dag_run.dag_id, run_id=dag_run.run_id, purpose=purpose) as hold:
+        yield hold
+
+
+def inspect(environment: Environment) -> dict[str, Any]:
+    """Task body of ``inspect``: :func:`inspect_database` (pgstattuple reads whole tables) held."""
+    with _holding(environment, TaskIds.INSPECT):
+        return inspect_database(environment)
+
+
 def vacuum(environment: Environment, inspection: dict[str, Any]) -> list[dict[str, Any]] | None:
     """Task body of ``vacuum``: the candidates the inspection found, nothing in a dry run (None)."""
     if _dry_run():
         return None
-    return vacuum_tables(environment, inspection["vacuum_candidates"])
+    with _holding(environment, TaskIds.VACUUM) as hold:
+        return vacuum_tables(environment, inspection["vacuum_candidates"], before_each=hold.check)
 
 
 def reindex(environment: Environment, inspection: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -241,7 +276,10 @@ def reindex(environment: Environment, inspection: dict[str, Any]) -> list[dict[s
     indexes = indexes_to_rebuild(environment.db_maintenance, inspection["index_bloat"])
     if _dry_run():
         return None
-    return reindex_concurrently(environment, indexes)
+    if not indexes:
+        return []
+    with _holding(environment, TaskIds.REINDEX) as hold:
+        return reindex_concurrently(environment, indexes, before_each=hold.check)
 
 
 def report(

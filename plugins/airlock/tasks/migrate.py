@@ -30,6 +30,7 @@ from airlock.hooks.migrations import MigrationRunner
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
 from airlock.tasks.environment import keep_lock, register_change_steps, triggering_user
+from airlock.tasks.shared_lock import migration_gate
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,21 @@ def apply_migrations(
 
     ``expected_sha256`` is the approved plan's artifact digest: a republished artifact is refused
     before any migration runs (naming both digests).
+
+    Backups and maintenance working on the database hold the shared mode of the environment lock;
+    the migrations wait (``migrations.maintenance_wait``, logged by name) until none does, and no
+    new one starts until they are done (:func:`airlock.tasks.shared_lock.migration_gate`).
     """
-    with keep_lock(environment, run_id), tempfile.TemporaryDirectory(prefix="airlock-migrations-") as workdir:
+    with (
+        keep_lock(environment, run_id) as lock_held,
+        tempfile.TemporaryDirectory(prefix="airlock-migrations-") as workdir,
+    ):
         try:
             shipped = artifact_migrations(
                 environment, version, Path(workdir), expected_sha256=expected_sha256
             )
-            applied = migration_runner(environment).apply(shipped, run_id)
+            with migration_gate(environment, run_id, lock_held) as before_each:
+                applied = migration_runner(environment).apply(shipped, run_id, before_each=before_each)
         except ArtifactChangedError as error:
             raise AirflowFailException(error.since_approval("No migration was applied")) from None
         except MigrationError as error:

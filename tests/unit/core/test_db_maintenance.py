@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airlock.core.db_maintenance import human_size, indexes_to_rebuild, maintenance_report
+from airlock.core.db_maintenance import human_size, indexes_to_rebuild, maintenance_report, redact_query
 from tests.support import demo_document, write_environment
 
 
@@ -154,3 +154,36 @@ def test_invalid_indexes_and_long_sessions_are_listed_and_need_a_person(environm
     assert "- public.orders_ccnew on orders: drop it with DROP INDEX CONCURRENTLY, then rebuild" in (
         report["markdown"].splitlines()
     )
+
+
+@pytest.mark.parametrize(
+    ("query", "shape"),
+    [
+        pytest.param("ALTER ROLE app PASSWORD 'hunter2'", "ALTER ROLE app PASSWORD ?", id="password"),
+        pytest.param(
+            "SELECT * FROM users WHERE email = 'ann@example.com' AND id = 42 -- ticket 991",
+            "SELECT * FROM users WHERE email = ? AND id = ?",
+            id="string-number-comment",
+        ),
+        pytest.param(
+            "UPDATE t SET v = E'it\\'s x' /* key=abc */, w = $tag$ secret $tag$, n = 1.5e3 WHERE c = $1",
+            "UPDATE t SET v = ? , w = ?, n = ? WHERE c = $1",
+            id="escape-dollar-quoted",
+        ),
+        pytest.param(
+            'SELECT "Col""1", t2.c3 FROM "T"', 'SELECT "Col""1", t2.c3 FROM "T"', id="identifiers-stay"
+        ),
+        pytest.param(
+            "INSERT INTO cards VALUES ('4111 1111 1111", "INSERT INTO cards VALUES (?", id="cut-off"
+        ),
+    ],
+)
+def test_session_statements_are_reduced_to_their_shape(query, shape):
+    assert redact_query(query) == shape
+
+
+def test_a_redacted_statement_is_cut_to_the_report_length():
+    redacted = redact_query("SELECT " + ", ".join(f"column_{i}" for i in range(100)))
+
+    assert len(redacted) == 120
+    assert redacted.endswith("…")
