@@ -4,8 +4,11 @@ The master binds ``HOST:PORT`` once and keeps the socket open for its whole life
 inherit it. On SIGHUP it spawns a worker from the release ``current`` points to *now*, waits
 until that worker reports ready on a pipe, and only then asks the previous worker to stop
 gracefully. Connections arriving in between wait in the kernel's accept queue, so clients
-never see a refused connection. If the new worker fails to start, the previous one keeps
-serving and the failure is recorded in ``shared/run/state.json`` for the control script.
+never see a refused connection. The reload counts as done once the previous worker has exited
+(it stops accepting first; bounded by ``RELOAD_HANDOVER_SECONDS``): a request sent after
+``demo-app reload`` returned is never answered by the old release. If the new worker fails to
+start, the previous one keeps serving and the failure is recorded in ``shared/run/state.json``
+for the control script.
 
 Everything the master needs is imported at start-up and its working directory is ``/``: the
 release it was started from may be pruned while it runs.
@@ -42,6 +45,9 @@ log = logging.getLogger("demo-app.master")
 
 WORKER_READY_TIMEOUT_SECONDS = 15.0
 WORKER_STOP_GRACE_SECONDS = 30.0
+#: How long a reload waits for the previous worker to exit before it reports done (the control
+#: script allows 20 s for the whole reload; a new worker gets 15 s to report ready).
+RELOAD_HANDOVER_SECONDS = 4.0
 SHUTDOWN_GRACE_SECONDS = 10.0
 LOCK_WAIT_SECONDS = 3.0
 RESPAWN_BACKOFF_MAX_SECONDS = 30.0
@@ -207,6 +213,14 @@ class Master:
             worker.process.send_signal(signal.SIGTERM)
         self.retiring.append(RetiringWorker(worker, time.monotonic() + WORKER_STOP_GRACE_SECONDS))
 
+    @staticmethod
+    def await_handover(worker: Worker) -> None:
+        """Until the retired worker has exited, at most ``RELOAD_HANDOVER_SECONDS``: old and new
+        worker accept from one socket, so until then the old release may still answer. One still
+        finishing a long request past that is reaped (or killed) by :meth:`reap` as before."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.process.wait(timeout=RELOAD_HANDOVER_SECONDS)
+
     def reload(self) -> None:
         """Swap in a worker for the current release; keep the old one if the new one fails."""
         token = None
@@ -224,6 +238,7 @@ class Master:
             self.respawn_backoff = 1.0
             if old_worker is not None:
                 self.retire(old_worker)
+                self.await_handover(old_worker)
             self.last_reload = {"token": token, "ok": True, "error": None, "finished_at": time.time()}
         self.write_state()
 
