@@ -47,7 +47,15 @@ from airlock.core.release import (
     validate_request,
 )
 from airlock.hooks.artifacts import ArtifactChangedError, release_artifact
-from airlock.hooks.hosts import HostNotServingError, deploy_to_host, host_session, prune_host, roll_back_host
+from airlock.hooks.hosts import (
+    HostNotServingError,
+    LiveReleaseError,
+    ReleaseMarkerError,
+    deploy_to_host,
+    host_session,
+    prune_host,
+    roll_back_host,
+)
 from airlock.hooks.lock import AttentionMark, SwitchedHosts
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.hooks.postgres import first_row
@@ -323,9 +331,10 @@ def deploy_host(
             release = deploy_to_host(
                 environment, environment.host(host_name), version, artifact, before_switch=before_switch
             )
-        except HostNotServingError as error:
-            # The health wait already gave the host its whole health_timeout: retrying would only
-            # delay the rollback. Connection and upload errors are retried as usual.
+        except (HostNotServingError, LiveReleaseError, ReleaseMarkerError) as error:
+            # The health wait already gave the host its whole health_timeout, and a live release
+            # without a marker or an unreadable marker needs a person: retrying would only delay
+            # the rollback. Connection and upload errors are retried as usual.
             raise AirflowFailException(str(error)) from None
     log.info(
         "Host %s: %s -> %s (%s)",
