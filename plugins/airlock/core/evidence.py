@@ -128,6 +128,17 @@ def approval_refusal(
     return None
 
 
+def document_digest(planned: Mapping[str, Any]) -> str:
+    """The SHA-256 binding an approval to a plan task's result (its ``markdown`` and ``digest``
+    aside): what ``migrate_<env>`` and ``restore_<env>`` show their approvers."""
+    import hashlib
+    import json
+
+    canonical = {key: value for key, value in planned.items() if key not in ("markdown", "digest")}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 def host_drift(
     host: str, *, planned_current: str | None, new_version: str, current: str | None
 ) -> str | None:

@@ -23,6 +23,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from airlock.config import Environment
 from airlock.core import outcome
 from airlock.core.audit import audited_action, unconcluded_outcome
+from airlock.core.evidence import approval_refusal
 from airlock.hooks.hosts import inspect_host
 from airlock.hooks.lock import (
     EnvironmentLock,
@@ -70,6 +71,30 @@ def mapped(task_id: str, map_index: int) -> str:
 def triggering_user(context: Any) -> str:
     """Who triggered the run (see :data:`airlock.core.outcome.UNKNOWN_USER` for a run without one)."""
     return outcome.triggering_user(context["dag_run"])
+
+
+def require_run_approval(
+    environment: Environment, context: Any, *, step: str, plan_digest: str, instead: str
+) -> None:
+    """Before ``step`` changes anything: this run's approval (the ``approve`` task's XCom) by an
+    assigned approver, given in this run since its last clear, of the plan with ``plan_digest``;
+    else a refusal saying why and ``instead``. Environments without an approval gate need none."""
+    if not environment.approval.required:
+        return
+    dag_run = context["dag_run"]
+    refused = approval_refusal(
+        context["ti"].xcom_pull(task_ids="approve"),
+        step=step,
+        plan_digest=plan_digest,
+        run_id=dag_run.run_id,
+        clear_number=getattr(dag_run, "clear_number", None) or 0,
+        approvers=environment.approval.approvers,
+        triggered_by=triggering_user(context),
+        allow_self_approval=environment.approval.allow_self_approval,
+        instead=instead,
+    )
+    if refused:
+        raise AirflowFailException(refused)
 
 
 def run_task_states(context: Any) -> dict[str, str]:

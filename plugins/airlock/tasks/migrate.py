@@ -17,6 +17,7 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
+from airlock.core.evidence import document_digest
 from airlock.core.migrations import (
     Migration,
     MigrationError,
@@ -29,7 +30,7 @@ from airlock.hooks.artifacts import ArtifactChangedError, release_artifact
 from airlock.hooks.migrations import MigrationRunner
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
-from airlock.tasks.environment import keep_lock, register_change_steps, triggering_user
+from airlock.tasks.environment import keep_lock, register_change_steps, require_run_approval, triggering_user
 from airlock.tasks.shared_lock import migration_gate
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,12 @@ def plan(environment: Environment) -> dict[str, Any]:
     """The ``plan`` task: the pending migrations of the requested version, and their Markdown."""
     version = get_current_context()["params"]["version"]
     pending = check_migrations(environment, version)
-    return {"pending": pending, "markdown": migrations_markdown(environment, version, pending)}
+    planned = {"version": version, "pending": pending}
+    return {
+        **planned,
+        "markdown": migrations_markdown(environment, version, pending),
+        "digest": document_digest(planned),
+    }
 
 
 def proceed(planned: Mapping[str, Any]) -> bool:
@@ -132,6 +138,16 @@ def apply(environment: Environment) -> list[str]:
     context = get_current_context()
     version = context["params"]["version"]
     try:
+        require_run_approval(
+            environment,
+            context,
+            step=TaskIds.APPLY,
+            plan_digest=document_digest(context["ti"].xcom_pull(task_ids=TaskIds.PLAN) or {}),
+            instead=(
+                f"No migration was applied. Trigger migrate_{environment.name} again and have an "
+                "approver answer it under Browse > Required Actions."
+            ),
+        )
         applied = apply_migrations(environment, version=version, run_id=context["run_id"])
     except Exception as error:
         record_migrate_run(environment, context, version=version, result="failed", detail=str(error))

@@ -27,6 +27,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment, SqlSmokeTest
 from airlock.core.backups import BackupError, BackupManifest, backup_settings, compare_row_counts
+from airlock.core.evidence import document_digest
 from airlock.core.outcome import approver
 from airlock.core.restore import (
     DatabaseProperties,
@@ -55,7 +56,7 @@ from airlock.hooks.postgres import (
 from airlock.notifications.slack import post, render
 from airlock.tasks.backup import newest_verified, take_backup
 from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
-from airlock.tasks.environment import keep_lock, register_change_steps, triggering_user
+from airlock.tasks.environment import keep_lock, register_change_steps, require_run_approval, triggering_user
 from airlock.tasks.smoke import SmokeResult, SmokeTestFailed, run_sql_test
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ def plan(environment: Environment) -> dict[str, Any]:
         triggered_by=triggering_user(context),
         reason=params["reason"] or "",
     )
-    return {"backup": backup.name, "markdown": restore_plan.to_markdown()}
+    planned = {"backup": backup.name, "database": backup.database, "triggered_by": restore_plan.triggered_by}
+    return {**planned, "markdown": restore_plan.to_markdown(), "digest": document_digest(planned)}
 
 
 def safety_backup(environment: Environment) -> dict[str, Any]:
@@ -114,6 +116,16 @@ def restore(environment: Environment, planned: dict[str, Any], safety: dict[str,
     it restores, confirmed before the swap), and the run's audit row (``action = 'restore'``)."""
     context = get_current_context()
     try:
+        require_run_approval(
+            environment,
+            context,
+            step=TaskIds.RESTORE,
+            plan_digest=document_digest(planned),
+            instead=(
+                f"Nothing was restored. Trigger restore_{environment.name} again and have an approver "
+                "answer it under Browse > Required Actions."
+            ),
+        )
         with keep_lock(environment, context["run_id"]) as check_lock:
             restored = restore_database(environment, planned["backup"], before_change=check_lock)
     except Exception as error:

@@ -16,7 +16,6 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
-from airlock.core.evidence import approval_refusal
 from airlock.core.outcome import (
     ROLLBACK_INCOMPLETE,
     approver,
@@ -30,7 +29,14 @@ from airlock.hooks.lock import AttentionMark
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.notifications.slack import post, render
 from airlock.tasks import environment as shared
-from airlock.tasks.environment import approval_timeout, hold_lock, mapped, run_task_states, triggering_user
+from airlock.tasks.environment import (
+    approval_timeout,
+    hold_lock,
+    mapped,
+    require_run_approval,
+    run_task_states,
+    triggering_user,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,38 +84,6 @@ def plan_rollback(
     markdown = rollback_plan.to_markdown()
     log.info("Rollback plan:\n%s", markdown)
     return {"plan": rollback_plan.to_dict(), "markdown": markdown, "digest": rollback_plan.digest()}
-
-
-def require_rollback_approval(
-    environment: Environment,
-    *,
-    step: str,
-    rollback_plan: RollbackPlan,
-    approval: Mapping[str, Any] | None,
-    run_id: str,
-    clear_number: int,
-    triggered_by: str,
-) -> None:
-    """Before ``step`` switches a host back: this run's approval, by an assigned approver, of this
-    plan; else a refusal saying why and what to do (environments without a gate need none)."""
-    if not environment.approval.required:
-        return
-    refused = approval_refusal(
-        approval,
-        step=step,
-        plan_digest=rollback_plan.digest(),
-        run_id=run_id,
-        clear_number=clear_number,
-        approvers=environment.approval.approvers,
-        triggered_by=triggered_by,
-        allow_self_approval=environment.approval.allow_self_approval,
-        instead=(
-            f"Nothing was changed. Trigger rollback_{environment.name} again and have an approver "
-            "answer it under Browse > Required Actions."
-        ),
-    )
-    if refused:
-        raise AirflowFailException(refused)
 
 
 def conclude_rollback(
@@ -223,15 +197,15 @@ def roll_back_planned_host(
     context["host_name"] = host_name
     hold_lock(environment, context["run_id"])
     rollback_plan = RollbackPlan.from_dict(planned["plan"])
-    dag_run = context["dag_run"]
-    require_rollback_approval(
+    require_run_approval(
         environment,
+        context,
         step=f"{TaskIds.ROLL_BACK_HOST} ({host_name})",
-        rollback_plan=rollback_plan,
-        approval=context["ti"].xcom_pull(task_ids=TaskIds.APPROVE),
-        run_id=dag_run.run_id,
-        clear_number=getattr(dag_run, "clear_number", None) or 0,
-        triggered_by=triggering_user(context),
+        plan_digest=rollback_plan.digest(),
+        instead=(
+            f"Nothing was changed. Trigger rollback_{environment.name} again and have an approver "
+            "answer it under Browse > Required Actions."
+        ),
     )
     [target] = [p for p in rollback_plan.hosts if p.host == host_name]
     changed = roll_back_host(environment, environment.host(host_name), target.new_version)
