@@ -63,29 +63,44 @@ def task_errors(capfd) -> str:
 
 
 def mark_success_by_hand(dag_id: str, run_id: str, task_id: str) -> None:
-    """What the grid's "Mark success" does to a waiting approval: the state, and no answer."""
+    """What the grid's "Mark success" does to a waiting approval: the state, and no answer.
+
+    ``dag.test()`` writes the task process's own state back after the park, which can park a task
+    marked a moment earlier again (the scheduler never does that); so the mark is repeated until
+    a task of the run starts after it.
+    """
     from airflow.models import TaskInstance
+    from airflow.utils import timezone
     from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
-    from sqlalchemy import update
+    from sqlalchemy import func, select, update
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # once parked: dag.test() records the park after the listing
+    this_run = (TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
+    marked_at = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         with create_session() as session:
             marked = session.execute(
                 update(TaskInstance)
                 .where(
-                    TaskInstance.dag_id == dag_id,
-                    TaskInstance.run_id == run_id,
+                    *this_run,
                     TaskInstance.task_id == task_id,
                     TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
                 )
                 .values(state=TaskInstanceState.SUCCESS)
             ).rowcount
-        if marked:
-            return
+            if marked:
+                marked_at = marked_at or timezone.utcnow()
+            elif marked_at is not None:
+                started_since = session.scalar(
+                    select(func.count())
+                    .select_from(TaskInstance)
+                    .where(*this_run, TaskInstance.start_date > marked_at)
+                )
+                if started_since:
+                    return
         time.sleep(0.05)
-    raise AssertionError(f"{task_id} of {run_id} never parked")
+    raise AssertionError(f"{task_id} of {run_id} never parked, or nothing ran after it was marked")
 
 
 def test_an_approval_marked_success_by_hand_changes_nothing_and_says_to_trigger_a_new_release(
