@@ -17,7 +17,7 @@ from include.demo_app.build import artifact_files, tarball_bytes
 from tests.faults.test_approval_and_artifact import mark_success_by_hand, migration_history
 from tests.integration import releases
 from tests.integration.releases import NEW, OLD, on_every_host, served_versions
-from tests.support import load_dag, run_dag
+from tests.support import load_dag, respond_to_approval, run_dag
 
 HOSTS = ("web-1", "web-2", "web-3")
 
@@ -54,16 +54,26 @@ def test_a_rollback_whose_approval_was_marked_success_by_hand_switches_no_host(h
 UNAPPROVED = "2.8.0"
 
 
-@pytest.fixture
-def unapproved_migration(artifacts):
-    """A version shipping a migration no other test applies: something is always pending."""
+def publish(artifacts: Path, migration: bytes) -> None:
+    """Publish version UNAPPROVED (tarball and ``.sha256``) shipping ``migration`` as its V9."""
     files = artifact_files(UNAPPROVED)
-    files["migrations/V9__unapproved.sql"] = b"CREATE TABLE unapproved (id int);\n"
+    files["migrations/V9__unapproved.sql"] = migration
     tarball = artifacts / f"demo-app-{UNAPPROVED}.tar.gz"
     tarball.write_bytes(tarball_bytes(files))
     digest = hashlib.sha256(tarball.read_bytes()).hexdigest()
     Path(f"{tarball}.sha256").write_text(f"{digest}  {tarball.name}\n")
+
+
+@pytest.fixture
+def unapproved_migration(artifacts):
+    """A version shipping a migration no other test applies: something is always pending."""
+    publish(artifacts, b"CREATE TABLE unapproved (id int);\n")
     return UNAPPROVED
+
+
+def tables(postgres_url: str, *names: str) -> list[str]:
+    with psycopg.connect(postgres_url) as connection:
+        return [name for name in names if connection.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0]]
 
 
 def test_a_migration_whose_approval_was_marked_success_by_hand_applies_nothing(
@@ -81,11 +91,36 @@ def test_a_migration_whose_approval_was_marked_success_by_hand_applies_nothing(
     assert answered.get("ok") is True, answered
     assert (states["approve"], states["apply"]) == ("success", "failed"), states
     assert migration_history(postgres_url) == before
-    with psycopg.connect(postgres_url) as connection:
-        assert connection.execute("SELECT to_regclass('public.unapproved')").fetchone() == (None,)
+    assert tables(postgres_url, "public.unapproved") == []
     out, err = capfd.readouterr()
     assert "apply refused: this run has no recorded approval" in out + err
     assert f"Trigger migrate_{environment.name} again" in out + err
+    [(result,)] = releases.audit_rows(ops_url, run_id, "result")
+    assert result == "failed"
+
+
+def test_a_migration_artifact_republished_during_the_approval_applies_nothing(
+    hosts_on_old, artifacts, unapproved_migration, postgres_url, ops_url, capfd
+):
+    environment = hosts_on_old
+    before = migration_history(postgres_url)
+
+    def republish_then_approve(dag_id: str, run_id: str, task_id: str) -> None:
+        publish(artifacts, b"CREATE TABLE republished (id int);\n")
+        respond_to_approval(dag_id, run_id, task_id, "Approve", "admin")
+
+    run_id, states, answered = run_dag(
+        load_dag(f"migrate_{environment.name}"),
+        {"version": unapproved_migration},
+        answer=republish_then_approve,
+    )
+
+    assert answered.get("ok") is True, answered
+    assert (states["approve"], states["apply"]) == ("success", "failed"), states
+    assert migration_history(postgres_url) == before
+    assert tables(postgres_url, "public.unapproved", "public.republished") == []
+    out, err = capfd.readouterr()
+    assert "republished after the plan. No migration was applied" in out + err
     [(result,)] = releases.audit_rows(ops_url, run_id, "result")
     assert result == "failed"
 

@@ -65,11 +65,16 @@ def migration_runner(environment: Environment) -> MigrationRunner:
     return MigrationRunner(environment.database.conn_id, environment.migrations)
 
 
-def check_migrations(environment: Environment, version: str) -> list[dict[str, str]]:
-    """Preflight: validate the version's migrations against the database; list the pending ones."""
+def check_migrations(
+    environment: Environment, version: str, *, expected_sha256: str | None = None
+) -> list[dict[str, str]]:
+    """Preflight: validate the version's migrations against the database; list the pending ones
+    (with ``expected_sha256``, of that artifact only)."""
     with tempfile.TemporaryDirectory(prefix="airlock-migrations-") as workdir:
         try:
-            shipped = artifact_migrations(environment, version, Path(workdir))
+            shipped = artifact_migrations(
+                environment, version, Path(workdir), expected_sha256=expected_sha256
+            )
             pending = migration_runner(environment).pending(shipped)
         except MigrationError as error:
             raise AirflowFailException(f"Migrations of {version} refused: {error}") from None
@@ -108,9 +113,15 @@ def apply_migrations(
     return applied
 
 
-def migrations_markdown(environment: Environment, version: str, pending: list[Mapping[str, str]]) -> str:
-    """The approver's reading: each pending migration with its SQL."""
-    return f"## Migrations of {version} on {environment.name}\n\n" + pending_migrations_markdown(pending)
+def migrations_markdown(
+    environment: Environment, version: str, pending: list[Mapping[str, str]], artifact_sha256: str
+) -> str:
+    """The approver's reading: the artifact and each pending migration with its SQL."""
+    return (
+        f"## Migrations of {version} on {environment.name}\n\n"
+        f"From artifact SHA-256 `{artifact_sha256}`: apply runs the files of exactly this artifact.\n\n"
+        + pending_migrations_markdown(pending)
+    )
 
 
 # -- task bodies: what they need from the run comes from its context ---------------------------------
@@ -119,11 +130,13 @@ def migrations_markdown(environment: Environment, version: str, pending: list[Ma
 def plan(environment: Environment) -> dict[str, Any]:
     """The ``plan`` task: the pending migrations of the requested version, and their Markdown."""
     version = get_current_context()["params"]["version"]
-    pending = check_migrations(environment, version)
-    planned = {"version": version, "pending": pending}
+    # The approver approves these files of this artifact: apply installs exactly it (pinned).
+    artifact_sha256 = release_artifact(environment.deploy, version).sha256
+    pending = check_migrations(environment, version, expected_sha256=artifact_sha256)
+    planned = {"version": version, "artifact_sha256": artifact_sha256, "pending": pending}
     return {
         **planned,
-        "markdown": migrations_markdown(environment, version, pending),
+        "markdown": migrations_markdown(environment, version, pending, artifact_sha256),
         "digest": document_digest(planned),
     }
 
@@ -137,18 +150,24 @@ def apply(environment: Environment) -> list[str]:
     """The ``apply`` task, and the run's audit row (``action = 'migrate'``) whatever it ends with."""
     context = get_current_context()
     version = context["params"]["version"]
+    planned = context["ti"].xcom_pull(task_ids=TaskIds.PLAN) or {}
     try:
         require_run_approval(
             environment,
             context,
             step=TaskIds.APPLY,
-            plan_digest=document_digest(context["ti"].xcom_pull(task_ids=TaskIds.PLAN) or {}),
+            plan_digest=document_digest(planned),
             instead=(
                 f"No migration was applied. Trigger migrate_{environment.name} again and have an "
                 "approver answer it under Browse > Required Actions."
             ),
         )
-        applied = apply_migrations(environment, version=version, run_id=context["run_id"])
+        applied = apply_migrations(
+            environment,
+            version=version,
+            run_id=context["run_id"],
+            expected_sha256=planned.get("artifact_sha256"),
+        )
     except Exception as error:
         record_migrate_run(environment, context, version=version, result="failed", detail=str(error))
         raise
