@@ -38,9 +38,17 @@ HOSTS = ["web-1", "web-2", "web-3"]
 
 
 def prepare_environment(workspace: Path):
-    os.environ["AIRFLOW_CONN_AIRLOCK_DEMO_DB"] = json.dumps(
-        {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": DATABASE}
-    )
+    database = {
+        "conn_type": "postgres",
+        "host": "127.0.0.1",
+        "port": 5432,
+        "login": "postgres",
+        "schema": DATABASE,
+    }
+    # The board reads only Airlock's own tables (the ``airlock_ops`` connection); the app's
+    # connection points at the same scratch database so nothing reaches a real one.
+    os.environ["AIRFLOW_CONN_AIRLOCK_DEMO_DB"] = json.dumps(database)
+    os.environ["AIRFLOW_CONN_AIRLOCK_OPS"] = json.dumps(database)
     redis_db = int(os.environ.get("AIRLOCK_BENCH_REDIS_DB", "13"))
     os.environ["AIRFLOW_CONN_AIRLOCK_REDIS"] = json.dumps(
         {"conn_type": "redis", "host": "127.0.0.1", "port": 6379, "extra": {"db": redis_db}}

@@ -53,16 +53,32 @@ def start_trigger_script(stack, version: str, *extra: str) -> subprocess.Popen:
     )
 
 
-def pending_approval(api, timeout: float = 120):
-    """The pending approval request (the human-in-the-loop detail), the moment it is listed."""
+def pending_approval(api, version: str, timeout: float = 120):
+    """The pending approval request of the release of ``version``, the moment it is listed.
+
+    Only this release's request: one another test left unanswered must not be taken for it.
+    """
     tasks = TaskInstanceApi(api)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         details = tasks.get_hitl_details("~", "~", response_received=False).hitl_details
-        if details:
-            return details[0]
+        mine = [d for d in details if d.body and d.body.startswith(f"## Release {version} to demo")]
+        if mine:
+            return mine[0]
         time.sleep(0.05)
-    raise AssertionError("no approval request appeared")
+    raise AssertionError(f"no approval request for release {version} appeared")
+
+
+def other_than(*versions: str) -> str:
+    """A good demo version none of the hosts is on: the tests run in any order after one another."""
+    return next(v for v in ("2.0.0", "1.1.0", "1.0.0") if v not in versions)
+
+
+def on_one_version(stack) -> str:
+    before = served(stack)
+    assert len(set(before)) == 1, f"the hosts disagree before the release: {before}"
+    assert before[0], f"no host serves the app before the release: {before}"
+    return before[0]
 
 
 def approve(api, detail, option: str = "Approve") -> None:
@@ -93,47 +109,53 @@ def test_an_invalid_version_is_refused_with_http_400_and_nothing_runs(stack, api
 
 
 def test_a_second_release_while_one_waits_for_approval_fails_naming_the_holder(stack, api):
-    first = start_trigger_script(stack, "1.1.0", "--wait", "--reason", "first")
-    detail = pending_approval(api)
+    current = on_one_version(stack)
+    first_version = other_than(current)
+    second_version = other_than(current, first_version)
+    first = start_trigger_script(stack, first_version, "--wait", "--reason", "first")
+    detail = pending_approval(api, first_version)
 
-    code, output = finish(start_trigger_script(stack, "2.0.0", "--wait"))
+    code, output = finish(start_trigger_script(stack, second_version, "--wait"))
 
     assert code == 1, output
     assert "lock: failed" in output
     assert stack.slack.wait_for(
-        lambda texts: any("is locked by release 1.1.0" in t for t in texts), timeout=30
+        lambda texts: any(f"is locked by release {first_version}" in t for t in texts), timeout=30
     )
     approve(api, detail, "Reject")
     code, output = finish(first)
     assert code == 1, output
-    assert served(stack) == ["1.0.0"] * 3
+    assert served(stack) == [current] * 3
 
 
 def test_ci_releases_a_version_that_is_approved_by_the_assigned_user(stack, api):
+    current = on_one_version(stack)
+    version = other_than(current)
     stack.slack.clear()
-    process = start_trigger_script(stack, "2.0.0", "--wait", "--reason", "e2e")
-    detail = pending_approval(api)
+    process = start_trigger_script(stack, version, "--wait", "--reason", "e2e")
+    detail = pending_approval(api, version)
 
     assert detail.assigned_users[0].id == "admin"
-    assert "| 1 | web-1 | 1.0.0 | 2.0.0 |" in detail.body
+    assert f"| 1 | web-1 | {current} | {version} |" in detail.body
     approve(api, detail)
     code, output = finish(process)
 
     assert code == 0, output
     assert "wave_2.deploy[web-3]: success" in output
-    assert served(stack) == ["2.0.0"] * 3
+    assert served(stack) == [version] * 3
     texts = stack.slack.texts()
-    assert any("release 2.0.0 needs approval" in t for t in texts)
-    assert any("release 2.0.0 is live on web-1, web-2, web-3" in t for t in texts)
+    assert any(f"release {version} needs approval" in t for t in texts)
+    assert any(f"release {version} is live on web-1, web-2, web-3" in t for t in texts)
 
 
 def test_a_broken_version_fails_and_every_host_is_back_on_the_previous_release(stack, api):
+    current = on_one_version(stack)
     process = start_trigger_script(stack, "2.1.0-broken", "--wait")
-    approve(api, pending_approval(api))
+    approve(api, pending_approval(api, "2.1.0-broken"))
 
     code, output = finish(process)
 
     assert code == 1, output
     assert "rollback: success" in output
-    assert served(stack) == ["2.0.0"] * 3
+    assert served(stack) == [current] * 3
     assert any("failed at wave_1.deploy (web-1)" in t for t in stack.slack.texts())

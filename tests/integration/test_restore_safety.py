@@ -75,7 +75,7 @@ def environment_on(environment: Environment, conn_id: str, smoke_tests=(), **bac
     return Environment.model_validate(
         {
             **environment.model_dump(),
-            "database": {**environment.database.model_dump(), "conn_id": conn_id, "ops_conn_id": None},
+            "database": {**environment.database.model_dump(), "conn_id": conn_id},
             "backup": {**environment.backup.model_dump(), **backup},
             "smoke_tests": list(smoke_tests),
         }

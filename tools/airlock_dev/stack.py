@@ -431,6 +431,11 @@ class AirlockStack:
             # A task cut off by a hard stop is failed (or retried) 90 s after its last heartbeat,
             # not the default 5 minutes; its teardown then frees the environment's lock.
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "90",
+            # A scheduler restarted within 30 s of a hard stop still counts the old one as alive
+            # (scheduler_health_check_threshold), so the tasks it ran are reset only by the next
+            # orphan sweep: every 30 s here, not the default 5 minutes, or such a release hangs
+            # for 5 minutes with its deploy "running" on no process at all.
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             **{name: json.dumps(value) for name, value in connections.items() if value},

@@ -49,18 +49,21 @@ def readable_environments(user: BaseUser, environments: Iterable[Environment]) -
 
 
 def readable_environment(env: str, user: ReaderDep) -> Environment:
-    """The path's environment: 404 when no such environment is configured, 403 when the user
-    may not read its DAGs."""
+    """The path's environment, or 404 when none by that name is configured or the user may not
+    read its DAGs: the same answer for both, so a reader learns nothing of environments they
+    may not see (as GitHub answers for private repositories). 403 for a user who may read no
+    environment at all."""
     catalog = load_environments()
-    environment = catalog.environments.get(env)
-    if environment is None:
-        known = ", ".join(e.name for e in readable_environments(user, catalog)) or "none you may read"
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"No environment {env!r} is configured (yours: {known})"
-        )
-    if not readable_environments(user, [environment]):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"You may not read environment {env!r}'s DAGs")
-    return environment
+    readable = readable_environments(user, catalog)
+    if not readable:  # the same for every path: it tells nothing of what exists
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "You may read no environment's DAGs")
+    for environment in readable:
+        if environment.name == env:
+            return environment
+    known = ", ".join(e.name for e in readable)
+    raise HTTPException(
+        status.HTTP_404_NOT_FOUND, f"No environment {env!r} that you may read (yours: {known})"
+    )
 
 
 EnvironmentDep = Annotated[Environment, Depends(readable_environment)]

@@ -9,7 +9,7 @@ Paths (stable, outside checks use them), all behind Airflow's own authentication
 - ``GET /airlock/api/environments/{env}/dora?days=30`` the DORA figures;
 - ``GET /airlock/metrics`` Prometheus text.
 
-An unknown environment answers 404, one the user may not read 403, bad query values 422.
+An unknown environment, or one the user may not read, answers 404 (the same answer); bad query values 422.
 """
 
 from __future__ import annotations
