@@ -92,7 +92,9 @@ def test_a_hard_stop_mid_deploy_resolves_after_the_restart_and_the_next_release_
     stack.restart_airflow(kill=True)
 
     rest = Rest(stack)
-    ended = finished(rest, "release_demo", cut_off, timeout=600)
+    # Its deploy is reset by the restarted scheduler's orphan sweep (every 30 s) and rerun: within
+    # minutes, not after Airflow's default 5-minute sweep and a 90-second heartbeat timeout.
+    ended = finished(rest, "release_demo", cut_off, timeout=240)
     assert keys.get(LOCK) is None, f"the run ended {ended} and left its lock"
     assert len(set(served(stack))) == 1, served(stack)
     following = "1.1.0" if served(stack)[0] == "2.0.0" else "2.0.0"
