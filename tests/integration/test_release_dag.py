@@ -8,6 +8,7 @@ version each host serves, the audit trail, the lock, and what Slack received.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import psycopg
@@ -16,7 +17,7 @@ from airflow.exceptions import ParamValidationError
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.hooks.backup_store import BackupStore
-from airlock.hooks.hosts import host_hook, host_session
+from airlock.hooks.hosts import HISTORY_FILE, PREVIOUS_MARKER, host_hook, host_session
 from airlock.hooks.lock import EnvironmentLock
 from airlock.tasks import release as release_steps
 from airlock.tasks.environment import environment_lock, require_host_ready
@@ -366,8 +367,18 @@ def test_a_failing_migration_stops_the_release_before_any_host_is_switched(
     assert (version, result) == (BAD_MIGRATION, "failed")
 
 
+HISTORY_AND_PREVIOUS = (HISTORY_FILE, PREVIOUS_MARKER)
+
+
 def test_two_rollbacks_in_a_row_never_toggle_back_to_the_build_rolled_back_from(rollback, hosts_on_old):
     environment = hosts_on_old
+    # Hosts whose history holds only 1.0.0 (earlier tests' releases stay in it otherwise, and a
+    # good release from before 1.0.0 is a legitimate target of the second rollback).
+    for host in environment.hosts:
+        with host_session(environment, host) as layout:
+            history, previous = (shlex.quote(f"{layout.root}/{name}") for name in HISTORY_AND_PREVIOUS)
+            layout.hook.run_script(f"printf '%s\\n' {shlex.quote(OLD)} > {history} && rm -f {previous}")
+            assert layout.history() == [OLD]
     on_every_host(environment, NEW)
 
     _, first, _ = run_dag(rollback, {"reason": "bad build"}, answer="Approve")
