@@ -7,10 +7,10 @@ lives in ``airlock.tasks.release``.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, task
+from airflow.sdk import DAG, TaskGroup, TriggerRule, chain, task
 
-from airlock.config import VERSION_PATTERN, Environment, load_environments
-from airlock.conventions import default_args, reason_param, runbook
+from airlock.config import Environment, load_environments
+from airlock.conventions import default_args, release_params, runbook
 from airlock.core.release import takes_pre_release_backup
 from airlock.operators.approval import approval_gate
 from airlock.tasks import migrate as migration_steps
@@ -28,23 +28,7 @@ def release_dag(environment: Environment) -> DAG:
         catchup=False,
         tags=["airlock", "release", environment.name],
         default_args=default_args(environment),
-        params={
-            "version": Param(type="string", pattern=VERSION_PATTERN, description="Version to release"),
-            "dry_run": Param(False, type="boolean", description="Plan only: check, plan and stop"),
-            "reason": reason_param(),
-            # Optional: null, so the trigger form does not require it (an empty field is sent as null).
-            "artifact_sha256": Param(
-                None,
-                type=["null", "string"],
-                pattern="^([0-9a-fA-F]{64})?$",
-                description="SHA-256 of the artifact CI built: any other is refused (empty: not pinned)",
-            ),
-            "committed_at": Param(
-                None,
-                type=["null", "string"],
-                description="When the released commit was made, ISO 8601 with offset: the DORA lead time",
-            ),
-        },
+        params=release_params(),
         render_template_as_native_obj=False,
     ) as dag:
 

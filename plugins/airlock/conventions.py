@@ -5,8 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airlock.config import PROJECT_ROOT, Environment
-from airlock.config.environment import REASON_MAX_LENGTH, REASON_PATTERN, STEP_TIMEOUT
+from airlock.config import PROJECT_ROOT, VERSION_PATTERN, Environment
+from airlock.config.environment import (
+    COMMITTED_AT_PATTERN,
+    REASON_MAX_LENGTH,
+    REASON_PATTERN,
+    STEP_TIMEOUT,
+)
 from airlock.notifications.slack import TaskFailureNotifier
 
 RUNBOOKS = PROJECT_ROOT / "docs" / "runbooks"
@@ -70,3 +75,28 @@ def reason_param(description: str = "Why (kept in the audit trail); one line") -
         pattern=REASON_PATTERN,
         description=description,
     )
+
+
+def release_params() -> dict[str, Any]:
+    """``release_<env>``'s run parameters, each refused at trigger time when malformed."""
+    from airflow.sdk import Param
+
+    return {
+        "version": Param(type="string", pattern=VERSION_PATTERN, description="Version to release"),
+        "dry_run": Param(False, type="boolean", description="Plan only: check, plan and stop"),
+        "reason": reason_param(),
+        # Optional ones are null, so the trigger form does not require them (it sends an emptied
+        # field as null).
+        "artifact_sha256": Param(
+            None,
+            type=["null", "string"],
+            pattern="^([0-9a-fA-F]{64})?$",
+            description="SHA-256 of the artifact CI built: any other is refused (empty: not pinned)",
+        ),
+        "committed_at": Param(
+            None,
+            type=["null", "string"],
+            pattern=f"({COMMITTED_AT_PATTERN})|^$",
+            description="When the released commit was made, ISO 8601 with offset: the DORA lead time",
+        ),
+    }

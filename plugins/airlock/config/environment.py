@@ -47,6 +47,9 @@ VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 #: A run's ``reason``: one line (a newline could fake a section of the plan the approver reads).
 REASON_PATTERN = r"^[^\r\n]*$"
 REASON_MAX_LENGTH = 500
+# A release's committed_at, checked at trigger time: an ISO 8601 date and time with its UTC
+# offset (``git show -s --format=%cI``); the first task reads it with datetime.fromisoformat.
+COMMITTED_AT_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})$"
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: The execution timeout of every step that sets none of its own (``conventions.default_args``).
