@@ -792,7 +792,9 @@ def disposable_stack(*, hosts: int = 3, redis_db: int, prefix: str = "airlock-",
 
     Airlock's keys in Redis database ``redis_db`` are removed before and after; the database,
     the directory and every process are gone afterwards. Used by the end-to-end tests, the
-    benchmarks and the screenshot script.
+    benchmarks and the screenshot script. With ``AIRLOCK_KEEP_STACK_LOGS=<dir>``, every
+    process's log and the task logs are copied to ``<dir>/<the stack's directory name>/`` first,
+    to read after a failed run.
     """
     import redis
 
@@ -830,4 +832,9 @@ def disposable_stack(*, hosts: int = 3, redis_db: int, prefix: str = "airlock-",
         clear_keys()
         keys.close()
         stack.drop_databases()
+        if os.environ.get("AIRLOCK_KEEP_STACK_LOGS"):
+            kept = Path(os.environ["AIRLOCK_KEEP_STACK_LOGS"]) / home.name
+            for logs in [home / "logs", stack.airflow_home / "logs", *home.glob("workers/*/logs")]:
+                if logs.is_dir():
+                    shutil.copytree(logs, kept / logs.relative_to(home), dirs_exist_ok=True)
         shutil.rmtree(home, ignore_errors=True)

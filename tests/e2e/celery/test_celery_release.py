@@ -67,8 +67,17 @@ def log_text(rest: Rest, ti: dict) -> str:
 def audit(stack, run_id: str) -> list[tuple]:
     with psycopg.connect(stack.ops_url) as connection:
         return connection.execute(
-            "SELECT action, result, version FROM airlock.releases WHERE run_id = %s ORDER BY id", (run_id,)
+            "SELECT action, result, version, detail FROM airlock.releases WHERE run_id = %s ORDER BY id",
+            (run_id,),
         ).fetchall()
+
+
+def tries(rest: Rest, dag_id: str, run_id: str) -> list[tuple]:
+    """Every task instance's state, try and worker: what a failed assertion shows."""
+    return [
+        (ti["task_id"], ti["map_index"], ti["state"], ti["try_number"], ti["hostname"])
+        for ti in task_instances(rest, dag_id, run_id)
+    ]
 
 
 def test_a_release_runs_on_both_workers_and_both_workers_logs_are_readable_through_the_api(celery_stack):
@@ -182,17 +191,21 @@ def test_a_worker_killed_mid_wave_is_survived_and_comes_back_to_work(celery_stac
 
     ended = finished(rest, "release_demo", run_id, timeout=1200)
     hosts = served(stack)
-    assert hosts in ([version] * 3, [before] * 3), (ended, hosts)
-    assert (ended == "success") == (hosts == [version] * 3)
+    states = tries(rest, "release_demo", run_id)
+    assert hosts in ([version] * 3, [before] * 3), (ended, hosts, states)
+    assert (ended == "success") == (hosts == [version] * 3), states
     assert keys.get(LOCK) is None, f"the run ended {ended} and left its lock"
     outcome = [row for row in audit(stack, run_id) if row[0] == "release"]
-    assert [row[1] for row in outcome] == ["succeeded" if ended == "success" else "rolled_back"], outcome
+    assert [row[1] for row in outcome] == ["succeeded" if ended == "success" else "rolled_back"], (
+        outcome,
+        states,
+    )
     retried = next(
         ti for ti in task_instances(rest, "release_demo", run_id) if ti["task_id"] == deploying[0]["task_id"]
         and ti["map_index"] == deploying[0]["map_index"]
     )  # fmt: skip
-    assert retried["try_number"] > deploying[0]["try_number"]
-    assert retried["hostname"] == survivor.address
+    assert retried["try_number"] > deploying[0]["try_number"], states
+    assert retried["hostname"] == survivor.address, states
 
     stack.start_worker(victim)
     stack.kill_worker(survivor)
