@@ -16,6 +16,7 @@ from airlock.config import Environment, load_environments
 from airlock.conventions import START_DATE, default_args, runbook
 from airlock.tasks import db_maintenance as maintenance
 from airlock.tasks.db_maintenance import TaskIds
+from airlock.tasks.environment import maintenance_window_task
 
 
 def db_maintenance_dag(environment: Environment) -> DAG:
@@ -59,6 +60,8 @@ def db_maintenance_dag(environment: Environment) -> DAG:
             return maintenance.report(environment, inspection, vacuumed, reindexed)
 
         inspection = inspect()
+        if (window := maintenance_window_task(environment)) is not None:
+            window >> inspection
         vacuumed = vacuum(inspection)
         reindexed = reindex(inspection)
         vacuumed >> reindexed

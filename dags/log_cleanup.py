@@ -12,6 +12,7 @@ from airflow.sdk import DAG, Param, task
 from airlock.config import Environment, load_environments
 from airlock.conventions import START_DATE, default_args, runbook
 from airlock.tasks import log_cleanup
+from airlock.tasks.environment import maintenance_window_task
 from airlock.tasks.log_cleanup import TaskIds
 
 
@@ -48,7 +49,10 @@ def log_cleanup_dag(environment: Environment) -> DAG:
             """Files and bytes per host; Slack only when something needs a person."""
             return log_cleanup.summarize(environment, reports)
 
-        summarize(clean_host.expand(host_name=[host.name for host in environment.hosts]))
+        cleaned = clean_host.expand(host_name=[host.name for host in environment.hosts])
+        if (window := maintenance_window_task(environment)) is not None:
+            window >> cleaned
+        summarize(cleaned)
     return dag
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from airflow.sdk import DAG, Param, chain, task
 
 from airlock.config import VERSION_PATTERN, Environment, load_environments
-from airlock.conventions import default_args, runbook
+from airlock.conventions import default_args, freeze_override_param, runbook
 from airlock.operators.approval import approval_gate
 from airlock.tasks import migrate as steps
 from airlock.tasks.environment import lock_task, unlock_task
@@ -34,6 +34,7 @@ def migrate_dag(environment: Environment) -> DAG:
             "dry_run": Param(
                 False, type="boolean", description="Only list the pending migrations with their SQL"
             ),
+            "freeze_override": freeze_override_param(),
         },
     ) as dag:
 
@@ -52,7 +53,7 @@ def migrate_dag(environment: Environment) -> DAG:
             """Apply in order, each migration in its own transaction, under an advisory lock."""
             return steps.apply(environment)
 
-        taken = lock_task(environment, purpose="migrations of {{ params.version }}")
+        taken = lock_task(environment, purpose="migrations of {{ params.version }}", freezable=True)
         planned = plan()
         taken >> planned
         applied = apply()
@@ -62,6 +63,7 @@ def migrate_dag(environment: Environment) -> DAG:
             change="migrations of {{ params.version }}",
             task_id=TaskIds.APPROVE,
             plan_task_id=TaskIds.PLAN,
+            freezable=True,
         )
         chain(proceed(planned), *gate, applied)
         released = unlock_task(environment)

@@ -116,7 +116,10 @@ def release_dag(environment: Environment) -> DAG:
 
         request = validate_request()
         taken = lock_task(
-            environment, purpose="release {{ params.version }}", refuse=steps.refuse_while_attention_needed
+            environment,
+            purpose="release {{ params.version }}",
+            refuse=steps.refuse_while_attention_needed,
+            freezable=True,
         )
         request >> taken
         artifact = check_artifact(request)
@@ -136,6 +139,7 @@ def release_dag(environment: Environment) -> DAG:
                 change="release {{ params.version }}",
                 task_id=TaskIds.APPROVE,
                 plan_task_id=TaskIds.PLAN,
+                freezable=True,
             ),
         ]
         if takes_pre_release_backup(environment):

@@ -77,6 +77,14 @@ def reason_param(description: str = "Why (kept in the audit trail); one line") -
     )
 
 
+def freeze_override_param() -> Any:
+    """``freeze_override``: why a release or migration must start during a freeze (one line);
+    null: none. It needs the approval of the environment's ``freeze_approvers``."""
+    return reason_param(
+        "Emergency only: why this must start during a freeze (needs a freeze approver); empty: none"
+    )
+
+
 def release_params() -> dict[str, Any]:
     """``release_<env>``'s run parameters, each refused at trigger time when malformed."""
     from airflow.sdk import Param
@@ -99,4 +107,5 @@ def release_params() -> dict[str, Any]:
             pattern=f"({COMMITTED_AT_PATTERN})|^$",
             description="When the released commit was made, ISO 8601 with offset: the DORA lead time",
         ),
+        "freeze_override": freeze_override_param(),
     }

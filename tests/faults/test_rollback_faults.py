@@ -243,6 +243,7 @@ def test_a_switched_host_lost_before_a_later_wave_fails_makes_the_rollback_incom
     _, refused, _ = run_dag(release_dag(environment), {"version": NEW})
     assert refused["lock"] == "failed"
     assert refused["check_artifact"] == "upstream_failed"  # nothing else ran
+    assert lock_is_free(redis_client, environment)  # the refusal freed it (a failed setup gets no teardown)
     refusal = [t for t in slack_messages.texts() if "task lock failed" in t][-1]
     assert f"Release refused: {environment.name} needs attention." in refusal
     assert f"trigger rollback_{environment.name} with to_version={OLD}" in refusal

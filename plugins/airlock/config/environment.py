@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -494,6 +494,70 @@ class LogSettings(_Model):
         return self
 
 
+def _cron(value: Any) -> str:
+    from croniter import croniter
+
+    if not isinstance(value, str) or not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a cron expression (five fields, e.g. '0 18 * * 5')")
+    return value
+
+
+def _timezone(value: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(f"{value!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+    return value
+
+
+Cron = Annotated[str, BeforeValidator(_cron)]
+TimeZone = Annotated[str, BeforeValidator(_timezone)]
+
+
+class RecurringWindow(_Model):
+    """A window that opens at every time of ``cron`` (read in ``timezone``) and lasts ``duration``."""
+
+    cron: Cron = Field(description="When the window opens, a cron expression read in timezone")
+    duration: Duration = Field(description="How long it stays open, e.g. 62h")
+    timezone: TimeZone = Field(default="UTC", description="IANA time zone the cron expression is read in")
+
+
+class FreezeWindow(_Model):
+    """A time releases and migrations do not start: recurring (cron + duration) or a fixed range."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Short name shown in refusals, e.g. weekend")
+    reason: str = Field(
+        min_length=1,
+        max_length=REASON_MAX_LENGTH,
+        pattern=REASON_PATTERN,
+        description="Why, shown to whoever is refused",
+    )
+    cron: Cron | None = Field(default=None, description="Recurring: when the freeze starts (with duration)")
+    duration: Duration | None = Field(default=None, description="Recurring: how long it lasts")
+    timezone: TimeZone = Field(default="UTC", description="IANA time zone of cron")
+    start: datetime | None = Field(default=None, description="Fixed: ISO 8601 time with offset")
+    end: datetime | None = Field(default=None, description="Fixed: ISO 8601 time with offset, after start")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FreezeWindow:
+        recurring = self.cron is not None or self.duration is not None
+        fixed = self.start is not None or self.end is not None
+        if recurring == fixed:
+            raise ValueError("give either cron and duration (recurring) or start and end (fixed), not both")
+        if recurring and (self.cron is None or self.duration is None):
+            raise ValueError("a recurring freeze needs both cron and duration")
+        if fixed:
+            if self.start is None or self.end is None:
+                raise ValueError("a fixed freeze needs both start and end")
+            if self.start.tzinfo is None or self.end.tzinfo is None:
+                raise ValueError("start and end need a UTC offset, e.g. 2026-12-20T00:00:00+01:00")
+            if self.end <= self.start:
+                raise ValueError("end must be after start")
+        return self
+
+
 class DatabaseMaintenanceSettings(_Model):
     schedule: str | None = Field(default="0 4 * * 0", description="Cron schedule of db_maintenance_<env>")
     dead_tuple_threshold: int = Field(
@@ -579,6 +643,24 @@ class Environment(_Model):
         ),
     )
     smoke_tests: list[SmokeTest] = Field(default_factory=list, description="Checks run after every wave")
+    freezes: list[FreezeWindow] = Field(
+        default_factory=list,
+        description="Windows in which release_<env> and migrate_<env> refuse to start (rollback never does)",
+    )
+    freeze_approvers: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Airflow user ids who may approve a freeze_override (an emergency release during a "
+            "freeze); empty: freezes cannot be overridden"
+        ),
+    )
+    maintenance_windows: list[RecurringWindow] = Field(
+        default_factory=list,
+        description=(
+            "Scheduled runs of db_maintenance_<env> and log_cleanup_<env> do their work only inside "
+            "one of these (others skip); empty: any time"
+        ),
+    )
     queue: str | None = Field(
         default=None,
         pattern=QUEUE_PATTERN,
@@ -604,11 +686,21 @@ class Environment(_Model):
                 seen.add(value)
         return hosts
 
+    @field_validator("freezes")
+    @classmethod
+    def _unique_freezes(cls, freezes: list[FreezeWindow]) -> list[FreezeWindow]:
+        names = [freeze.name for freeze in freezes]
+        if duplicates := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"duplicate freeze name {', '.join(duplicates)}")
+        return freezes
+
     @model_validator(mode="after")
     def _lock_outlives_approval_and_step(self) -> Environment:
         """The lock is not renewed while a run waits for its approval: it must survive the whole
         wait and then the longest step (which renews it as it starts)."""
-        waits = self.approval.timeout if self.approval.required else timedelta(0)
+        # A freeze override asks for an approval even where releases need none.
+        asks = self.approval.required or bool(self.freezes and self.freeze_approvers)
+        waits = self.approval.timeout if asks else timedelta(0)
         longest, step = self.longest_step_timeout
         if self.lock_ttl < waits + longest:
             raise ValueError(

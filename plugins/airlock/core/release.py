@@ -17,11 +17,14 @@ from datetime import datetime
 from typing import Any
 
 from airlock.config import VERSION_PATTERN, Environment
+from airlock.core.freeze import describe_override, required_approvers
 from airlock.core.markdown import inline
 from airlock.core.migrations import pending_migrations_markdown
 
 _VERSION = re.compile(VERSION_PATTERN)
-REQUEST_KEYS = frozenset({"version", "dry_run", "reason", "artifact_sha256", "committed_at"})
+REQUEST_KEYS = frozenset(
+    {"version", "dry_run", "reason", "artifact_sha256", "committed_at", "freeze_override"}
+)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -38,6 +41,8 @@ class ReleaseRequest:
     artifact_sha256: str = ""
     #: When the released commit was made, if CI said: the start of the DORA lead time.
     committed_at: datetime | None = None
+    #: Why this release must start during a freeze, if it must ("" for none).
+    freeze_override: str = ""
 
 
 def validate_version(version: Any) -> str:
@@ -68,12 +73,16 @@ def validate_request(conf: Mapping[str, Any], params: Mapping[str, Any]) -> Rele
     reason = params.get("reason") or ""
     if not isinstance(reason, str) or len(reason) > 500:
         raise InvalidReleaseRequest("reason must be text of at most 500 characters")
+    override = params.get("freeze_override") or ""
+    if not isinstance(override, str) or len(override) > 500 or "\n" in override or "\r" in override:
+        raise InvalidReleaseRequest("freeze_override must be one line of at most 500 characters")
     return ReleaseRequest(
         version=version,
         dry_run=dry_run,
         reason=reason,
         artifact_sha256=validate_artifact_sha256(params.get("artifact_sha256")),
         committed_at=validate_committed_at(params.get("committed_at")),
+        freeze_override=override,
     )
 
 
@@ -130,6 +139,9 @@ class ReleasePlan:
     checks: list[str] = field(default_factory=list)
     migrations: list[dict[str, str]] = field(default_factory=list)
     backup: str | None = None
+    #: The freeze this release overrides (``airlock.core.freeze.freeze_override``), if any: the
+    #: approval must then come from a freeze approver.
+    freeze_override: dict[str, Any] | None = None
 
     def previous_versions(self) -> dict[str, str | None]:
         """Each host's release before this run: the rollback target."""
@@ -153,6 +165,7 @@ class ReleasePlan:
             "- Approval: "
             + ("required from " + ", ".join(self.approvers) if self.approval_required else "not required"),
             f"- Mode: {'**dry run**: nothing will change' if self.dry_run else 'apply'}",
+            *([f"- **{inline(describe_override(self.freeze_override))}**"] if self.freeze_override else []),
             "",
             "| Wave | Host | Current | New |",
             "| --- | --- | --- | --- |",
@@ -191,6 +204,7 @@ def build_plan(
     checks: list[str],
     migrations: list[dict[str, str]] | None = None,
     backup: str | None = None,
+    freeze_override: dict[str, Any] | None = None,
 ) -> ReleasePlan:
     current = {state["host"]: state["current_version"] for state in host_states}
     missing = [host.name for host in environment.hosts if host.name not in current]
@@ -209,11 +223,12 @@ def build_plan(
         triggered_by=triggered_by,
         reason=request.reason,
         dry_run=request.dry_run,
-        approval_required=environment.approval.required,
-        approvers=list(environment.approval.approvers),
+        approval_required=required_approvers(environment, freeze_override) is not None,
+        approvers=required_approvers(environment, freeze_override) or [],
         checks=checks,
         migrations=list(migrations or []),
         backup=backup,
+        freeze_override=freeze_override,
     )
 
 
@@ -235,6 +250,8 @@ def plan_digest(plan: ReleasePlan) -> str:
         "migrations": [[entry["file"], migration_checksum(entry)] for entry in plan.migrations],
         "waves": [[[planned.host, planned.current_version] for planned in wave] for wave in plan.waves],
     }
+    if plan.freeze_override:  # absent otherwise: plans without one keep their digest
+        canonical["freeze_override"] = plan.freeze_override
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
@@ -250,6 +267,11 @@ def evidence_markdown(plan: ReleasePlan, digest: str) -> str:
         f"### Approval evidence\n\nPlan digest `{digest}` (version, artifact SHA-256, migration "
         "checksums, hosts and their current releases). Backup, migrations and every deploy check, "
         "before changing anything, that an assigned approver approved this digest in this run."
+        + (
+            " The freeze override is part of the digest: only a freeze approver's approval counts."
+            if plan.freeze_override
+            else ""
+        )
     )
 
 

@@ -14,6 +14,10 @@
   :data:`APPROVAL_TIMED_OUT`), so the audit row says ``timed_out``, not ``rejected``.
 - Approved: the run goes on. Rejected or timed out: the task fails, nothing downstream runs
   except the teardown, and Slack says who rejected or that time ran out.
+- A plan that overrides a freeze (its ``freeze_override``, :mod:`airlock.core.freeze`) is
+  assigned to the environment's ``freeze_approvers`` instead, and only their answer counts; in
+  an environment whose releases need no approval the gate exists for such plans only and lets
+  every other plan through without asking.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
 from airlock.core.evidence import describe_user, response_refusal
+from airlock.core.freeze import describe_override
 from airlock.core.outcome import triggering_user
 from airlock.notifications.slack import post, render
 
@@ -46,6 +51,8 @@ class ReleaseApprovalOperator(ApprovalOperator):
     :param allow_self_approval: whether the user who triggered the run may approve it.
     :param slack_conn_id: Slack webhook connection for the request and the outcome.
     :param plan_task_id: the task whose XCom holds the plan shown (its ``digest`` is recorded).
+    :param freeze_approvers: who may approve a plan that overrides a freeze.
+    :param approval_required: whether plans that override no freeze need an approval.
     """
 
     template_fields = (*ApprovalOperator.template_fields, "change")
@@ -59,6 +66,8 @@ class ReleaseApprovalOperator(ApprovalOperator):
         allow_self_approval: bool,
         slack_conn_id: str | None,
         plan_task_id: str | None = None,
+        freeze_approvers: list[str] | None = None,
+        approval_required: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -74,31 +83,60 @@ class ReleaseApprovalOperator(ApprovalOperator):
         self.allow_self_approval = allow_self_approval
         self.slack_conn_id = slack_conn_id
         self.plan_task_id = plan_task_id
+        self.freeze_approvers = list(freeze_approvers or [])
+        self.approval_required = approval_required
+
+    def freeze_override(self, context: Any) -> dict[str, Any] | None:
+        """The freeze the shown plan overrides, if any (its ``freeze_override``)."""
+        planned = context["ti"].xcom_pull(task_ids=self.plan_task_id) if self.plan_task_id else None
+        return (planned or {}).get("freeze_override")
+
+    def approvers_for(self, override: dict[str, Any] | None) -> tuple[list[str], str]:
+        """Who may approve this plan, and the setting that lists them."""
+        if override:
+            return self.freeze_approvers, "freeze_approvers"
+        return self.approvers, "approval.approvers"
 
     def execute(self, context: Any) -> Any:
         triggered_by = triggering_user(context["dag_run"])
+        override = self.freeze_override(context)
+        if not override and not self.approval_required:
+            self.log.info("No approval needed: this plan overrides no freeze and approval.required is false")
+            return {"approval": "not required"}
+        approvers, setting = self.approvers_for(override)
+        self.assigned_users = [{"id": approver, "name": approver} for approver in approvers]
         if not self.allow_self_approval:
-            self.assigned_users = [user for user in self.assigned_users or [] if user["id"] != triggered_by]
+            self.assigned_users = [user for user in self.assigned_users if user["id"] != triggered_by]
             if not self.assigned_users:
                 raise AirflowFailException(
                     f"{triggered_by} triggered this release and may not approve it, and no other approver "
-                    f"is configured (approval.approvers: {', '.join(self.approvers)})"
+                    f"is configured ({setting}: {', '.join(approvers)})"
                 )
         try:
             link = self.generate_link_to_ui_from_context(context=context)
         except ValueError:
             link = "(set [api] base_url to get a link)"
         context["ti"].xcom_push(key="request", value=self.shown_request(context))
-        post(
-            self.slack_conn_id,
-            render(
+        assigned = ", ".join(user["id"] for user in self.assigned_users or [])
+        if override:
+            message = render(
+                "freeze_override_requested",
+                environment=self.environment,
+                change=self.change,
+                freeze=f"{override['name']} ({override['reason']}, until {override['ends']})",
+                why=override["override_reason"],
+                approvers=assigned,
+                link=link,
+            )
+        else:
+            message = render(
                 "approval_requested",
                 environment=self.environment,
                 change=self.change,
-                approvers=", ".join(user["id"] for user in self.assigned_users or []),
+                approvers=assigned,
                 link=link,
-            ),
-        )
+            )
+        post(self.slack_conn_id, message)
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
@@ -115,9 +153,10 @@ class ReleaseApprovalOperator(ApprovalOperator):
             )
             raise AirflowFailException(f"Nobody approved {self.change} within {self.response_timeout}")
         responder = describe_user(event.get("responded_by_user"))
+        override = self.freeze_override(context)
         refused = response_refusal(
             event.get("responded_by_user"),
-            approvers=self.approvers,
+            approvers=self.approvers_for(override)[0],
             triggered_by=triggering_user(context["dag_run"]),
             allow_self_approval=self.allow_self_approval,
         )
@@ -133,6 +172,19 @@ class ReleaseApprovalOperator(ApprovalOperator):
                 render("approval_rejected", environment=self.environment, change=self.change, who=responder),
             )
             raise AirflowFailException(f"{self.change} was rejected by {responder}")
+        if override:
+            self.log.warning("%s approved by %s: %s", self.change, responder, describe_override(override))
+            post(
+                self.slack_conn_id,
+                render(
+                    "freeze_overridden",
+                    environment=self.environment,
+                    change=self.change,
+                    who=responder,
+                    freeze=override["name"],
+                    why=override["override_reason"],
+                ),
+            )
         shown = context["ti"].xcom_pull(task_ids=self.task_id, key="request") or {}
         return {**result, **shown}
 
@@ -160,12 +212,15 @@ def approval_gate(
     change: str,
     task_id: str,
     plan_task_id: str,
+    freezable: bool = False,
 ) -> list[ReleaseApprovalOperator]:
     """The approval task of an environment's DAG, as a list to splice into ``chain(...)``: empty
     when the environment needs no approval. Its approvers, timeout and Slack come from the
     environment; the body is the ``markdown`` the DAG's plan task (``plan_task_id``) returned; both
-    ids come from the DAG's ``TaskIds``."""
-    if not environment.approval.required:
+    ids come from the DAG's ``TaskIds``. A ``freezable`` DAG (release, migrate) of an environment
+    whose freezes can be overridden always has the gate: an override needs a freeze approver."""
+    overridable = freezable and bool(environment.freezes and environment.freeze_approvers)
+    if not environment.approval.required and not overridable:
         return []
     # Two separate limits, both explicit (default_args' 30-minute execution_timeout is not inherited):
     # response_timeout bounds the wait for an answer (the task is parked in awaiting_input, no
@@ -183,5 +238,7 @@ def approval_gate(
         slack_conn_id=environment.slack_conn_id,
         response_timeout=environment.approval.timeout,
         plan_task_id=plan_task_id,
+        freeze_approvers=environment.freeze_approvers if overridable else [],
+        approval_required=environment.approval.required,
     )
     return [gate]

@@ -24,6 +24,7 @@ from airlock.config import Environment
 from airlock.core import outcome
 from airlock.core.audit import audited_action, unconcluded_outcome
 from airlock.core.evidence import approval_refusal
+from airlock.core.freeze import FrozenError, freeze_override, inside_any, required_approvers
 from airlock.hooks.hosts import inspect_host
 from airlock.hooks.lock import (
     EnvironmentLock,
@@ -50,6 +51,8 @@ class TaskIds:
     CHECK_HOST = "check_host"
     #: The approval gate's id in every DAG that has one.
     APPROVE = "approve"
+    #: The maintenance-window check of a maintenance DAG whose environment has windows.
+    WINDOW = "in_maintenance_window"
 
 
 #: Per audited action (``migrate``, ``restore``...), the steps that change something: a run with
@@ -74,12 +77,20 @@ def triggering_user(context: Any) -> str:
 
 
 def require_run_approval(
-    environment: Environment, context: Any, *, step: str, plan_digest: str, instead: str
+    environment: Environment,
+    context: Any,
+    *,
+    step: str,
+    plan_digest: str,
+    instead: str,
+    override: Mapping[str, Any] | None = None,
 ) -> None:
     """Before ``step`` changes anything: this run's approval (the ``approve`` task's XCom) by an
     assigned approver, given in this run since its last clear, of the plan with ``plan_digest``;
-    else a refusal saying why and ``instead``. Environments without an approval gate need none."""
-    if not environment.approval.required:
+    else a refusal saying why and ``instead``. A plan that overrides a freeze (``override``) needs
+    a freeze approver's; environments without an approval gate need none otherwise."""
+    approvers = required_approvers(environment, override)
+    if approvers is None:
         return
     dag_run = context["dag_run"]
     refused = approval_refusal(
@@ -88,7 +99,7 @@ def require_run_approval(
         plan_digest=plan_digest,
         run_id=dag_run.run_id,
         clear_number=getattr(dag_run, "clear_number", None) or 0,
-        approvers=environment.approval.approvers,
+        approvers=approvers,
         triggered_by=triggering_user(context),
         allow_self_approval=environment.approval.allow_self_approval,
         instead=instead,
@@ -358,12 +369,43 @@ def require_host_ready(environment: Environment, host_name: str) -> dict[str, An
     return state.to_dict()
 
 
-def lock_task(environment: Environment, purpose: str, *, refuse: Callable[[Environment], None] | None = None):
+def frozen_check(environment: Environment, params: Mapping[str, Any], what: str) -> dict[str, Any] | None:
+    """Refuse (no retry) a run starting during one of the environment's freezes, unless it asks
+    for a ``freeze_override`` the environment allows; returns that override (None: not frozen).
+    A dry run changes nothing, so a freeze never refuses one (its log says the freeze is open)."""
+    from datetime import UTC, datetime
+
+    if params.get("dry_run"):
+        try:
+            freeze_override(environment, moment=datetime.now(UTC), override_reason=None, what=what)
+        except FrozenError as error:
+            log.warning("A dry run goes ahead during a freeze; applying it would be refused now: %s", error)
+        return None
+    try:
+        override = freeze_override(
+            environment, moment=datetime.now(UTC), override_reason=params.get("freeze_override"), what=what
+        )
+    except FrozenError as error:
+        raise AirflowFailException(str(error)) from None
+    if override:
+        log.warning("%s starts during freeze %s: %s", what, override["name"], override["override_reason"])
+    return override
+
+
+def lock_task(
+    environment: Environment,
+    purpose: str,
+    *,
+    refuse: Callable[[Environment], None] | None = None,
+    freezable: bool = False,
+):
     """The setup task taking the environment's lock; a competing run fails fast naming this one.
 
     ``purpose`` is templated, e.g. ``"release {{ params.version }}"``. ``refuse``, if given, runs
     once the lock is held (so nothing can change what it checks meanwhile) and raises to stop the
-    run; the lock is then freed by the run's ``unlock`` teardown.
+    run; the lock is then freed (the teardown of a failed setup never runs) and the run's audit
+    row says why. A ``freezable`` run is refused the same way during one of the environment's
+    freezes (:func:`frozen_check`).
     """
 
     @setup
@@ -371,6 +413,7 @@ def lock_task(environment: Environment, purpose: str, *, refuse: Callable[[Envir
     def take_lock(purpose: str):
         context = get_current_context()
         params = context["params"]
+        version = str(params.get("version") or params.get("to_version") or params.get("backup") or "")
         taken = lock(
             environment,
             dag_id=context["dag"].dag_id,
@@ -378,14 +421,62 @@ def lock_task(environment: Environment, purpose: str, *, refuse: Callable[[Envir
             purpose=purpose,
             triggered_by=triggering_user(context),
             run_state=dag_run_state(context),
-            version=str(params.get("version") or params.get("to_version") or params.get("backup") or ""),
+            version=version,
             reason=params.get("reason"),
         )
-        if refuse is not None:
-            refuse(environment)
+        try:
+            if freezable:
+                frozen_check(environment, params, purpose[:1].upper() + purpose[1:])
+            if refuse is not None:
+                refuse(environment)
+        except Exception as refusal:
+            # A setup task that fails never gets its teardown run: free the lock and write the
+            # run's audit row here, or the lock would stay held until its TTL.
+            unlock(environment, run_id=context["run_id"])
+            record_refused_run(
+                environment,
+                dag_id=context["dag"].dag_id,
+                run_id=context["run_id"],
+                version=version,
+                triggered_by=triggering_user(context),
+                reason=params.get("reason"),
+                why=str(refusal),
+            )
+            raise
         return taken
 
     return take_lock(purpose)
+
+
+def in_maintenance_window(environment: Environment, run_type: str) -> bool:
+    """Whether a run of a maintenance DAG does its work now: any run triggered by hand (a person
+    chose the time), a scheduled one only inside one of ``maintenance_windows`` (if any)."""
+    from datetime import UTC, datetime
+
+    if run_type != "scheduled" or inside_any(environment.maintenance_windows, datetime.now(UTC)):
+        return True
+    windows = "; ".join(f"{w.cron} for {w.duration} ({w.timezone})" for w in environment.maintenance_windows)
+    log.info(
+        "Outside the maintenance windows of %s (%s): this scheduled run does nothing. Trigger the "
+        "DAG by hand to run it now.",
+        environment.name,
+        windows,
+    )
+    return False
+
+
+def maintenance_window_task(environment: Environment):
+    """The first task of a maintenance DAG whose environment has ``maintenance_windows``: a
+    scheduled run outside them skips every other task (None when there are no windows)."""
+    if not environment.maintenance_windows:
+        return None
+
+    @task.short_circuit(task_id=TaskIds.WINDOW, retries=0)
+    def in_window():
+        """Scheduled runs work only inside the environment's maintenance windows."""
+        return in_maintenance_window(environment, str(get_current_context()["dag_run"].run_type))
+
+    return in_window()
 
 
 def unlock_task(environment: Environment):

@@ -18,6 +18,8 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.config import Environment
 from airlock.core.evidence import document_digest
+from airlock.core.freeze import describe_override
+from airlock.core.markdown import inline
 from airlock.core.migrations import (
     Migration,
     MigrationError,
@@ -30,7 +32,13 @@ from airlock.hooks.artifacts import ArtifactChangedError, release_artifact
 from airlock.hooks.migrations import MigrationRunner
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.tasks.environment import TaskIds as EnvironmentTaskIds
-from airlock.tasks.environment import keep_lock, register_change_steps, require_run_approval, triggering_user
+from airlock.tasks.environment import (
+    frozen_check,
+    keep_lock,
+    register_change_steps,
+    require_run_approval,
+    triggering_user,
+)
 from airlock.tasks.shared_lock import migration_gate
 
 log = logging.getLogger(__name__)
@@ -129,16 +137,23 @@ def migrations_markdown(
 
 def plan(environment: Environment) -> dict[str, Any]:
     """The ``plan`` task: the pending migrations of the requested version, and their Markdown."""
-    version = get_current_context()["params"]["version"]
+    params = get_current_context()["params"]
+    version = params["version"]
+    # Refused during a freeze unless overridden; the override is part of what is approved.
+    override = frozen_check(environment, params, f"Migrations of {version}")
     # The approver approves these files of this artifact: apply installs exactly it (pinned).
     artifact_sha256 = release_artifact(environment.deploy, version).sha256
     pending = check_migrations(environment, version, expected_sha256=artifact_sha256)
-    planned = {"version": version, "artifact_sha256": artifact_sha256, "pending": pending}
-    return {
-        **planned,
-        "markdown": migrations_markdown(environment, version, pending, artifact_sha256),
-        "digest": document_digest(planned),
+    planned = {
+        "version": version,
+        "artifact_sha256": artifact_sha256,
+        "pending": pending,
+        "freeze_override": override,
     }
+    markdown = migrations_markdown(environment, version, pending, artifact_sha256)
+    if override:
+        markdown += f"\n\n**{inline(describe_override(override))}**: only a freeze approver may approve."
+    return {**planned, "markdown": markdown, "digest": document_digest(planned)}
 
 
 def proceed(planned: Mapping[str, Any]) -> bool:
@@ -161,6 +176,7 @@ def apply(environment: Environment) -> list[str]:
                 f"No migration was applied. Trigger migrate_{environment.name} again and have an "
                 "approver answer it under Browse > Required Actions."
             ),
+            override=planned.get("freeze_override"),
         )
         applied = apply_migrations(
             environment,
@@ -172,6 +188,8 @@ def apply(environment: Environment) -> list[str]:
         record_migrate_run(environment, context, version=version, result="failed", detail=str(error))
         raise
     detail = f"applied {', '.join(applied)}" if applied else "nothing pending"
+    if planned.get("freeze_override"):
+        detail += f". {describe_override(planned['freeze_override'])}"
     record_migrate_run(environment, context, version=version, result="succeeded", detail=detail)
     return applied
 

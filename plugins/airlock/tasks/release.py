@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airlock.config import Environment, Wave
 from airlock.core.backups import BackupError
 from airlock.core.evidence import approval_refusal, host_drift
+from airlock.core.freeze import describe_override, required_approvers
 from airlock.core.outcome import (
     ROLLBACK_INCOMPLETE,
     HostRollback,
@@ -62,7 +63,14 @@ from airlock.hooks.postgres import first_row
 from airlock.notifications.slack import post, render, summarize_error
 from airlock.tasks import environment as shared
 from airlock.tasks.backup import require_fresh_backup, take_backup
-from airlock.tasks.environment import approval_timeout, keep_lock, mapped, run_task_states, triggering_user
+from airlock.tasks.environment import (
+    approval_timeout,
+    frozen_check,
+    keep_lock,
+    mapped,
+    run_task_states,
+    triggering_user,
+)
 from airlock.tasks.migrate import apply_migrations, migrations_applied_by_run
 from airlock.tasks.smoke import run_smoke_tests
 
@@ -108,6 +116,7 @@ def validate(conf: Mapping[str, Any] | None, params: Mapping[str, Any]) -> dict[
         "reason": request.reason,
         "artifact_sha256": request.artifact_sha256,
         "committed_at": request.committed_at.isoformat() if request.committed_at else None,
+        "freeze_override": request.freeze_override or None,
     }
 
 
@@ -167,7 +176,12 @@ def plan_release(
     backup: Mapping[str, Any] | None,
     triggered_by: str,
 ) -> dict[str, Any]:
-    """The release plan from the preflight results, and its Markdown (the approver's reading)."""
+    """The release plan from the preflight results, and its Markdown (the approver's reading).
+
+    A freeze open now refuses the release here too (it may have begun since the lock step),
+    unless the request overrides it: the plan then carries the override, and its approval must
+    come from a freeze approver."""
+    override = frozen_check(environment, request, f"Release {request['version']}")
     release_plan = build_plan(
         environment=environment,
         request=validate_request({}, request),
@@ -185,11 +199,17 @@ def plan_release(
             {"file": m["file"], "sql": m["sql"], "checksum": migration_checksum(m)} for m in migrations
         ],
         backup=describe_backups(environment, backup),
+        freeze_override=override,
     )
     digest = plan_digest(release_plan)
     markdown = f"{release_plan.to_markdown()}\n\n{evidence_markdown(release_plan, digest)}"
     log.info("Release plan (digest %s):\n%s", digest, markdown)
-    return {"plan": release_plan.to_dict(), "markdown": markdown, "digest": digest}
+    return {
+        "plan": release_plan.to_dict(),
+        "markdown": markdown,
+        "digest": digest,
+        "freeze_override": override,
+    }
 
 
 def require_approval(
@@ -207,7 +227,8 @@ def require_approval(
     if planned is None:
         raise AirflowFailException(f"{step} refused: this run has no plan. Trigger a new release.")
     release_plan = ReleasePlan.from_dict(planned["plan"])
-    if not environment.approval.required:
+    approvers = required_approvers(environment, release_plan.freeze_override)
+    if approvers is None:
         return release_plan
     refused = approval_refusal(
         approval,
@@ -215,7 +236,7 @@ def require_approval(
         plan_digest=plan_digest(release_plan),
         run_id=run_id,
         clear_number=clear_number,
-        approvers=environment.approval.approvers,
+        approvers=approvers,
         triggered_by=triggered_by,
         allow_self_approval=environment.approval.allow_self_approval,
     )
@@ -524,6 +545,10 @@ def conclude_release(
         backup=backup["name"] if backup else None,
         migrations_applied=migrations_applied,
     )
+    if release_plan is not None and release_plan.freeze_override:
+        approved_by = approver(approval) or "nobody"
+        note = f"{describe_override(release_plan.freeze_override)}; approved by {approved_by}."
+        outcome = replace(outcome, detail=f"{outcome.detail or ''} {note}".strip())
     resolve = ""
     if outcome.result == ROLLBACK_INCOMPLETE:
         assert release_plan is not None
@@ -627,7 +652,7 @@ def approved_plan(environment: Environment, context: Any, step: str) -> ReleaseP
         environment,
         step=step,
         planned=ti.xcom_pull(task_ids=TaskIds.PLAN),
-        approval=ti.xcom_pull(task_ids=TaskIds.APPROVE) if environment.approval.required else None,
+        approval=ti.xcom_pull(task_ids=TaskIds.APPROVE),
         run_id=dag_run.run_id,
         clear_number=getattr(dag_run, "clear_number", None) or 0,
         triggered_by=triggering_user(context),

@@ -161,15 +161,6 @@ def test_a_backup_dumped_on_one_worker_is_restored_on_the_other_through_the_back
     assert rows == [("before the backup",)]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "open bug (issue 18), intermittent: after a worker is SIGKILLed mid-wave every host ends back "
-        "on the old release and the lock is freed, but the audit row may say rollback_incomplete "
-        "instead of rolled_back, and the killed deploy is not retried to success (passed in one of "
-        "two runs): reported as xfail or xpass, never as a pass"
-    ),
-)
 def test_a_worker_killed_mid_wave_is_survived_and_comes_back_to_work(celery_stack, keys):
     stack = celery_stack
     rest = Rest(stack)
