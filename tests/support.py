@@ -48,6 +48,26 @@ def write_sandbox_environment(
     return write_environment(path, document)
 
 
+def environment_dags(
+    tmp_path: Path, monkeypatch, name: str, dag_files: tuple[str, ...], **change: Any
+) -> dict:
+    """The demo environment with ``change``, written as ``<tmp_path>/environments/<name>.yaml``,
+    and the DAGs each of ``dag_files`` (``"release"`` for ``dags/release.py``) builds for it,
+    by file: ``{"release": <DAG release_<name>>, ...}``."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    document = {**demo_document(), **change}
+    document["ssh"]["known_hosts"] = str(tmp_path / "known_hosts")
+    write_environment(tmp_path / "environments" / f"{name}.yaml", document)
+    monkeypatch.setenv("AIRLOCK_ENVIRONMENTS_DIR", str(tmp_path / "environments"))
+    dags = {}
+    for file in dag_files:
+        bag = DagBag(dag_folder=PROJECT / "dags" / f"{file}.py")
+        assert not bag.import_errors, bag.import_errors
+        dags[file] = bag.dags[f"{file}_{name}"]
+    return dags
+
+
 def load_dag(dag_id: str):
     """Parse the DAG's file as the dag-processor would and return the DAG.
 

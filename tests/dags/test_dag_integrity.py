@@ -185,20 +185,10 @@ def test_a_broken_environment_is_an_import_error_naming_file_and_field_and_other
 
 
 def test_without_required_approval_the_steps_chain_straight_on(tmp_path, monkeypatch):
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.support import environment_dags
 
-    from tests.support import write_environment
-
-    document = demo_document()
-    document["approval"] = {"required": False}
-    document["ssh"]["known_hosts"] = str(tmp_path / "known_hosts")
-    write_environment(tmp_path / "environments" / "solo.yaml", document)
-    monkeypatch.setenv("AIRLOCK_ENVIRONMENTS_DIR", str(tmp_path / "environments"))
-    dags = {}
-    for name in ("release", "rollback", "migrate", "restore"):
-        bag = DagBag(dag_folder=PROJECT / "dags" / f"{name}.py")
-        assert not bag.import_errors, bag.import_errors
-        dags[name] = bag.dags[f"{name}_solo"]
+    files = ("release", "rollback", "migrate", "restore")
+    dags = environment_dags(tmp_path, monkeypatch, "solo", files, approval={"required": False})
 
     assert not any("approve" in dag.task_ids for dag in dags.values())
     assert dags["release"].get_task("backup").upstream_task_ids == {"proceed"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import PROJECT, demo_document, write_environment
+from tests.support import environment_dags
 
 ENVIRONMENT_DAGS = (
     "release",
@@ -20,18 +20,8 @@ ENVIRONMENT_DAGS = (
 
 
 def task_queues(tmp_path, monkeypatch, **change) -> dict[str, set[str]]:
-    from airflow.dag_processing.dagbag import DagBag
-
-    document = {**demo_document(), **change}
-    document["ssh"]["known_hosts"] = str(tmp_path / "known_hosts")
-    write_environment(tmp_path / "environments" / "zoned.yaml", document)
-    monkeypatch.setenv("AIRLOCK_ENVIRONMENTS_DIR", str(tmp_path / "environments"))
-    queues = {}
-    for name in ENVIRONMENT_DAGS:
-        bag = DagBag(dag_folder=PROJECT / "dags" / f"{name}.py")
-        assert not bag.import_errors, bag.import_errors
-        queues[name] = {task.queue for task in bag.dags[f"{name}_zoned"].tasks}
-    return queues
+    dags = environment_dags(tmp_path, monkeypatch, "zoned", ENVIRONMENT_DAGS, **change)
+    return {name: {task.queue for task in dag.tasks} for name, dag in dags.items()}
 
 
 def test_every_task_of_an_environment_with_a_queue_goes_to_that_queue(tmp_path, monkeypatch):

@@ -6,24 +6,14 @@ from types import SimpleNamespace
 
 from airlock.config.environment import RecurringWindow
 from airlock.tasks.environment import TaskIds, in_maintenance_window
-from tests.support import PROJECT, demo_document, write_environment
+from tests.support import environment_dags
 
 WINDOW = TaskIds.WINDOW
 
 
 def dags(tmp_path, monkeypatch, **change):
-    from airflow.dag_processing.dagbag import DagBag
-
-    document = {**demo_document(), **change}
-    document["ssh"]["known_hosts"] = str(tmp_path / "known_hosts")
-    write_environment(tmp_path / "environments" / "windowed.yaml", document)
-    monkeypatch.setenv("AIRLOCK_ENVIRONMENTS_DIR", str(tmp_path / "environments"))
-    found = {}
-    for name in ("log_cleanup", "db_maintenance", "release", "migrate"):
-        bag = DagBag(dag_folder=PROJECT / "dags" / f"{name}.py")
-        assert not bag.import_errors, bag.import_errors
-        found[name] = bag.dags[f"{name}_windowed"]
-    return found
+    files = ("log_cleanup", "db_maintenance", "release", "migrate")
+    return environment_dags(tmp_path, monkeypatch, "windowed", files, **change)
 
 
 def test_with_maintenance_windows_every_maintenance_task_waits_on_the_window_check(tmp_path, monkeypatch):

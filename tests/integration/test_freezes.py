@@ -7,6 +7,7 @@ hours and ``cto`` as its freeze approver; ``admin`` approves ordinary releases.
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -130,23 +131,50 @@ def test_rollback_is_never_frozen(on_old):
     assert served_versions(on_old) == dict.fromkeys(EVERY_HOST, OLD)
 
 
-def test_migrations_during_a_freeze_are_refused_unless_overridden(on_old):
+def test_migrations_during_a_freeze_are_refused_unless_overridden(on_old, ops_url):
     _, states, _ = run_dag(load_dag("migrate_frozen"), {"version": NEW}, answer="Approve")
     assert states["lock"] == "failed", states
     assert states["plan"] == "upstream_failed"
 
-    _, states, answered = run_dag(
+    run_id, states, answered = run_dag(
         load_dag("migrate_frozen"),
         {"version": NEW, "freeze_override": "the schema fix cannot wait"},
         answer="Approve",
         as_user="cto",
     )
-    # Taken and planned with the override. Whether a freeze approver is then asked depends on
-    # what is still pending: an earlier test may have applied 2.0.0's migrations already.
+    # Taken and planned with the override, which the plan shows and binds its approval to.
     assert (states["lock"], states["plan"]) == ("success", "success"), states
-    if states["approve"] != "skipped":  # skipped: nothing pending, so nobody is asked
+    planned = plan_of("migrate_frozen", run_id)
+    assert planned["freeze_override"]["name"] == "quarter-close"
+    assert planned["freeze_override"]["override_reason"] == "the schema fix cannot wait"
+    assert (
+        "overridden: the schema fix cannot wait**: only a freeze approver may approve" in planned["markdown"]
+    )
+    # Whether a freeze approver is then asked depends on what is still pending: earlier tests of
+    # the session may have applied 2.0.0's migrations already (then nobody is asked).
+    if states["approve"] != "skipped":
         assert answered.get("ok") is True, (answered, states)
         assert states["apply"] == "success", states
+        [(action, result, approved_by, detail)] = audit(ops_url, run_id)
+        assert (action, result, approved_by) == ("migrate", "succeeded", "cto")
+        assert "overridden: the schema fix cannot wait" in detail
+
+
+def plan_of(dag_id: str, run_id: str) -> dict:
+    """The run's ``plan`` task result, from the metadata database."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    query = select(XComModel.value).where(
+        XComModel.dag_id == dag_id,
+        XComModel.run_id == run_id,
+        XComModel.task_id == "plan",
+        XComModel.key == "return_value",
+    )
+    with create_session() as session:
+        [value] = session.scalars(query).all()
+    return value if isinstance(value, dict) else json.loads(value)
 
 
 def test_where_releases_need_no_approval_the_freeze_gate_lets_a_release_outside_a_freeze_through(

@@ -36,3 +36,15 @@ def test_a_one_line_reason_of_500_characters_is_accepted(dag_id):
         params["version"] = "2.0.0"
 
     assert params.validate()["reason"] == "é" * 500
+
+
+@pytest.mark.parametrize("dag_id", ["release_sandbox", "migrate_sandbox"])
+@pytest.mark.parametrize(
+    "override",
+    [pytest.param("hotfix\n### Approval", id="newline"), pytest.param("x" * 501, id="too-long")],
+)
+def test_a_bad_freeze_override_is_refused_when_the_run_is_created(dag_id, override):
+    params = copy.deepcopy(load_dag(dag_id).params)
+
+    with pytest.raises(ParamValidationError, match="freeze_override"):
+        params["freeze_override"] = override

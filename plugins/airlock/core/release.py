@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from airlock.config import VERSION_PATTERN, Environment
+from airlock.config.environment import REASON_MAX_LENGTH
 from airlock.core.freeze import describe_override, required_approvers
 from airlock.core.markdown import inline
 from airlock.core.migrations import pending_migrations_markdown
@@ -70,20 +71,23 @@ def validate_request(conf: Mapping[str, Any], params: Mapping[str, Any]) -> Rele
     dry_run = params.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise InvalidReleaseRequest(f"dry_run must be true or false, not {dry_run!r}")
-    reason = params.get("reason") or ""
-    if not isinstance(reason, str) or len(reason) > 500:
-        raise InvalidReleaseRequest("reason must be text of at most 500 characters")
-    override = params.get("freeze_override") or ""
-    if not isinstance(override, str) or len(override) > 500 or "\n" in override or "\r" in override:
-        raise InvalidReleaseRequest("freeze_override must be one line of at most 500 characters")
     return ReleaseRequest(
         version=version,
         dry_run=dry_run,
-        reason=reason,
+        reason=validate_one_line("reason", params.get("reason")),
         artifact_sha256=validate_artifact_sha256(params.get("artifact_sha256")),
         committed_at=validate_committed_at(params.get("committed_at")),
-        freeze_override=override,
+        freeze_override=validate_one_line("freeze_override", params.get("freeze_override")),
     )
+
+
+def validate_one_line(name: str, value: Any) -> str:
+    """A free-text field of the request (``reason``, ``freeze_override``): one line of at most
+    500 characters (a newline could fake a section of the plan the approver reads); "" for none."""
+    text = value or ""
+    if not isinstance(text, str) or len(text) > REASON_MAX_LENGTH or re.search(r"[\r\n]", text):
+        raise InvalidReleaseRequest(f"{name} must be one line of at most {REASON_MAX_LENGTH} characters")
+    return text
 
 
 def validate_artifact_sha256(value: Any) -> str:
@@ -207,6 +211,7 @@ def build_plan(
     freeze_override: dict[str, Any] | None = None,
 ) -> ReleasePlan:
     current = {state["host"]: state["current_version"] for state in host_states}
+    approvers = required_approvers(environment, freeze_override)
     missing = [host.name for host in environment.hosts if host.name not in current]
     if missing:
         raise RuntimeError(f"preflight has no result for host(s) {', '.join(missing)}")
@@ -223,8 +228,8 @@ def build_plan(
         triggered_by=triggered_by,
         reason=request.reason,
         dry_run=request.dry_run,
-        approval_required=required_approvers(environment, freeze_override) is not None,
-        approvers=required_approvers(environment, freeze_override) or [],
+        approval_required=approvers is not None,
+        approvers=approvers or [],
         checks=checks,
         migrations=list(migrations or []),
         backup=backup,

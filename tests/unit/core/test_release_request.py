@@ -69,3 +69,24 @@ def test_a_committed_at_that_is_no_dated_time_is_refused(value, message):
     params = {"version": "2.0.0", "committed_at": value}
     with pytest.raises(InvalidReleaseRequest, match=f"committed_at .* {message}"):
         validate_request(params, params)
+
+
+@pytest.mark.parametrize("field", ["reason", "freeze_override"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("hotfix\n### Migrations", id="newline"),
+        pytest.param("hotfix\rnext", id="carriage-return"),
+        pytest.param("x" * 501, id="too-long"),
+        pytest.param(["hotfix"], id="not-text"),
+    ],
+)
+def test_free_text_that_is_not_one_short_line_is_refused(field, value):
+    with pytest.raises(InvalidReleaseRequest, match=f"{field} must be one line of at most 500 characters"):
+        validate_request({"version": "2.0.0", field: value}, {"version": "2.0.0", field: value})
+
+
+def test_a_freeze_override_is_kept_and_its_absence_is_empty():
+    asked = validate_request({}, {"version": "2.0.0", "freeze_override": "payments are down"})
+    assert asked.freeze_override == "payments are down"
+    assert validate_request({}, {"version": "2.0.0", "freeze_override": None}).freeze_override == ""
