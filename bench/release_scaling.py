@@ -1,24 +1,32 @@
-"""Release wall time: 3 vs 12 hosts in 3 waves, and the DAG against a plain sequential SSH script.
+"""Release wall time over 3, 12 and 48 hosts in 3 waves, and the DAG against a sequential script.
 
 Starts a real Airlock (api-server, scheduler with LocalExecutor, dag-processor, triggerer) with
-N sandbox sshd hosts, releases 2.0.0 through the REST API (approval off for timing) and reads
-the time from the first deploy's start to the last smoke test's end from the API. Then, on the
-same 12 hosts, a plain script does the same per-host steps one host after another with the
-system's ``scp``/``ssh`` (upload, unpack, switch ``current``, reload, wait for health/version).
+N sandbox sshd hosts (each one sshd plus the demo app), releases 2.0.0 through the REST API
+(approval off for timing) and reads from the API the time from the first deploy's start to the
+last smoke test's end: the wave time. Then, on the same 12 hosts, a plain script does the same
+per-host steps one host after another with the system's ``scp``/``ssh`` (upload, unpack,
+switch ``current``, reload, wait for health/version).
 
-Prints both ratios. Goals: 12 hosts / 3 hosts <= 1.3 (time grows with waves, not hosts);
-DAG / sequential script below 1.0 at 12 hosts.
+Prints the wave times, seconds and CPU-seconds per host (CPU: the whole machine's, from
+``/proc/stat``, during the waves: run it on a quiet machine), each wave's task timeline with
+``--timeline``, and two machine-readable lines:
 
-    PYTHONPATH=plugins:tools .venv/bin/python bench/release_scaling.py
+    ratio 48/3 hosts: <x.xx>              goal <= 1.3 (time grows with waves, not hosts)
+    ratio DAG/script at 12 hosts: <x.xx>  goal <= 0.5
+
+    PYTHONPATH=plugins:tools .venv/bin/python bench/release_scaling.py [--timeline]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import shlex
 import subprocess
 import time
 import urllib.request
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +34,14 @@ from airlock_dev.stack import AirlockStack, disposable_stack
 
 WAVES = [1, "50%", "100%"]
 REDIS_DB = 12
+#: Hosts deployed at once within a wave (the bench's "forks"): a 48-host wave 3 has 24 hosts.
+PARALLEL = 24
+
+
+def cpu_seconds() -> float:
+    """The whole machine's CPU time so far (user + nice + system, all cores), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    return (int(fields[0]) + int(fields[1]) + int(fields[2])) / os.sysconf("SC_CLK_TCK")
 
 
 def api(stack: AirlockStack, method: str, path: str, body: dict | None = None) -> dict:
@@ -40,6 +56,11 @@ def api(stack: AirlockStack, method: str, path: str, body: dict | None = None) -
 
 
 def release_seconds(stack: AirlockStack, version: str) -> float:
+    return release_timing(stack, version)[0]
+
+
+def release_timing(stack: AirlockStack, version: str) -> tuple[float, list[dict]]:
+    """The release's wave time (first deploy's start to last smoke test's end) and its tasks."""
     run = api(
         stack,
         "POST",
@@ -63,7 +84,23 @@ def release_seconds(stack: AirlockStack, version: str) -> float:
     waves = [ti for ti in tis if ti["task_id"].startswith("wave_")]
     start = min(datetime.fromisoformat(ti["start_date"]) for ti in waves)
     end = max(datetime.fromisoformat(ti["end_date"]) for ti in waves)
-    return (end - start).total_seconds()
+    return (end - start).total_seconds(), tis
+
+
+def timeline(tis: list[dict]) -> str:
+    """Each wave task's queued, start and end, in seconds after the first wave task was queued."""
+    waves = sorted((ti for ti in tis if ti["task_id"].startswith("wave_")), key=lambda ti: ti["start_date"])
+    zero = min(datetime.fromisoformat(ti["queued_when"] or ti["start_date"]) for ti in waves)
+
+    def at(value: str | None) -> str:
+        return f"{(datetime.fromisoformat(value) - zero).total_seconds():6.2f}" if value else "     -"
+
+    lines = [f"  {'task':28} {'queued':>6} {'start':>6} {'end':>6}"]
+    for ti in waves:
+        index = ti["rendered_map_index"] or ti["map_index"]
+        name = ti["task_id"] + (f"[{index}]" if ti["map_index"] >= 0 else "")
+        lines.append(f"  {name[:28]:28} {at(ti['queued_when'])} {at(ti['start_date'])} {at(ti['end_date'])}")
+    return "\n".join(lines)
 
 
 def sequential_script_seconds(stack: AirlockStack, version: str) -> float:
@@ -116,23 +153,61 @@ def sequential_script_seconds(stack: AirlockStack, version: str) -> float:
     return time.monotonic() - started
 
 
-def run(hosts: int, with_script: bool) -> tuple[float, float | None]:
-    overrides = {"rollout": {"waves": WAVES, "max_parallel_per_wave": 16}, "approval": {"required": False}}
+@dataclass(frozen=True)
+class Measured:
+    hosts: int
+    seconds: float
+    cpu: float
+    tis: list[dict]
+    script_seconds: float | None = None
+    script_cpu: float | None = None
+
+    def per_host(self) -> str:
+        return f"{self.seconds / self.hosts:.2f} s and {self.cpu / self.hosts:.2f} CPU-s per host"
+
+
+def run(hosts: int, with_script: bool) -> Measured:
+    overrides = {
+        "rollout": {"waves": WAVES, "max_parallel_per_wave": PARALLEL},
+        "approval": {"required": False},
+    }
     with disposable_stack(
         hosts=hosts, redis_db=REDIS_DB, prefix="airlock-bench-", overrides=overrides
     ) as stack:
-        dag_seconds = release_seconds(stack, "2.0.0")
-        script_seconds = sequential_script_seconds(stack, "1.1.0") if with_script else None
-    return dag_seconds, script_seconds
+        cpu_before = cpu_seconds()
+        seconds, tis = release_timing(stack, "2.0.0")
+        # The run's CPU up to the end of its waves: conclude and unlock come after (prorated).
+        cpu = cpu_seconds() - cpu_before
+        run_start = min(datetime.fromisoformat(ti["start_date"]) for ti in tis if ti["start_date"])
+        run_end = max(datetime.fromisoformat(ti["end_date"]) for ti in tis if ti["end_date"])
+        wave_share = seconds / max((run_end - run_start).total_seconds(), seconds)
+        if not with_script:
+            return Measured(hosts, seconds, cpu * wave_share, tis)
+        cpu_before = cpu_seconds()
+        script = sequential_script_seconds(stack, "1.1.0")
+        script_cpu = cpu_seconds() - cpu_before
+    return Measured(hosts, seconds, cpu * wave_share, tis, script, script_cpu)
 
 
 def main() -> None:
-    small, _ = run(3, with_script=False)
-    large, script = run(12, with_script=True)
-    print(f"release in 3 waves:  3 hosts {small:.1f}s, 12 hosts {large:.1f}s")
-    print(f"ratio 12/3 hosts: {large / small:.2f} (goal <= 1.3)")
-    print(f"sequential scp/ssh script, 12 hosts: {script:.1f}s")
-    print(f"ratio DAG/script at 12 hosts: {large / script:.2f} (below 1.0: waves in parallel win)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--timeline", action="store_true", help="print each wave task's timeline")
+    arguments = parser.parse_args()
+    results = [run(3, with_script=False), run(12, with_script=True), run(48, with_script=False)]
+    for measured in results:
+        waves = f"{measured.seconds:5.1f} s of waves"
+        print(f"{measured.hosts:2} hosts in 3 waves: {waves}, {measured.per_host()}")
+        if arguments.timeline:
+            print(timeline(measured.tis))
+    small, twelve, large = results
+    assert twelve.script_seconds is not None
+    assert twelve.script_cpu is not None
+    print(
+        f"sequential scp/ssh script, 12 hosts: {twelve.script_seconds:.1f} s, "
+        f"{twelve.script_seconds / 12:.2f} s and {twelve.script_cpu / 12:.2f} CPU-s per host"
+    )
+    print(f"ratio 48/3 hosts: {large.seconds / small.seconds:.2f}")
+    print(f"ratio DAG/script at 12 hosts: {twelve.seconds / twelve.script_seconds:.2f}")
 
 
 if __name__ == "__main__":

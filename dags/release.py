@@ -88,15 +88,19 @@ def release_dag(environment: Environment) -> DAG:
             """Apply pending migrations before any host is switched; a failure stops the release."""
             return steps.migrate(environment, request)
 
+        rollout = environment.rollout
+
         @task(
             task_id=TaskIds.DEPLOY,
             retries=2,
-            map_index_template="{{ host_name }}",
-            max_active_tis_per_dagrun=environment.rollout.max_parallel_per_wave,
+            map_index_template="{{ hosts_label }}",
+            # Batches of one wave run side by side, at most max_parallel_per_wave hosts in all.
+            max_active_tis_per_dagrun=max(1, rollout.max_parallel_per_wave // (rollout.hosts_per_task or 1)),
         )
-        def deploy(host_name: str, request: dict, wave_hosts: list):
-            """Install, switch `current`, activate and wait until the host serves the version."""
-            return steps.deploy(environment, host_name=host_name, request=request, wave_hosts=wave_hosts)
+        def deploy(hosts: list, request: dict, wave_hosts: list):
+            """The wave's hosts together: install, switch `current`, activate and wait until each
+            serves the version; a per-host table in the log and the XCom `hosts`."""
+            return steps.deploy(environment, hosts=hosts, request=request, wave_hosts=wave_hosts)
 
         @task(task_id=TaskIds.VERIFY, retries=1)
         def verify(wave_hosts: list):
@@ -149,9 +153,10 @@ def release_dag(environment: Environment) -> DAG:
         previous = gates[-1]
         wave_tasks = []
         for wave in environment.waves:
-            names = [host.name for host in wave.hosts]
+            names = wave.host_names
             with TaskGroup(group_id=wave.group_id, tooltip=f"Wave {wave.number}: {', '.join(names)}"):
-                deployed = deploy.partial(request=request, wave_hosts=names).expand(host_name=names)
+                batches = wave.batches(rollout.hosts_per_task)
+                deployed = deploy.partial(request=request, wave_hosts=names).expand(hosts=batches)
                 verified = verify(names)
                 deployed >> verified
             previous >> deployed

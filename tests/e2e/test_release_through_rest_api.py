@@ -141,7 +141,7 @@ def test_ci_releases_a_version_that_is_approved_by_the_assigned_user(stack, api)
     code, output = finish(process)
 
     assert code == 0, output
-    assert "wave_2.deploy[web-3]: success" in output
+    assert "wave_2.deploy[web-2, web-3]: success" in output  # one deploy task per wave
     assert served(stack) == [version] * 3
     texts = stack.slack.texts()
     assert any(f"release {version} needs approval" in t for t in texts)

@@ -17,7 +17,7 @@ from airflow.exceptions import ParamValidationError
 from airflow.sdk.exceptions import AirflowFailException
 
 from airlock.hooks.backup_store import BackupStore
-from airlock.hooks.hosts import HISTORY_FILE, PREVIOUS_MARKER, host_hook, host_session
+from airlock.hooks.hosts import HISTORY_FILE, PREVIOUS_MARKER, RELEASE_MARKER, host_hook, host_session
 from airlock.hooks.lock import EnvironmentLock
 from airlock.tasks import release as release_steps
 from airlock.tasks.environment import environment_lock, require_host_ready
@@ -100,7 +100,7 @@ def test_the_waves_run_in_order_first_one_host_then_the_rest(release, hosts_on_o
     run_id, states, _ = run_dag(release, {"version": NEW}, answer="Approve")
 
     assert [h.name for h in environment.waves[0].hosts] == ["web-1"]
-    wave_1, wave_2 = ["wave_1.deploy[0]"], ["wave_2.deploy[0]", "wave_2.deploy[1]"]
+    wave_1, wave_2 = ["wave_1.deploy[0]"], ["wave_2.deploy[0]"]  # one deploy task per wave
     assert {states[task] for task in [*wave_1, *wave_2, "wave_1.verify", "wave_2.verify"]} == {"success"}
     times = task_times(release.dag_id, run_id)
     # Each wave is deployed, then verified, and only then does the next wave start.
@@ -302,6 +302,72 @@ def test_re_running_a_deploy_for_a_host_already_switched_is_a_no_op(environment,
     assert again == {"host": "web-1", "previous_version": NEW, "version": NEW, "changed": False}
     assert hook.run(stamp).stdout == before
     hook.close()
+
+
+def test_a_wave_is_deployed_together_and_a_rerun_touches_only_the_hosts_not_on_it_yet(
+    environment, hosts_on_old
+):
+    environment_lock(environment).acquire(run_id="manual__wave", purpose="test", triggered_by="me")
+    release_steps.deploy_host(
+        environment, version=NEW, host_name="web-3", wave_hosts=["web-2", "web-3"], run_id="manual__wave"
+    )
+    switched: list[str] = []
+
+    def deploy_wave() -> list:
+        return release_steps.deploy_hosts(
+            environment,
+            version=NEW,
+            hosts=["web-2", "web-3"],
+            wave_hosts=["web-2", "web-3"],
+            run_id="manual__wave",
+            record_switch=switched.append,
+        )
+
+    first = deploy_wave()
+    assert [(line.host, line.result, line.before, line.after) for line in first] == [
+        ("web-2", "switched", OLD, NEW),
+        ("web-3", "already there", NEW, NEW),
+    ]
+    assert switched == ["web-2"]  # recorded before its switch; web-3 needed none
+    assert served_versions(environment) == {"web-1": OLD, "web-2": NEW, "web-3": NEW}
+
+    again = deploy_wave()  # a retry of the wave's task
+    assert [(line.host, line.result) for line in again] == [
+        ("web-2", "already there"),
+        ("web-3", "already there"),
+    ]
+    assert switched == ["web-2"]
+
+
+def test_a_host_that_fails_stops_the_switch_of_its_wave_mates_and_says_why(environment, hosts_on_old):
+    one_at_a_time = environment.model_copy(
+        update={"rollout": environment.rollout.model_copy(update={"max_parallel_per_wave": 1})}
+    )
+    release_artifact = release_steps.release_artifact(environment.deploy, NEW)
+    on_every_host(environment, NEW)  # NEW installed everywhere, then back on OLD
+    on_every_host(environment, OLD)
+    marker = Path(environment.root_of(environment.hosts[1])) / "releases" / NEW / RELEASE_MARKER
+    marker.unlink()
+    marker.mkdir()  # unreadable (EISDIR): what web-2 has installed is unknown
+    environment_lock(environment).acquire(run_id="manual__wave-fails", purpose="test", triggered_by="me")
+    try:
+        lines = release_steps.deploy_hosts(
+            one_at_a_time,
+            version=NEW,
+            hosts=["web-2", "web-3"],
+            wave_hosts=["web-2", "web-3"],
+            run_id="manual__wave-fails",
+        )
+    finally:
+        marker.rmdir()
+        marker.write_text(f"{release_artifact.sha256}\n")
+
+    web_2, web_3 = lines
+    assert (web_2.result, web_2.retry) == ("failed", False)
+    assert "cannot read the release marker" in web_2.why
+    assert web_3.result == "not switched"
+    assert "the deploy of web-2 failed in this run" in web_3.why
+    assert served_versions(environment) == dict.fromkeys(["web-1", "web-2", "web-3"], OLD)
 
 
 @pytest.fixture

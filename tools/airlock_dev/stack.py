@@ -436,6 +436,9 @@ class AirlockStack:
             # orphan sweep: every 30 s here, not the default 5 minutes, or such a release hangs
             # for 5 minutes with its deploy "running" on no process at all.
             "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
+            # An idle scheduler loop sleeps 0.25 s, not 1 s: the gap between one step of a release
+            # and the next (a wave's deploy, its verify, the next wave) is that sleep, at each step.
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             **{name: json.dumps(value) for name, value in connections.items() if value},

@@ -213,6 +213,16 @@ class Wave:
     def group_id(self) -> str:
         return f"wave_{self.number}"
 
+    @property
+    def host_names(self) -> list[str]:
+        return [host.name for host in self.hosts]
+
+    def batches(self, hosts_per_task: int | None) -> list[list[str]]:
+        """The wave's hosts as its deploy tasks take them: all in one, or ``hosts_per_task`` each."""
+        names = self.host_names
+        size = hosts_per_task or len(names) or 1
+        return [names[start : start + size] for start in range(0, len(names), size)]
+
 
 class RolloutSettings(_Model):
     waves: list[WaveSize] = Field(
@@ -220,7 +230,17 @@ class RolloutSettings(_Model):
         min_length=1,
         description="Cumulative reach of each wave: a host count or a percentage of all hosts",
     )
-    max_parallel_per_wave: int = Field(default=16, ge=1, description="Hosts of one wave deployed at once")
+    max_parallel_per_wave: int = Field(
+        default=16, ge=1, description="Hosts of one wave deployed at once (like Ansible's forks)"
+    )
+    hosts_per_task: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Hosts one deploy task takes (default: the whole wave, one task per wave); smaller "
+            "batches spread a wave over several Celery workers"
+        ),
+    )
 
 
 class ApprovalSettings(_Model):

@@ -69,6 +69,58 @@ def describe_failed(task_states: Mapping[str, str | None], names: Mapping[str, s
     return ", ".join(names.get(task, task) for task in failed_steps(task_states)) or "an earlier step"
 
 
+#: How one host's deploy ended, as a wave's deploy report says it.
+SWITCHED, ALREADY_THERE, NOT_SWITCHED, HOST_FAILED = "switched", "already there", "not switched", "failed"
+
+#: The task state each line of a deploy report stands for (what :class:`ReleaseRun` reads).
+HOST_STATES = {SWITCHED: "success", ALREADY_THERE: "success", NOT_SWITCHED: "skipped", HOST_FAILED: "failed"}
+
+
+@dataclass(frozen=True)
+class HostDeploy:
+    """One host's line of a wave's deploy report (the deploy task's log table and XCom).
+
+    :param result: :data:`SWITCHED`, :data:`ALREADY_THERE`, :data:`NOT_SWITCHED` (fail-fast: another
+        host had failed; its current release is unchanged) or :data:`HOST_FAILED`.
+    :param before: the release it served before (None: none, or not read).
+    :param after: the release it serves now, as far as the deploy knows.
+    :param why: why it failed or was not switched.
+    :param retry: a failure a retry may cure (a connection, an upload); False for one that needs
+        a person or would only delay the rollback (not healthy in time, a changed artifact).
+    """
+
+    host: str
+    result: str
+    before: str | None = None
+    after: str | None = None
+    seconds: float = 0.0
+    why: str | None = None
+    retry: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HostDeploy:
+        return cls(**data)
+
+
+def deploy_table(lines: list[HostDeploy]) -> str:
+    """A deploy report as a plain-text table: host, before, after, result, seconds, why."""
+    rows = [("host", "before", "after", "result", "seconds", "why")]
+    rows += [
+        (line.host, line.before or "-", line.after or "-", line.result, f"{line.seconds:.1f}", line.why or "")
+        for line in lines
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
+    return "\n".join(
+        "  ".join(
+            [*(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)), row[5]]
+        ).rstrip()
+        for row in rows
+    )
+
+
 @dataclass(frozen=True)
 class ReleaseRun:
     """What a ``release_<env>`` run's steps did, said in the domain's words rather than task ids.
@@ -80,6 +132,7 @@ class ReleaseRun:
     :param rollback: the rollback step's state (None: not run yet).
     :param approval_timeout: the approval's timeout, when nobody answered within it (the gate
         records it; None: answered, or not asked).
+    :param why: why each host that failed did, from the deploy reports (host -> reason).
     """
 
     verifications: list[str | None]
@@ -88,6 +141,11 @@ class ReleaseRun:
     failed: str = "an earlier step"
     rollback: str | None = None
     approval_timeout: str | None = None
+    why: dict[str, str] = field(default_factory=dict)
+
+    def reasons(self) -> str:
+        """Why the failed hosts failed, one sentence (empty when no deploy report said)."""
+        return " ".join(f"{host}: {reason.rstrip('.')}." for host, reason in sorted(self.why.items()))
 
     @property
     def every_wave_verified(self) -> bool:
@@ -252,7 +310,7 @@ def release_outcome(
         )
     else:
         outcome = Outcome("failed", f"failed at {run.failed}. No host was switched.")
-    notes = []
+    notes = [run.reasons()] if run.why else []
     if migrations_applied:
         notes.append(f"Migrations applied by this run (not rolled back): {', '.join(migrations_applied)}.")
     if backup:

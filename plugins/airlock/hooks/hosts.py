@@ -389,11 +389,13 @@ def wait_until_serving(environment: Environment, host: Host, version: str, timeo
     """Poll health and version until the host is healthy on ``version``, or raise."""
     deadline = time.monotonic() + timeout.total_seconds()
     seen = "no answer yet"
+    pause = 0.05  # most apps answer within a fraction of a second of their reload
     while time.monotonic() < deadline:
         healthy, reported, seen = serving_version(environment, host)
         if healthy and reported == version:
             return
-        time.sleep(0.5)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
     raise HostNotServingError(
         f"Host {host.name} ({host.app_url}) is not healthy on {version} after "
         f"{int(timeout.total_seconds())}s: last seen {seen}"
@@ -417,14 +419,21 @@ def deploy_to_host(
     artifact: Artifact,
     *,
     before_switch: Callable[[], None] | None = None,
+    check_current: Callable[[str | None], None] | None = None,
 ) -> HostRelease:
     """Install, switch, activate and wait; a no-op when the host already serves ``version``.
 
+    One SSH connection carries every step.
+
     :param before_switch: called after the install, right before ``current`` changes; it may
         raise to stop the deploy there (fail-fast), leaving the host on its release.
+    :param check_current: called with the release ``current`` points to, before anything changes;
+        it may raise to refuse the deploy (a host that drifted from the approved plan).
     """
     with host_session(environment, host) as layout:
         previous = layout.current_version()
+        if check_current is not None:
+            check_current(previous)
         if previous == version:
             healthy, reported, _ = serving_version(environment, host)
             if healthy and reported == version:

@@ -10,8 +10,11 @@ the context; the decisions on those states (what to roll back, how the run ended
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -24,12 +27,19 @@ from airlock.core.backups import BackupError
 from airlock.core.evidence import approval_refusal, host_drift
 from airlock.core.freeze import describe_override, required_approvers
 from airlock.core.outcome import (
+    ALREADY_THERE,
+    HOST_FAILED,
+    HOST_STATES,
+    NOT_SWITCHED,
     ROLLBACK_INCOMPLETE,
+    SWITCHED,
+    HostDeploy,
     HostRollback,
     ReleaseRun,
     RollbackReport,
     approver,
     approver_name,
+    deploy_table,
     describe_failed,
     nothing_to_roll_back,
     release_outcome,
@@ -53,7 +63,7 @@ from airlock.hooks.hosts import (
     LiveReleaseError,
     ReleaseMarkerError,
     deploy_to_host,
-    host_session,
+    host_session,  # noqa: F401  (a release step's way to a host's layout, used by the tests)
     prune_host,
     roll_back_host,
 )
@@ -90,7 +100,8 @@ class TaskIds(shared.TaskIds):
     APPROVE = "approve"
     BACKUP = "backup"
     MIGRATE = "migrate"
-    #: In each wave's TaskGroup: one deploy per host (mapped), then the wave's verification.
+    #: In each wave's TaskGroup: the wave's deploy (mapped over its batches of hosts, one batch
+    #: unless ``rollout.hosts_per_task``), then the wave's verification.
     DEPLOY = "deploy"
     VERIFY = "verify"
     ROLLBACK = "rollback"
@@ -245,16 +256,22 @@ def require_approval(
     return release_plan
 
 
-def require_host_as_planned(environment: Environment, release_plan: ReleasePlan, host_name: str) -> None:
-    """The host still runs what the approved plan saw (or this run's version): else refuse."""
+def drift_check(release_plan: ReleasePlan, host_name: str) -> Callable[[str | None], None]:
+    """The check that the host still runs what the approved plan saw (or this run's version),
+    given the release its ``current`` points to: else the deploy is refused before any change."""
     [planned] = [p for wave in release_plan.waves for p in wave if p.host == host_name]
-    with host_session(environment, environment.host(host_name)) as layout:
-        current = layout.current_version()
-    drift = host_drift(
-        host_name, planned_current=planned.current_version, new_version=planned.new_version, current=current
-    )
-    if drift:
-        raise AirflowFailException(drift)
+
+    def check(current: str | None) -> None:
+        drift = host_drift(
+            host_name,
+            planned_current=planned.current_version,
+            new_version=planned.new_version,
+            current=current,
+        )
+        if drift:
+            raise AirflowFailException(drift)
+
+    return check
 
 
 def announce(environment: Environment, planned: Mapping[str, Any]) -> bool:
@@ -321,21 +338,23 @@ def deploy_host(
     run_id: str,
     approved: ReleasePlan | None = None,
     fail_fast: FailFast | None = None,
+    lock_check: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Install ``version`` on one host of a wave, switch it and wait until it serves it.
 
     ``approved``: the run's approved plan. The host must still run what it saw, and only the
     artifact whose SHA-256 it shows is installed; either refusal comes before any change.
-    With ``fail_fast`` (every deploy task has it), a deploy refuses (skipped, nothing switched)
+    With ``fail_fast`` (every deploy has it), a deploy refuses (skipped, nothing switched)
     when another host of this run failed: at its start, and again right before the switch.
+    ``lock_check``: the check of a lock the caller keeps (:func:`deploy_hosts` keeps one for all
+    its hosts); without it the deploy keeps the run's lock itself.
     """
     if host_name not in wave_hosts:
         raise AirflowFailException(f"host {host_name} is not part of this wave ({', '.join(wave_hosts)})")
     if fail_fast is not None:
         fail_fast.refuse_if_another_failed(host_name)
-    with keep_lock(environment, run_id) as still_held:
-        if approved is not None:
-            require_host_as_planned(environment, approved, host_name)
+    with ExitStack() as stack:
+        still_held = lock_check or stack.enter_context(keep_lock(environment, run_id))
         try:
             artifact = release_artifact(
                 environment.deploy, version, expected_sha256=approved.artifact_sha256 if approved else None
@@ -350,7 +369,12 @@ def deploy_host(
 
         try:
             release = deploy_to_host(
-                environment, environment.host(host_name), version, artifact, before_switch=before_switch
+                environment,
+                environment.host(host_name),
+                version,
+                artifact,
+                before_switch=before_switch,
+                check_current=drift_check(approved, host_name) if approved is not None else None,
             )
         except (HostNotServingError, LiveReleaseError, ReleaseMarkerError) as error:
             # The health wait already gave the host its whole health_timeout, and a live release
@@ -367,6 +391,73 @@ def deploy_host(
     return release.to_dict()
 
 
+def deploy_hosts(
+    environment: Environment,
+    *,
+    version: str,
+    hosts: list[str],
+    wave_hosts: list[str],
+    run_id: str,
+    approved: ReleasePlan | None = None,
+    others_failed: Callable[[], list[str]] = list,
+    record_switch: Callable[[str], None] = lambda host: None,
+) -> list[HostDeploy]:
+    """Deploy ``hosts`` (a wave, or one batch of it) together: each host over its own SSH
+    connection, at most ``rollout.max_parallel_per_wave`` at once, under one kept lock.
+
+    Fail-fast: once a host fails (or ``others_failed`` names one, another batch's), no host not
+    yet switched is; those already switching finish. Every host's line is returned, a failure's
+    included, so the caller can report them all before it fails.
+    """
+    failed: list[str] = []
+    guard = threading.Lock()
+
+    def failed_hosts() -> list[str]:
+        with guard:
+            mine = list(failed)
+        return sorted({*mine, *others_failed()})
+
+    def deploy_one(host_name: str, still_held: Callable[[], None]) -> HostDeploy:
+        started = time.monotonic()
+        fail_fast = FailFast(failed_hosts=failed_hosts, record_switch=lambda: record_switch(host_name))
+        try:
+            release = deploy_host(
+                environment,
+                version=version,
+                host_name=host_name,
+                wave_hosts=wave_hosts,
+                run_id=run_id,
+                approved=approved,
+                fail_fast=fail_fast,
+                lock_check=still_held,
+            )
+        except AirflowSkipException as skipped:
+            return HostDeploy(host_name, NOT_SWITCHED, seconds=time.monotonic() - started, why=str(skipped))
+        except Exception as error:
+            with guard:
+                failed.append(host_name)
+            log.warning("Deploy of %s failed", host_name, exc_info=True)
+            return HostDeploy(
+                host_name,
+                HOST_FAILED,
+                seconds=time.monotonic() - started,
+                why=summarize_error(error),
+                retry=not isinstance(error, AirflowFailException),
+            )
+        return HostDeploy(
+            host_name,
+            SWITCHED if release["changed"] else ALREADY_THERE,
+            before=release["previous_version"],
+            after=version,
+            seconds=time.monotonic() - started,
+        )
+
+    with keep_lock(environment, run_id) as still_held:
+        workers = max(1, min(environment.rollout.max_parallel_per_wave, len(hosts)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deploy") as pool:
+            return list(pool.map(lambda host: deploy_one(host, still_held), hosts))
+
+
 def switched_hosts(environment: Environment, run_id: str) -> SwitchedHosts:
     """The hosts this run is about to switch or switched (recorded before each switch)."""
     return SwitchedHosts(environment=environment.name, redis_conn_id=environment.redis_conn_id, run_id=run_id)
@@ -374,14 +465,6 @@ def switched_hosts(environment: Environment, run_id: str) -> SwitchedHosts:
 
 def attention_mark(environment: Environment) -> AttentionMark:
     return AttentionMark(environment=environment.name, redis_conn_id=environment.redis_conn_id)
-
-
-def fail_fast_for(environment: Environment, context: Any, host_name: str) -> FailFast:
-    """The fail-fast view of one deploy task: this run's task states, this run's switch record."""
-    return FailFast(
-        failed_hosts=lambda: release_run(environment, run_task_states(context)).failed_hosts(),
-        record_switch=lambda: switched_hosts(environment, context["run_id"]).add(host_name),
-    )
 
 
 def refuse_while_attention_needed(environment: Environment) -> None:
@@ -404,17 +487,33 @@ def verify(environment: Environment, *, wave_hosts: list[str]) -> list[dict[str,
 
 
 def release_run(
-    environment: Environment, task_states: Mapping[str, str], *, approval_timeout: str | None = None
+    environment: Environment,
+    task_states: Mapping[str, str],
+    *,
+    approval_timeout: str | None = None,
+    reports: Mapping[str, list[Mapping[str, Any]]] | None = None,
 ) -> ReleaseRun:
     """What this run's steps did, from its task states: each wave's verification, each host's
     deploy, the approval (and ``approval_timeout`` when nobody answered it), the rollback, and the
-    failed steps named for a reader (``wave_1.deploy (web-1)``)."""
-    deploys, names = {}, {}
+    failed steps named for a reader (``wave_1.deploy (web-1)``).
+
+    A host's deploy state is its deploy task's, or, where ``reports`` holds that task's deploy
+    report (task key -> :class:`HostDeploy` dicts), what the report says of the host."""
+    deploys: dict[str, str | None] = {}
+    names: dict[str, str] = {}
+    why: dict[str, str] = {}
     for wave in environment.waves:
-        for index, host in enumerate(wave.hosts):
-            deploy = mapped(TaskIds.deploy(wave), index)
-            deploys[host.name] = task_states.get(deploy)
-            names[deploy] = f"{TaskIds.deploy(wave)} ({host.name})"
+        for index, batch in enumerate(wave.batches(environment.rollout.hosts_per_task)):
+            key = mapped(TaskIds.deploy(wave), index)
+            state = task_states.get(key)
+            lines = {line.host: line for line in map(HostDeploy.from_dict, (reports or {}).get(key) or [])}
+            for host in batch:
+                line = lines.get(host)
+                deploys[host] = HOST_STATES[line.result] if line else state
+                if line and line.result == HOST_FAILED and line.why:
+                    why[host] = line.why
+            failed_here = [host for host in batch if deploys[host] == "failed"] or batch
+            names[key] = f"{TaskIds.deploy(wave)} ({', '.join(failed_here)})"
     return ReleaseRun(
         verifications=[task_states.get(TaskIds.verify(wave)) for wave in environment.waves],
         deploys=deploys,
@@ -422,7 +521,19 @@ def release_run(
         failed=describe_failed(task_states, names),
         rollback=task_states.get(TaskIds.ROLLBACK),
         approval_timeout=approval_timeout,
+        why=why,
     )
+
+
+def deploy_reports(environment: Environment, context: Any) -> dict[str, list[dict[str, Any]]]:
+    """Each deploy task's report that this run holds, by task key (see :func:`release_run`)."""
+    ti, reports = context["ti"], {}
+    for wave in environment.waves:
+        for index, _ in enumerate(wave.batches(environment.rollout.hosts_per_task)):
+            report = ti.xcom_pull(task_ids=TaskIds.deploy(wave), key=DEPLOY_REPORT, map_indexes=index)
+            if report:
+                reports[mapped(TaskIds.deploy(wave), index)] = report
+    return reports
 
 
 def resolve_instructions(environment: Environment, targets: Mapping[str, str | None]) -> str:
@@ -508,6 +619,9 @@ SLACK_TEMPLATES = {
     ROLLBACK_INCOMPLETE: "release_rollback_incomplete",
 }
 
+#: The XCom key of a deploy task's report (a :class:`HostDeploy` dict per host), however it ended.
+DEPLOY_REPORT = "hosts"
+
 #: The XCom key under which a ``rollback`` that could not finish leaves its report.
 ROLLBACK_REPORT = "rollback_report"
 
@@ -580,10 +694,14 @@ def conclude_release(
     if outcome.result == "succeeded":
         assert release_plan is not None
         previous = {v for v in release_plan.previous_versions().values() if v}
-        for host in environment.hosts:
-            pruned = prune_host(environment, host, protect=previous | {version})
-            if pruned:
-                log.info("Pruned %s on %s", ", ".join(pruned), host.name)
+        workers = min(environment.rollout.max_parallel_per_wave, len(environment.hosts))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prune") as pool:
+            prunes = pool.map(
+                lambda host: prune_host(environment, host, protect=previous | {version}), environment.hosts
+            )
+            for host, pruned in zip(environment.hosts, prunes, strict=True):
+                if pruned:
+                    log.info("Pruned %s on %s", ", ".join(pruned), host.name)
         duration = f"{(datetime.now(UTC) - started_at).total_seconds():.0f}s" if started_at else "done"
         post(
             environment.slack_conn_id,
@@ -680,21 +798,52 @@ def migrate(environment: Environment, request: Mapping[str, Any]) -> list[str]:
 
 
 def deploy(
-    environment: Environment, *, host_name: str, request: Mapping[str, Any], wave_hosts: list[str]
-) -> dict[str, Any]:
-    """A wave's ``deploy`` task for one host (its map index shows the host's name)."""
+    environment: Environment, *, hosts: list[str], request: Mapping[str, Any], wave_hosts: list[str]
+) -> list[dict[str, Any]]:
+    """A wave's ``deploy`` task: its hosts together (its map index shows their names).
+
+    The report (each host's before, after, result, time and why) is logged as a table and kept
+    in XCom (key ``hosts``) however the task ends. A host that failed fails the task: retried
+    when every failure may be cured by a retry (which touches only the hosts not yet on the
+    version), failed for good at once otherwise. A batch stopped by another batch's failure
+    before switching any host is skipped."""
     context = get_current_context()
-    context["host_name"] = host_name
-    release_plan = approved_plan(environment, context, f"{TaskIds.DEPLOY} of {host_name}")
-    return deploy_host(
+    context["hosts_label"] = ", ".join(hosts)
+    ti, run_id = context["ti"], context["run_id"]
+    release_plan = approved_plan(environment, context, f"{TaskIds.DEPLOY} of {', '.join(hosts)}")
+    switched = switched_hosts(environment, run_id)
+    siblings = len(hosts) < len(wave_hosts)  # the wave is deployed in batches, by several tasks
+
+    def others_failed() -> list[str]:
+        """Another batch's failed hosts (this run's task states): read only when there are batches."""
+        return release_run(environment, run_task_states(context)).failed_hosts() if siblings else []
+
+    lines = deploy_hosts(
         environment,
         version=request["version"],
-        host_name=host_name,
+        hosts=hosts,
         wave_hosts=wave_hosts,
-        run_id=context["run_id"],
+        run_id=run_id,
         approved=release_plan,
-        fail_fast=fail_fast_for(environment, context, host_name),
+        others_failed=others_failed,
+        record_switch=switched.add,
     )
+    report = [line.to_dict() for line in lines]
+    ti.xcom_push(key=DEPLOY_REPORT, value=report)
+    log.info("Deploy of %s to %s:\n%s", request["version"], ", ".join(hosts), deploy_table(lines))
+    failed = [line for line in lines if line.result == HOST_FAILED]
+    if failed:
+        summary = "; ".join(f"{line.host}: {line.why}" for line in failed)
+        if all(line.retry for line in failed):
+            raise RuntimeError(
+                f"Deploy failed on {summary} (a retry touches only the hosts not on the version)"
+            )
+        raise AirflowFailException(f"Deploy failed on {summary}")
+    if any(line.result == NOT_SWITCHED for line in lines):
+        raise AirflowSkipException(
+            "; ".join(f"{line.host}: {line.why}" for line in lines if line.result == NOT_SWITCHED)
+        )
+    return report
 
 
 def rollback(environment: Environment) -> dict[str, Any]:
@@ -709,7 +858,7 @@ def rollback(environment: Environment) -> dict[str, Any]:
     report = roll_back_switched_hosts(
         environment,
         planned=planned,
-        run=release_run(environment, run_task_states(context)),
+        run=release_run(environment, run_task_states(context), reports=deploy_reports(environment, context)),
         run_id=run_id,
         switched=switched_hosts(environment, run_id).hosts(),
     )
@@ -747,7 +896,12 @@ def conclude(environment: Environment) -> dict[str, Any]:
     context = get_current_context()
     ti, dag_run = context["ti"], context["dag_run"]
     planned = ti.xcom_pull(task_ids=TaskIds.PLAN)
-    run = release_run(environment, run_task_states(context), approval_timeout=approval_timeout(context))
+    run = release_run(
+        environment,
+        run_task_states(context),
+        approval_timeout=approval_timeout(context),
+        reports=deploy_reports(environment, context),
+    )
     rolled_back = ti.xcom_pull(task_ids=TaskIds.ROLLBACK) or ti.xcom_pull(
         task_ids=TaskIds.ROLLBACK, key=ROLLBACK_REPORT
     )
