@@ -7,6 +7,12 @@ before breaking a lock held by one of this installation's runs (``airlock.hooks.
 stop (``before_stopping``) marks the installation stopped, so its locks need not wait out the
 silence timeout.
 
+The scheduler forks (the LocalExecutor's workers, at its start and whenever one died). A fork
+while this thread is inside a tick (importing a module, logging, holding a database connection)
+hands the child those locks held by nobody, and the child hangs at its first use of one: the
+LocalExecutor then runs fewer tasks at once, or none. So a fork waits for the tick to end, and
+a tick waits for a fork to finish (``_fork_guard``, taken by ``os.register_at_fork``).
+
 Only the scheduler's job runs it. ``on_starting`` fires while the job is still being built, so
 the thread reads the job type before doing anything; other components and task processes (which
 also call ``on_starting``) return at once.
@@ -15,6 +21,7 @@ also call ``on_starting``) return at once.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -25,6 +32,25 @@ TICK_SECONDS = 1.0
 _stop = threading.Event()
 _started = threading.Lock()
 _thread: threading.Thread | None = None
+_fork_guard = threading.Lock()
+
+
+def _before_fork() -> None:
+    _fork_guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _fork_guard.release()
+
+
+def _after_fork_in_child() -> None:
+    global _fork_guard
+    _fork_guard = threading.Lock()  # the child has no tick thread; its copy of the lock is held
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
 
 
 def _redis_clients() -> list:
@@ -77,10 +103,12 @@ def _is_scheduler(component: object, wait: float = 30) -> bool:
 def _run(component: object) -> None:
     if not _is_scheduler(component):
         return
-    log.info("Airlock: resuming stranded approvals and keeping up this installation's sign of life")
+    with _fork_guard:
+        log.info("Airlock: resuming stranded approvals and keeping up this installation's sign of life")
     presence_due = 0.0
     while not _stop.is_set():
-        presence_due = _tick(presence_due)
+        with _fork_guard:
+            presence_due = _tick(presence_due)
         _stop.wait(TICK_SECONDS)
 
 
