@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -57,10 +58,21 @@ def port_is_free(address: str, port: int) -> bool:
     return True
 
 
+#: Where :func:`free_port` picks from: below Linux's ephemeral range (32768-60999), so that no
+#: outgoing connection (an SSH client, a health poll) takes the port between its choice and the
+#: bind of the server it is for. A 48-host stack lost that race with ports of the ephemeral range.
+FREE_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
 def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
+    """A port nothing listens on and this process has not handed out before."""
+    for _ in range(1000):
+        port = random.choice(FREE_PORTS)  # noqa: S311  (a port, not a secret)
+        if port not in _handed_out and port_is_free(address, port):
+            _handed_out.add(port)
+            return port
+    raise SandboxError(f"no free port in {FREE_PORTS.start}-{FREE_PORTS.stop - 1} on {address}")
 
 
 def wait_for_port(address: str, port: int, timeout: float = 10.0) -> bool:
