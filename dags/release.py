@@ -94,8 +94,7 @@ def release_dag(environment: Environment) -> DAG:
             task_id=TaskIds.DEPLOY,
             retries=2,
             map_index_template="{{ hosts_label }}",
-            # Batches of one wave run side by side, at most max_parallel_per_wave hosts in all.
-            max_active_tis_per_dagrun=max(1, rollout.max_parallel_per_wave // (rollout.hosts_per_task or 1)),
+            max_active_tis_per_dagrun=rollout.deploy_tasks_at_once,
         )
         def deploy(hosts: list, request: dict, wave_hosts: list):
             """The wave's hosts together: install, switch `current`, activate and wait until each

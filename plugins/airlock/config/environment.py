@@ -242,6 +242,12 @@ class RolloutSettings(_Model):
         ),
     )
 
+    @property
+    def deploy_tasks_at_once(self) -> int:
+        """How many deploy tasks (batches) of one wave run side by side: at most
+        ``max_parallel_per_wave`` hosts in all."""
+        return max(1, self.max_parallel_per_wave // (self.hosts_per_task or 1))
+
 
 class ApprovalSettings(_Model):
     required: bool = Field(default=True, description="Whether releases and rollbacks wait for an approval")

@@ -112,3 +112,11 @@ def test_the_deploy_table_shows_each_hosts_before_after_result_and_why():
 )
 def test_a_wave_is_one_batch_unless_hosts_per_task_says_otherwise(hosts_per_task, expected):
     assert DEMO.waves[1].batches(hosts_per_task) == expected
+
+
+def test_batches_of_a_wave_run_side_by_side_up_to_max_parallel_per_wave_hosts():
+    rollout = DEMO.rollout.model_copy(update={"max_parallel_per_wave": 16, "hosts_per_task": 4})
+
+    assert rollout.deploy_tasks_at_once == 4
+    assert DEMO.rollout.model_copy(update={"hosts_per_task": None}).deploy_tasks_at_once == 16
+    assert rollout.model_copy(update={"hosts_per_task": 32}).deploy_tasks_at_once == 1
