@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
+import redis
 
 from airlock.hooks.backup_store import BackupStore
 from airlock.hooks.lock import (
@@ -377,14 +379,30 @@ def test_a_migration_over_reindex_concurrently_waits_for_it_then_applies(
 def test_backup_and_maintenance_runs_hold_the_shared_lock_while_they_work(
     environment, redis_client, postgres_url, dag_id, purposes
 ):
-    """Each step that works on the database is seen registered while it runs (polled in Redis)."""
+    """Each step that works on the database registers as a shared holder, and leaves, during the run.
+
+    Redis's MONITOR stream records every join and leave, however short the step: a vacuum of the
+    demo database can take less time than any poll of the holders would need to see it.
+    """
     shared = SharedLock(environment=environment.name, redis_conn_id="airlock_redis")
-    seen: set[str] = set()
+    events: list[tuple[str, str]] = []
     stop = threading.Event()
+    # Its own connection, which waits as long as the run takes for the next command.
+    watching = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=None, decode_responses=True)
+    monitor = watching.monitor().__enter__()  # attached once MONITOR answered OK
 
     def watch():
-        while not stop.wait(0.005):
-            seen.update(h.purpose for h in shared.holders())
+        while not stop.is_set():
+            command = monitor.next_command()["command"]
+            if shared.holders_key not in command:
+                continue
+            kind = "join" if command.startswith("EVAL") and shared.gate_key in command else None
+            kind = "leave" if command.startswith("ZREM") else kind
+            if kind is not None:
+                events.extend((kind, purpose) for purpose in purposes_in(command))
+
+    def purposes_in(command: str) -> list[str]:
+        return re.findall(r'purpose\\*": \\*"([^"\\]+)', command)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -392,10 +410,16 @@ def test_backup_and_maintenance_runs_hold_the_shared_lock_while_they_work(
         _, states, _ = run_dag(load_dag(f"{dag_id}_{environment.name}"), {})
     finally:
         stop.set()
-        watcher.join()
+        redis_client.ping()  # one more command, so the watcher wakes up and sees the stop
+        watcher.join(timeout=10)
+        monitor.__exit__(None, None, None)
+        watching.close()
 
     assert set(states.values()) == {"success"}, states
-    assert purposes <= seen, seen
+    joined = {purpose for kind, purpose in events if kind == "join"}
+    assert purposes <= joined, events
+    for purpose in joined:  # every hold ends, after it began
+        assert events.index(("join", purpose)) < events.index(("leave", purpose)), events
     assert shared.holders() == []
 
 
