@@ -3,8 +3,10 @@
 # read by airlock.core.log_cleanup). Every value arrives as a quoted argument; none is ever
 # pasted into this text.
 #
-# Arguments: MODE (apply | dry-run), PARTIAL_PROC (refuse | allow), COMPRESS_MINUTES,
-#            DELETE_MINUTES, SAMPLE_LIMIT, PATTERN_COUNT, PATTERN..., DIRECTORY...
+# Arguments: MODE (apply | dry-run | delete-archived), PARTIAL_PROC (refuse | allow),
+#            OLD_GZ (delete | archive), COMPRESS_MINUTES, DELETE_MINUTES, SAMPLE_LIMIT,
+#            PATTERN_COUNT, PATTERN..., then DIRECTORY... (apply, dry-run)
+#            or DIRECTORY RELATIVE_PATH SHA256 [RELATIVE_PATH SHA256 ...] (delete-archived)
 #
 # For each directory, in one pass of find: delete the files matching a pattern + .gz last
 # written more than DELETE_MINUTES ago, and gzip the regular files whose name matches a pattern
@@ -21,6 +23,14 @@
 # a parent directory swapped for a symbolic link after find checked it is never followed
 # (-delete works the same way).
 #
+# With OLD_GZ=archive nothing is deleted by apply: every compressed file old enough to delete is
+# listed (an "archive" record, none left out), so the caller can upload it and check the upload.
+# MODE=delete-archived then deletes, in one directory, exactly the files the caller names with
+# the SHA-256 of what it archived: each still found by the same test as a deletion (same walk,
+# same ages, not held open), reached without following a link (each parent entered with cd -P,
+# its real path checked), and hashed again just before it is removed; a file whose content
+# changed is kept ("kept" record).
+#
 # Output, one record a line, fields separated by tabs (in paths, newline arrives as \001):
 #   tools     <missing tools, comma separated>           (then exit 3)
 #   open      <proc|partial|unchecked> <unreadable processes>
@@ -29,20 +39,36 @@
 #                            nothing was touched, no dir record follows)
 #   dir       <index> <ok|missing|symlink|not-directory|unreadable|too-broad>
 #   file      <index> <compress|delete|open> <bytes> <path relative to the directory>
-#   total     <index> <compress|delete|open> <files> <bytes>
+#   total     <index> <compress|delete|open|archive> <files> <bytes>
+#   archive   <index> <bytes> <mtime, seconds since the epoch> <path>      (OLD_GZ=archive)
+#   deleted   <index> <bytes> <path>                                       (delete-archived)
+#   kept      <index> <changed|moved> <path>                               (delete-archived)
 set -u
 export LC_ALL=C
 # find needs a working directory it may enter; the session's (the home) may not be one.
 cd / || exit 1
 
-mode=$1 partial_proc=$2 compress_minutes=$3 delete_minutes=$4 sample_limit=$5 pattern_count=$6
-shift 6
+mode=$1 partial_proc=$2 old_gz=$3 compress_minutes=$4 delete_minutes=$5 sample_limit=$6
+pattern_count=$7
+shift 7
 patterns=("${@:1:pattern_count}")
 shift "$pattern_count"
-directories=("$@")
+declare -A verified=() # delete-archived: relative path -> SHA-256 of the archived copy
+if [[ $mode == delete-archived ]]; then
+    directories=("$1")
+    shift
+    while (($# >= 2)); do
+        verified[$1]=$2
+        shift 2
+    done
+else
+    directories=("$@")
+fi
 
+tools=(find gzip stat awk tr xargs sort)
+[[ $old_gz == archive || $mode == delete-archived ]] && tools+=(sha256sum)
 missing=()
-for tool in find gzip stat awk tr xargs sort; do
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]} == 0)) && ! find /dev/null -maxdepth 0 -printf '' >/dev/null 2>&1; then
@@ -99,7 +125,7 @@ else
     open_check=unchecked
     printf 'open\tunchecked\t0\n'
 fi
-if [[ $mode == apply && $open_check != proc && $partial_proc != allow ]]; then
+if [[ $mode != dry-run && $open_check != proc && $partial_proc != allow ]]; then
     printf 'refused\topen-files\n'
     exit 0
 fi
@@ -108,11 +134,13 @@ fi
 # action, then a "total" line for each action.
 summarize() { # index
     tr '\n\0' '\001\n' | awk -F '\t' -v index_="$1" -v limit="$sample_limit" '
-        { files[$1]++; bytes[$1] += $2
-          if (files[$1] <= limit)
+        { files[$1]++; bytes[$1] += $2 }
+        $1 == "archive" { printf "archive\t%s\t%s\t%s\t%s\n", index_, $2, $3,
+                              substr($0, length($1) + length($2) + length($3) + 4); next }
+        files[$1] <= limit {
               printf "file\t%s\t%s\t%s\t%s\n", index_, $1, $2, substr($0, length($1) + length($2) + 3) }
-        END { split("open delete compress", actions, " ")
-              for (i = 1; i <= 3; i++)
+        END { split("open delete compress archive", actions, " ")
+              for (i = 1; i <= 4; i++)
                   printf "total\t%s\t%s\t%d\t%.0f\n", index_, actions[i], files[actions[i]], bytes[actions[i]] }'
 }
 
@@ -152,6 +180,35 @@ for directory in "${directories[@]}"; do
     # than both ages is compressed now and deleted by the next run, as the dry run says.
     delete_test=(-type f \( "${gz_names[@]}" \) -mmin "+$delete_minutes" -cmin +0)
     compress_test=(-type f \( "${log_names[@]}" \) ! -name '*.gz' -mmin "+$compress_minutes")
+    if [[ $mode == delete-archived ]]; then
+        # Only what find lists as deletable now, and only what the caller archived and names.
+        top=$(pwd -P) not_open=()
+        ((${#open_match[@]})) && not_open=(! \( "${open_match[@]}" \))
+        find -P . -xdev "${not_open[@]}" "${delete_test[@]}" -printf '%P\0' </dev/null |
+            while IFS= read -r -d '' relative; do
+                expected=${verified[$relative]-}
+                [[ -n $expected ]] || continue
+                shown=${relative//$'\n'/$'\001'}
+                parent=. name=$relative
+                [[ $relative == */* ]] && parent=${relative%/*} name=${relative##*/}
+                (
+                    if [[ $parent != . ]]; then
+                        cd -P -- "$parent" 2>/dev/null && [[ "$(pwd -P)" == "$top/$parent" ]] ||
+                            { printf 'kept\t%d\tmoved\t%s\n' "$index" "$shown"; exit 0; }
+                    fi
+                    [[ -f ./$name && ! -L ./$name ]] || { printf 'kept\t%d\tmoved\t%s\n' "$index" "$shown"; exit 0; }
+                    size=$(stat -c %s -- "./$name") || exit 0
+                    actual=$(sha256sum <"./$name") || exit 0
+                    if [[ ${actual%% *} != "$expected" ]]; then
+                        printf 'kept\t%d\tchanged\t%s\n' "$index" "$shown"
+                    elif rm -f -- "./$name"; then
+                        printf 'deleted\t%d\t%s\t%s\n' "$index" "$size" "$shown"
+                    fi
+                )
+            done
+        index=$((index + 1))
+        continue
+    fi
     if [[ $mode == apply ]]; then
         delete_action=(-delete)
         # gzip keeps the mtime and refuses links, hard-linked files and existing .gz targets
@@ -161,13 +218,18 @@ for directory in "${directories[@]}"; do
     else
         delete_action=() compress_action=()
     fi
+    delete_record='delete\t%s\t%P\0'
+    if [[ $old_gz == archive ]]; then
+        delete_action=() # the caller archives, checks, then deletes (MODE=delete-archived)
+        delete_record='archive\t%s\t%T@\t%P\0'
+    fi
     # One pass over the tree: each file is at most one of open, delete, compress.
     expression=()
     if ((${#open_match[@]})); then
         expression+=(\( \( "${open_match[@]}" \) \( \( "${delete_test[@]}" \) -o \( "${compress_test[@]}" \) \)
             -printf 'open\t%s\t%P\0' \) -o)
     fi
-    expression+=(\( "${delete_test[@]}" "${delete_action[@]}" -printf 'delete\t%s\t%P\0' \) -o
+    expression+=(\( "${delete_test[@]}" "${delete_action[@]}" -printf "$delete_record" \) -o
         \( "${compress_test[@]}" "${compress_action[@]}" -printf 'compress\t%s\t%P\0' \))
     find -P . -xdev "${expression[@]}" </dev/null | summarize "$index"
     index=$((index + 1))

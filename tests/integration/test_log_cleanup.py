@@ -9,18 +9,22 @@ after 7, pattern ``*.log``) say must remain.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import shlex
 import shutil
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from airlock.config import LogSettings
 from airlock.tasks.log_cleanup import LogCleanupError, clean_host_logs
-from tests.support import PROJECT, run_dag
+from tests.support import PROJECT, run_dag, write_environment
 
 DAY = 86400
 QUOTED = 'it\'s a "quoted" name.log'
@@ -262,3 +266,216 @@ def test_a_host_whose_proc_hides_processes_is_refused_and_nothing_is_touched(
 
     assert report["open_files_check"] == "partial"
     assert sorted(p.name for p in directory.iterdir()) == ["old.log.gz"]
+
+
+# -- archival before deletion (logs.archive_to) ----------------------------------------------------
+
+
+@pytest.fixture
+def archived_environment(sandbox, environment, tmp_path):
+    """``sandbox``'s hosts as environment ``archived``, archiving to a local directory."""
+    directory = Path(os.environ["AIRLOCK_ENVIRONMENTS_DIR"])
+    document = yaml.safe_load((directory / "sandbox.yaml").read_text())
+    archive = tmp_path / "archive"
+    document["logs"] = {**document["logs"], "archive_to": archive.as_uri()}
+    path = directory / "archived.yaml"
+    configured = write_environment(path, document)
+    yield configured, archive
+    path.unlink()
+
+
+def archived_copies(archive: Path, environment: str, host: str) -> dict[str, bytes]:
+    """Every archived object of one host: its path below the host's prefix, and its bytes."""
+    prefix = archive / environment / host
+    return {str(p.relative_to(prefix)): p.read_bytes() for p in prefix.rglob("*") if p.is_file()}
+
+
+def test_the_dag_archives_each_old_compressed_log_and_deletes_it_only_after_the_copy_verified(
+    log_tree, archived_environment
+):
+    tree, outside = log_tree
+    _, archive = archived_environment
+    ancient = (tree / "ancient.log.gz").read_bytes()
+    mtime = (tree / "ancient.log.gz").stat().st_mtime
+    before, outside_before = snapshot(tree), snapshot(outside)
+    day = datetime.fromtimestamp(mtime, UTC).date().isoformat()
+    key = f"{day}/{str(tree.parent).strip('/')}/{tree.name}/ancient.log.gz"
+
+    _, dry_states, _ = run_dag(load_dag("log_cleanup_archived"), {"dry_run": True})
+
+    assert dry_states["summarize"] == "success", dry_states
+    assert snapshot(tree) == before
+    assert not archive.exists()
+
+    run_id, states, _ = run_dag(load_dag("log_cleanup_archived"), {})
+
+    assert set(states.values()) == {"success"}, states
+    # ancient.log's compressed name was still taken by the ancient.log.gz awaiting its upload:
+    # gzip left it alone, and the next run compresses it.
+    expected = expected_after_cleanup(before)
+    expected["ancient.log"] = before["ancient.log"]
+    del expected["ancient.log.gz"]
+    assert comparable(snapshot(tree)) == comparable(expected)
+    assert snapshot(outside) == outside_before
+    copies = archived_copies(archive, "archived", "web-1")
+    assert copies[key] == ancient
+    summary = xcom("log_cleanup_archived", run_id, "summarize")
+    [entry] = [a for a in summary["archived"] if a["path"] == str(tree / "ancient.log.gz")]
+    assert entry["host"] == "web-1"
+    assert entry["outcome"] == "deleted"
+    assert entry["sha256"] == hashlib.sha256(ancient).hexdigest()
+    assert entry["url"] == (archive / "archived" / "web-1" / key).as_uri()
+
+    run_dag(load_dag("log_cleanup_archived"), {})
+
+    assert comparable(snapshot(tree)) == comparable(expected_after_cleanup(before))
+    assert archived_copies(archive, "archived", "web-1")[key] == ancient
+
+
+def xcom(dag_id: str, run_id: str, task_id: str):
+    """The return value of ``task_id`` in run ``run_id``, from the metadata database."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    query = select(XComModel.value).where(
+        XComModel.dag_id == dag_id,
+        XComModel.run_id == run_id,
+        XComModel.task_id == task_id,
+        XComModel.key == "return_value",
+    )
+    with create_session() as session:
+        [value] = session.scalars(query).all()
+    return value if isinstance(value, dict) else json.loads(value)
+
+
+@pytest.fixture
+def memory_store(monkeypatch):
+    """fsspec's in-memory filesystem, registered as a provider registers its store (S3 cannot run
+    here): the same ObjectStoragePath code path as any remote archive."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    store = MemoryFileSystem()
+    store.store.clear()
+    store.pseudo_dirs.clear()
+    store.pseudo_dirs.append("")
+    serve_memory_urls(monkeypatch, store)
+    yield store
+    store.store.clear()
+
+
+def serve_memory_urls(monkeypatch, filesystem) -> None:
+    """``memory://`` URLs reach ``filesystem`` (and no store attached by an earlier test)."""
+    from airflow.sdk.io import fs, store
+
+    monkeypatch.setitem(fs._register_filesystems(), "memory", lambda conn_id, options: filesystem)
+    monkeypatch.delitem(store._STORE_CACHE, "memory", raising=False)
+
+
+def old_compressed_logs(environment, host_index: int, *names: str) -> Path:
+    root = Path(environment.root_of(environment.hosts[host_index]))
+    directory = root / "shared" / f"archive-{uuid.uuid4().hex[:8]}"
+    for name in names:
+        write(directory / name, f"compressed {name}\n" * 20, 10)
+    return directory
+
+
+def in_memory(environment, directory: Path, **extra):
+    settings = cleanup_settings(
+        f"{{root}}/shared/{directory.name}", archive_to="memory://logs-archive", **extra
+    )
+    return environment.model_copy(update={"logs": settings})
+
+
+def test_an_object_store_archive_holds_each_log_byte_for_byte_and_a_rerun_changes_nothing(
+    sandbox, environment, memory_store
+):
+    directory = old_compressed_logs(environment, 1, "a.log.gz", "sub/b.log.gz")
+    contents = {name: (directory / name).read_bytes() for name in ("a.log.gz", "sub/b.log.gz")}
+    configured = in_memory(environment, directory)
+
+    report = clean_host_logs(configured, "web-2", dry_run=False)
+
+    assert sorted(p.name for p in directory.rglob("*") if p.is_file()) == []
+    assert {a["outcome"] for a in report["archived"]} == {"deleted"}
+    for entry in report["archived"]:
+        name = entry["path"].removeprefix(f"{directory}/")
+        assert memory_store.cat_file(entry["url"].removeprefix("memory://")) == contents[name]
+        assert entry["sha256"] == hashlib.sha256(contents[name]).hexdigest()
+    stored = dict(memory_store.store)
+
+    again = clean_host_logs(configured, "web-2", dry_run=False)
+
+    assert again["archived"] == []
+    assert {k: v.getvalue() for k, v in memory_store.store.items()} == {
+        k: v.getvalue() for k, v in stored.items()
+    }
+
+
+def test_a_log_whose_upload_does_not_read_back_is_never_deleted(sandbox, environment, monkeypatch):
+    """A store that corrupts what it is sent (a broken bucket, a bad proxy): fsspec's memory
+    filesystem with every write's first byte flipped."""
+    from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
+
+    class Corrupting(MemoryFile):
+        def write(self, data):
+            if self.tell() == 0 and data:
+                data = bytes([data[0] ^ 0xFF]) + bytes(data[1:])
+            return super().write(data)
+
+    class CorruptingStore(MemoryFileSystem):
+        store, pseudo_dirs = {}, [""]
+
+        def _open(self, path, mode="rb", **kwargs):
+            if "w" not in mode:
+                return super()._open(path, mode, **kwargs)
+            written = Corrupting(self, self._strip_protocol(path))
+            written.commit()
+            return written
+
+    serve_memory_urls(monkeypatch, CorruptingStore())
+    directory = old_compressed_logs(environment, 2, "a.log.gz")
+    before = snapshot(directory)
+
+    with pytest.raises(
+        RuntimeError, match=r"web-3: 1 logs could not be archived .* and were not deleted: .*a\.log\.gz"
+    ):
+        clean_host_logs(in_memory(environment, directory), "web-3", dry_run=False)
+
+    assert snapshot(directory) == before
+    assert CorruptingStore.store == {}  # the bad copy was removed, not left as if archived
+
+
+def test_the_archive_keeps_its_own_retention_and_a_dry_run_only_lists(sandbox, environment, memory_store):
+    directory = old_compressed_logs(environment, 1)
+    prefix = "/logs-archive/sandbox/web-2"
+    memory_store.pipe(f"{prefix}/2020-01-01/srv/old.log.gz", b"expired")
+    recent = (datetime.now(UTC) - timedelta(days=3)).date().isoformat()
+    memory_store.pipe(f"{prefix}/{recent}/srv/new.log.gz", b"kept")
+    memory_store.pipe(f"{prefix}/notes/readme.txt", b"not Airlock's")
+    configured = in_memory(environment, directory, archive_retention_days=30)
+
+    planned = clean_host_logs(configured, "web-2", dry_run=True)
+
+    assert planned["archive_pruned"] == ["2020-01-01"]
+    assert memory_store.exists(f"{prefix}/2020-01-01/srv/old.log.gz")
+
+    done = clean_host_logs(configured, "web-2", dry_run=False)
+
+    assert done["archive_pruned"] == ["2020-01-01"]
+    assert not memory_store.exists(f"{prefix}/2020-01-01/srv/old.log.gz")
+    assert memory_store.cat_file(f"{prefix}/{recent}/srv/new.log.gz") == b"kept"
+    assert memory_store.cat_file(f"{prefix}/notes/readme.txt") == b"not Airlock's"
+
+
+def test_an_archive_no_filesystem_serves_is_refused_before_anything_is_touched(sandbox, environment):
+    directory = old_compressed_logs(environment, 0, "a.log.gz")
+    before = snapshot(directory)
+    settings = cleanup_settings(f"{{root}}/shared/{directory.name}", archive_to="nosuch://bucket/logs")
+
+    with pytest.raises(
+        LogCleanupError, match=r"logs\.archive_to in .*'nosuch://bucket/logs'.*nothing was touched"
+    ):
+        clean_host_logs(environment.model_copy(update={"logs": settings}), "web-1", dry_run=False)
+
+    assert snapshot(directory) == before

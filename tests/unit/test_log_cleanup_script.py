@@ -65,12 +65,20 @@ def state(directory: Path) -> dict[str, tuple[str, int]]:
 
 
 def run_script(
-    directory: Path, mode: str, *, partial_proc: str = "refuse", prefix: tuple[str, ...] = (), env=None
+    directory: Path,
+    mode: str,
+    *,
+    partial_proc: str = "refuse",
+    old_gz: str = "delete",
+    after: tuple[str, ...] = (),
+    prefix: tuple[str, ...] = (),
+    env=None,
 ) -> subprocess.CompletedProcess:
     """The script on ``directory``; ``prefix`` runs it through another program (setpriv, env)."""
-    argv = [str(COMPRESS_DAYS * 1440), str(DELETE_DAYS * 1440), "10", str(len(PATTERNS)), *PATTERNS]
+    argv = [mode, partial_proc, old_gz, str(COMPRESS_DAYS * 1440), str(DELETE_DAYS * 1440), "10"]
+    argv += [str(len(PATTERNS)), *PATTERNS, str(directory), *after]
     return subprocess.run(
-        [*prefix, "bash", "-c", SCRIPT.read_text(), "log-cleanup", mode, partial_proc, *argv, str(directory)],
+        [*prefix, "bash", "-c", SCRIPT.read_text(), "log-cleanup", *argv],
         env=env,
         capture_output=True,
         text=True,
@@ -136,6 +144,62 @@ def test_nothing_young_or_outside_the_patterns_is_ever_deleted_and_everything_ol
             else:
                 assert matches(name, ".gz"), f"{path} deleted outside the patterns"
                 assert age_hours > DELETE_DAYS * 24, f"{path} deleted at {age_hours}h old"
+
+
+def records(output: str, kind: str) -> list[list[str]]:
+    return [line.split("\t")[1:] for line in output.splitlines() if line.startswith(kind + "\t")]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entries=entries, outside_links=links, keep=st.randoms(use_true_random=False))
+def test_with_archival_nothing_is_deleted_until_named_with_the_hash_of_its_archived_copy(
+    entries, outside_links, keep
+):
+    import hashlib
+
+    with tempfile.TemporaryDirectory() as workspace:
+        logs, outside = Path(workspace) / "logs", Path(workspace) / "outside"
+        logs.mkdir()
+        outside.mkdir()
+        now = time.time()
+        for folder, name, age in entries:
+            path = logs / folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(name + folder)
+            os.utime(path, (now - age * HOUR, now - age * HOUR))
+        for index, (name, age) in enumerate(outside_links):
+            target = outside / f"{index}-{name}"
+            target.write_text(name)
+            os.utime(target, (now - age * HOUR, now - age * HOUR))
+            (logs / f"link-{index}-{name}").symlink_to(target)
+        old_gz = {
+            str(p.relative_to(logs))
+            for p in logs.rglob("*")
+            if p.is_file()
+            and not p.is_symlink()
+            and matches(p.name, ".gz")
+            and now - p.stat().st_mtime > DELETE_DAYS * 24 * HOUR
+        }
+        outside_before = state(outside)
+
+        listed = run_script(logs, "apply", old_gz="archive").stdout
+
+        assert {r[3].replace("\x01", "\n") for r in records(listed, "archive")} == old_gz
+        assert old_gz <= set(state(logs)), "apply deleted a file it was to archive first"
+        named = {path: hashlib.sha256((logs / path).read_bytes()).hexdigest() for path in old_gz}
+        wrong = {path for path in named if keep.random() < 0.3}
+        named.update({path: "0" * 64 for path in wrong})
+        before = state(logs)
+
+        done = run_script(
+            logs, "delete-archived", old_gz="archive", after=tuple(p for pair in named.items() for p in pair)
+        ).stdout
+
+        after = state(logs)
+        assert set(before) - set(after) == old_gz - wrong
+        assert {r[2].replace("\x01", "\n") for r in records(done, "deleted")} == old_gz - wrong
+        assert {r[2].replace("\x01", "\n") for r in records(done, "kept") if r[1] == "changed"} == wrong
+        assert state(outside) == outside_before
 
 
 def old_logs(directory: Path) -> None:

@@ -490,6 +490,16 @@ def _file_name_pattern(value: str) -> str:
     return value
 
 
+def _storage_url(value: Any) -> Any:
+    from urllib.parse import urlsplit
+
+    if isinstance(value, str) and not (urlsplit(value).scheme and "://" in value):
+        raise ValueError(
+            f"{value!r} is not a storage URL (e.g. file:///var/archive/logs or s3://bucket/logs)"
+        )
+    return value
+
+
 class LogSettings(_Model):
     schedule: str | None = Field(default="30 3 * * *", description="Cron schedule of log_cleanup_<env>")
     directories: list[Annotated[str, BeforeValidator(_host_directory)]] = Field(
@@ -512,11 +522,29 @@ class LogSettings(_Model):
         description="Clean even when /proc hides other users' processes (their open logs may be "
         "touched); false: such a host is refused",
     )
+    archive_to: Annotated[str, BeforeValidator(_storage_url)] | None = Field(
+        default=None,
+        description="ObjectStoragePath URL (file:///..., s3://bucket/prefix, ...) each compressed log "
+        "is uploaded to, and its SHA-256 checked, before it may be deleted; none: deleted unarchived",
+    )
+    archive_conn_id: str | None = Field(
+        default=None, description="Airflow connection of a remote archive store; none for file://"
+    )
+    archive_retention_days: int | None = Field(
+        default=365,
+        ge=1,
+        description="Archived logs last written longer ago are removed from the archive; null: kept forever",
+    )
 
     @model_validator(mode="after")
     def _delete_after_compress(self) -> LogSettings:
         if self.delete_after_days <= self.compress_after_days:
             raise ValueError("delete_after_days must be greater than compress_after_days")
+        if self.archive_retention_days is not None and self.archive_retention_days <= self.delete_after_days:
+            raise ValueError(
+                "archive_retention_days must be greater than delete_after_days (an archived log would "
+                "be pruned as soon as it is archived)"
+            )
         return self
 
 

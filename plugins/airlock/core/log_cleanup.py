@@ -59,6 +59,22 @@ class DirectoryReport:
     compress: Tally = field(default_factory=Tally)
     open: Tally = field(default_factory=Tally)
     samples: dict[str, list[tuple[int, str]]] = field(default_factory=lambda: {a: [] for a in ACTIONS})
+    #: With ``logs.archive_to``: every compressed file old enough to delete, (bytes, mtime, path).
+    to_archive: list[tuple[int, float, str]] = field(default_factory=list)
+
+
+@dataclass
+class ArchivedLog:
+    """One compressed log uploaded to the archive (or that failed to be), and what became of it."""
+
+    path: str  # on the host
+    bytes: int
+    url: str = ""
+    sha256: str = ""
+    #: deleted (its SHA-256 on the host matched the archived copy), kept (changed or moved since
+    #: it was listed: archived, not deleted), failed (not archived, so not deleted)
+    outcome: str = "failed"
+    why: str = ""
 
 
 @dataclass
@@ -70,6 +86,11 @@ class HostCleanupReport:
     open_files_check: str = "unchecked"
     unreadable_processes: int = 0
     directories: list[DirectoryReport] = field(default_factory=list)
+    #: ``logs.archive_to`` of this host (its environment/host prefix), or "" without archival.
+    archive: str = ""
+    archived: list[ArchivedLog] = field(default_factory=list)
+    #: Days of the archive removed by ``logs.archive_retention_days`` (or, in a dry run, that would be).
+    archive_pruned: list[str] = field(default_factory=list)
 
     def total(self, action: str) -> Tally:
         tally = Tally()
@@ -101,6 +122,37 @@ class HostCleanupReport:
                 if getattr(directory, action).files > shown:
                     lines.append(f"    {action:8} ... and {getattr(directory, action).files - shown} more")
         lines.append(f"  open files: {describe_open_files_check(self)}")
+        if self.archive:
+            lines += self.archive_lines()
+        return lines
+
+    def archive_lines(self) -> list[str]:
+        if self.dry_run:
+            listed = [(size, f"{d.path}/{path}") for d in self.directories for size, _, path in d.to_archive]
+            lines = [
+                f"  archive {self.archive}: {len(listed)} files ({sum(size for size, _ in listed)} bytes) "
+                "would be uploaded, checked and then deleted"
+            ]
+            lines += [f"    archive  {size:>12} {path}" for size, path in listed[:SAMPLE_LIMIT]]
+        else:
+            done = [a for a in self.archived if a.outcome != "failed"]
+            lines = [
+                f"  archive {self.archive}: {len(done)} files ({sum(a.bytes for a in done)} bytes) "
+                f"uploaded and checked, {sum(a.outcome == 'deleted' for a in done)} then deleted, "
+                f"{len(self.archived) - len(done)} failed (kept on the host)"
+            ]
+            lines += [
+                f"    {a.outcome:8} {a.bytes:>12} {a.path}"
+                + (f" -> {a.url}" if a.url else "")
+                + (f" ({a.why})" if a.why else "")
+                for a in self.archived[:SAMPLE_LIMIT]
+            ]
+            shown = len(self.archived[:SAMPLE_LIMIT])
+            if len(self.archived) > shown:
+                lines.append(f"    ... and {len(self.archived) - shown} more (all in the task's XCom)")
+        if self.archive_pruned:
+            verb = "would be" if self.dry_run else "were"
+            lines.append(f"  archive retention: logs of {', '.join(self.archive_pruned)} {verb} removed")
         return lines
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +161,12 @@ class HostCleanupReport:
             deleted=asdict(self.total("delete")),
             compressed=asdict(self.total("compress")),
             skipped_open=asdict(self.total("open")),
+            archived_files=asdict(
+                Tally(
+                    sum(a.outcome != "failed" for a in self.archived),
+                    sum(a.bytes for a in self.archived if a.outcome != "failed"),
+                )
+            ),
         )
         return document
 
@@ -145,7 +203,22 @@ def host_directories(environment: Environment, host: Host) -> list[str]:
 
 
 def cleanup_command(settings: LogSettings, directories: list[str], *, dry_run: bool) -> str:
-    """The one command sent to a host: the script, then every value as its own quoted argument."""
+    """The one command sent to a host: the script, then every value as its own quoted argument.
+
+    With ``logs.archive_to`` it deletes nothing: it lists what is old enough to delete, for
+    :func:`delete_archived_command` once the uploads are checked.
+    """
+    return _script_command(settings, "dry-run" if dry_run else "apply", directories)
+
+
+def delete_archived_command(settings: LogSettings, directory: str, verified: dict[str, str]) -> str:
+    """Delete, in ``directory``, the files named (path relative to it) whose SHA-256 still is the
+    one given: the archived copy's. Each must still pass the deletion test."""
+    pairs = [part for relative, digest in verified.items() for part in (relative, digest)]
+    return _script_command(settings, "delete-archived", [directory, *pairs])
+
+
+def _script_command(settings: LogSettings, mode: str, arguments: list[str]) -> str:
     minutes = [str(days * 24 * 60) for days in (settings.compress_after_days, settings.delete_after_days)]
     return shlex.join(
         [
@@ -153,15 +226,30 @@ def cleanup_command(settings: LogSettings, directories: list[str], *, dry_run: b
             "-c",
             SCRIPT.read_text(),
             "airlock-log-cleanup",
-            "dry-run" if dry_run else "apply",
+            mode,
             "allow" if settings.allow_partial_proc else "refuse",
+            "archive" if settings.archive_to else "delete",
             *minutes,
             str(SAMPLE_LIMIT),
             str(len(settings.patterns)),
             *settings.patterns,
-            *directories,
+            *arguments,
         ]
     )
+
+
+def parse_deletions(output: str) -> dict[str, tuple[str, int]]:
+    """What a ``delete-archived`` run did: relative path -> (deleted | changed | moved, bytes)."""
+    outcomes = {}
+    for line in output.splitlines():
+        kind, _, rest = line.partition("\t")
+        if kind == "deleted":
+            _, size, path = rest.split("\t", 2)
+            outcomes[path.replace("\x01", "\n")] = ("deleted", int(size))
+        elif kind == "kept":
+            _, why, path = rest.split("\t", 2)
+            outcomes[path.replace("\x01", "\n")] = (why, 0)
+    return outcomes
 
 
 def parse_report(host: str, directories: list[str], output: str, *, dry_run: bool) -> HostCleanupReport:
@@ -190,7 +278,13 @@ def parse_report(host: str, directories: list[str], output: str, *, dry_run: boo
             report.directories[int(index)].status = status
         elif kind == "total":
             index, action, files, size = rest.split("\t")
-            setattr(report.directories[int(index)], action, Tally(int(files), int(size)))
+            if action in ACTIONS:  # "archive": the files are listed one by one
+                setattr(report.directories[int(index)], action, Tally(int(files), int(size)))
+        elif kind == "archive":
+            index, size, mtime, path = rest.split("\t", 3)
+            report.directories[int(index)].to_archive.append(
+                (int(size), float(mtime), path.replace("\x01", "\n"))
+            )
         elif kind == "file":
             index, action, size, path = rest.split("\t", 3)
             report.directories[int(index)].samples[action].append((int(size), path.replace("\x01", "\n")))
@@ -200,8 +294,9 @@ def parse_report(host: str, directories: list[str], output: str, *, dry_run: boo
 def summarize_cleanup(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals over hosts, and the lines for the task log of the summary task."""
     lines = []
-    totals = {"deleted": Tally(), "compressed": Tally(), "skipped_open": Tally()}
+    totals = {"deleted": Tally(), "compressed": Tally(), "skipped_open": Tally(), "archived_files": Tally()}
     attention = []
+    archived = []
     for report in reports:
         for key, tally in totals.items():
             tally.add(Tally(**report[key]))
@@ -209,7 +304,14 @@ def summarize_cleanup(reports: list[dict[str, Any]]) -> dict[str, Any]:
             f"{report['host']}: deleted {report['deleted']['files']} files "
             f"({report['deleted']['bytes']} bytes), compressed {report['compressed']['files']} files "
             f"({report['compressed']['bytes']} bytes), {report['skipped_open']['files']} open files skipped"
+            + (
+                f", archived {report['archived_files']['files']} files "
+                f"({report['archived_files']['bytes']} bytes) to {report['archive']}"
+                if report["archive"]
+                else ""
+            )
         )
+        archived += [{"host": report["host"], **entry} for entry in report["archived"]]
         if report["directories"] and report["open_files_check"] != "proc":
             attention.append(f"{report['host']}: open files {report['open_files_check']}")
         attention += [
@@ -224,5 +326,6 @@ def summarize_cleanup(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "lines": lines,
         "attention": attention,
+        "archived": archived,
         **{key: asdict(tally) for key, tally in totals.items()},
     }

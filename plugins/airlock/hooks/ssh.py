@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import shlex
 import socket
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,6 +188,17 @@ class HostSSHHook(SSHHook):
         """Copy a file to the host over SFTP (the caller renames it into place)."""
         with self.get_conn().open_sftp() as sftp:
             sftp.put(str(local_path), remote_path)
+
+    @contextmanager
+    def read_file(self, remote_path: str) -> Iterator[paramiko.SFTPFile]:
+        """A regular file of the host, opened for reading over SFTP; a symbolic link is refused
+        (``OSError``), so a file swapped for a link since it was listed is never followed."""
+        with self.get_conn().open_sftp() as sftp:
+            if not stat.S_ISREG(sftp.lstat(remote_path).st_mode or 0):
+                raise OSError(f"{remote_path} on {self.host.name} is no longer a regular file")
+            with sftp.open(remote_path, "rb") as remote:
+                remote.prefetch()
+                yield remote
 
     def close(self) -> None:
         if self.client is not None:

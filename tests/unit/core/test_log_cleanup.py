@@ -34,6 +34,7 @@ def test_every_setting_reaches_the_host_as_its_own_argument_never_as_code():
         "airlock-log-cleanup",
         "dry-run",
         "refuse",
+        "delete",
         str(2 * 1440),
         str(9 * 1440),
         "50",
@@ -158,3 +159,25 @@ def test_the_host_log_lists_samples_and_counts_the_rest():
         "  /b: symlink, is a symbolic link or lies behind one: configure its real path",
         "  open files: checked through /proc: files held open were left alone",
     ]
+
+
+def test_an_archive_setting_that_cannot_work_is_refused_naming_the_field():
+    with pytest.raises(ValidationError, match=r"archive_to[\s\S]*'/var/archive' is not a storage URL"):
+        LogSettings(archive_to="/var/archive")
+    with pytest.raises(ValidationError, match="archive_retention_days must be greater than delete_after"):
+        LogSettings(archive_to="file:///var/archive", delete_after_days=30, archive_retention_days=30)
+    assert LogSettings(archive_to="s3://bucket/logs").archive_retention_days == 365
+
+
+def test_with_an_archive_the_script_is_told_to_archive_and_deletes_only_what_it_is_named():
+    from airlock.core.log_cleanup import delete_archived_command
+
+    settings = LogSettings(archive_to="file:///var/archive")
+
+    apply = shlex.split(cleanup_command(settings, ["/l"], dry_run=False))
+    named = {"a b.log.gz": "ab" * 32, "$(x).log.gz": "cd" * 32}
+    delete = shlex.split(delete_archived_command(settings, "/l", named))
+
+    assert apply[4:7] == ["apply", "refuse", "archive"]
+    assert delete[4:7] == ["delete-archived", "refuse", "archive"]
+    assert delete[-5:] == ["/l", "a b.log.gz", "ab" * 32, "$(x).log.gz", "cd" * 32]
