@@ -479,3 +479,21 @@ def test_an_archive_no_filesystem_serves_is_refused_before_anything_is_touched(s
         clean_host_logs(environment.model_copy(update={"logs": settings}), "web-1", dry_run=False)
 
     assert snapshot(directory) == before
+
+
+def test_a_log_swapped_for_a_symbolic_link_is_not_read_into_the_archive(sandbox, environment):
+    """What ``clean_host`` reads over SFTP must still be the regular file it listed."""
+    from airlock.hooks.hosts import host_hook
+    from airlock.hooks.ssh import HostSSHHook
+
+    directory = old_compressed_logs(environment, 0, "real.log.gz")
+    (directory / "swapped.log.gz").symlink_to(directory / "real.log.gz")
+    hook: HostSSHHook = host_hook(environment, environment.hosts[0])
+    try:
+        with hook.read_file(str(directory / "real.log.gz")) as source:
+            assert source.read() == (directory / "real.log.gz").read_bytes()
+        refused = pytest.raises(OSError, match=r"swapped\.log\.gz on web-1 is no longer a regular file")
+        with refused, hook.read_file(str(directory / "swapped.log.gz")):
+            pass
+    finally:
+        hook.close()

@@ -243,7 +243,8 @@ def fetch_artifact(
     return Artifact(url=url, sha256=expected, size=cached.stat().st_size, path=cached)
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path | ObjectStoragePath) -> str:
+    """SHA-256 of a local file or of an object in a store, read in chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         while chunk := stream.read(_CHUNK):

@@ -23,6 +23,7 @@ from typing import BinaryIO
 from airflow.sdk import ObjectStoragePath
 
 from airlock.config import Environment, Host
+from airlock.hooks.artifacts import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,14 @@ class LogArchive:
         """Upload ``source`` to ``target`` (or beside it, when taken by other content) and read it
         back; returns where it is and its SHA-256. Raises :class:`ArchiveError` on a mismatch."""
         if target.exists():
-            existing = _sha256(target)
+            existing = sha256_of(target)
             incoming = target.with_name(f"{target.name}.incoming")
             digest = self._upload(source, incoming)
             if digest == existing:  # archived by an earlier try of this very cleanup
                 _remove(incoming)
                 return target, digest
             beside = target.with_name(f"{target.name}.{digest[:12]}")
-            if beside.exists() and _sha256(beside) == digest:
+            if beside.exists() and sha256_of(beside) == digest:
                 _remove(incoming)
                 return beside, digest
             incoming.move(beside)
@@ -95,7 +96,7 @@ class LogArchive:
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             digest = self._upload(source, target)
-        if (stored := _sha256(target)) != digest:
+        if (stored := sha256_of(target)) != digest:
             _remove(target)
             raise ArchiveError(
                 f"{target} read back with SHA-256 {stored}, not the {digest} sent: removed from the "
@@ -137,11 +138,3 @@ class LogArchive:
 
 def _remove(path: ObjectStoragePath) -> None:
     path.fs.rm_file(path.path)  # through the store's own filesystem (and its connection)
-
-
-def _sha256(path: ObjectStoragePath) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stored:
-        while chunk := stored.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
