@@ -15,7 +15,7 @@ from airlock.core.release import takes_pre_release_backup
 from airlock.operators.approval import approval_gate
 from airlock.tasks import migrate as migration_steps
 from airlock.tasks import release as steps
-from airlock.tasks.environment import check_hosts_task, lock_task, unlock_task
+from airlock.tasks.environment import check_hosts_task, lock_task, unlock_task, wait_for_lock_task
 from airlock.tasks.release import TaskIds
 
 
@@ -118,13 +118,14 @@ def release_dag(environment: Environment) -> DAG:
             return steps.conclude(environment)
 
         request = validate_request()
+        purpose = "release {{ params.version }}"
         taken = lock_task(
-            environment,
-            purpose="release {{ params.version }}",
-            refuse=steps.refuse_while_attention_needed,
-            freezable=True,
+            environment, purpose=purpose, refuse=steps.refuse_while_attention_needed, freezable=True
         )
-        request >> taken
+        if rollout.on_lock_busy == "wait":  # queue for a held lock instead of failing at once
+            request >> wait_for_lock_task(environment, purpose) >> taken
+        else:
+            request >> taken
         artifact = check_artifact(request)
         database = check_database()
         hosts = check_hosts_task(environment)

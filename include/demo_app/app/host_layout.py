@@ -218,12 +218,16 @@ class Release:
 
     :param path: the resolved release directory.
     :param version: contents of its ``VERSION`` file.
-    :param broken: whether the build carries the ``BROKEN`` marker.
+    :param broken: whether the build carries the ``BROKEN`` marker, or the active configuration
+        set does (``shared/config/BROKEN``: a bad configuration, for the demo and the tests).
+    :param config: the id of the configuration set ``shared/config`` held when the worker started
+        (its ``.airlock-config-set`` file); None without one.
     """
 
     path: Path
     version: str
     broken: bool
+    config: str | None = None
 
 
 def read_release(path: Path) -> Release:
@@ -231,4 +235,10 @@ def read_release(path: Path) -> Release:
         version = (path / "VERSION").read_text(encoding="utf-8").strip() or "unknown"
     except FileNotFoundError:
         version = "unknown"
-    return Release(path=path, version=version, broken=(path / "BROKEN").exists())
+    config_dir = path / "shared" / "config"
+    try:
+        config = (config_dir / ".airlock-config-set").read_text(encoding="utf-8").strip() or None
+    except OSError:
+        config = None
+    broken = (path / "BROKEN").exists() or (config_dir / "BROKEN").exists()
+    return Release(path=path, version=version, broken=broken, config=config)

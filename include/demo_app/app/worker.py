@@ -128,7 +128,7 @@ class DemoAppHandler(BaseHTTPRequestHandler):
             else:
                 self.send_json(HTTPStatus.OK, {"status": "ok", "version": release.version})
         elif path == "/version":
-            self.send_json(HTTPStatus.OK, {"version": release.version})
+            self.send_json(HTTPStatus.OK, {"version": release.version, "config": release.config})
         elif path == "/items":
             self.send_items()
         else:

@@ -242,6 +242,33 @@ class RolloutSettings(_Model):
         ),
     )
 
+    on_lock_busy: Literal["fail", "wait"] = Field(
+        default="fail",
+        description=(
+            "What a release does while another run holds the environment's lock: fail at once "
+            "naming the holder, or wait in line for it (first come, first served) holding no worker slot"
+        ),
+    )
+    lock_wait_timeout: Duration = Field(
+        default=timedelta(minutes=30),
+        description="With on_lock_busy: wait, how long a release waits for the lock before it gives up",
+    )
+    lock_poll_interval: Duration = Field(
+        default=timedelta(seconds=15),
+        description="With on_lock_busy: wait, how often a waiting release looks at the lock again",
+    )
+
+    @model_validator(mode="after")
+    def _sensible_wait(self) -> RolloutSettings:
+        if self.lock_poll_interval < timedelta(seconds=1):
+            raise ValueError("lock_poll_interval: at least 1s")
+        if self.lock_wait_timeout < self.lock_poll_interval:
+            raise ValueError(
+                f"lock_wait_timeout ({_describe(self.lock_wait_timeout)}) is shorter than "
+                f"lock_poll_interval ({_describe(self.lock_poll_interval)})"
+            )
+        return self
+
     @property
     def deploy_tasks_at_once(self) -> int:
         """How many deploy tasks (batches) of one wave run side by side: at most
@@ -500,6 +527,45 @@ def _storage_url(value: Any) -> Any:
     return value
 
 
+def _config_source(value: Any) -> Any:
+    """A URL with a scheme (an object-store prefix) as is; a path made absolute against the project."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("give a directory or an object-store URL (e.g. s3://bucket/config/production)")
+    if "://" in value:
+        return _storage_url(value)
+    path = Path(value)
+    return str(path if path.is_absolute() else PROJECT_ROOT / path)
+
+
+#: Key and file name globs whose values the config plan never shows.
+DEFAULT_CONFIG_MASK = ["*password*", "*passwd*", "*secret*", "*token*", "*key*", "*credential*", "*.pem"]
+
+
+class ConfigSettings(_Model):
+    source: Annotated[str, BeforeValidator(_config_source)] = Field(
+        description=(
+            "Where config_update_<env> reads the configuration set: a directory (relative to the "
+            "project, or absolute) or an object-store prefix URL (ObjectStoragePath)"
+        )
+    )
+    conn_id: str | None = Field(
+        default=None, description="Airflow connection of the object store (none for a directory)"
+    )
+    mask: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_CONFIG_MASK),
+        description="Key and file name globs (case-insensitive) whose values the plan shows as ********",
+    )
+    report_field: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description=(
+            "Field of the version endpoint's JSON that reports the active config set's id; when "
+            "set, a host counts as updated only once it reports the new id"
+        ),
+    )
+    max_bytes: int = Field(default=1024 * 1024, ge=1, description="Largest total size of a configuration set")
+
+
 class LogSettings(_Model):
     schedule: str | None = Field(default="30 3 * * *", description="Cron schedule of log_cleanup_<env>")
     directories: list[Annotated[str, BeforeValidator(_host_directory)]] = Field(
@@ -684,6 +750,9 @@ class Environment(_Model):
     backup: BackupSettings | None = None
     health: HealthSettings = Field(default_factory=HealthSettings)
     logs: LogSettings = Field(default_factory=LogSettings)
+    config: ConfigSettings | None = Field(
+        default=None, description="Configuration updates as releases (config_update_<env>); none: no such DAG"
+    )
     db_maintenance: DatabaseMaintenanceSettings = Field(default_factory=DatabaseMaintenanceSettings)
     slack_conn_id: str | None = Field(
         default="airlock_slack", description="Slack webhook connection; null: no Slack"

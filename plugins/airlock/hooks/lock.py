@@ -19,6 +19,10 @@ A dead holder's lock is broken with compare-and-delete on its exact value, so a 
 live run took meanwhile is never broken; of two takers racing for one stale lock exactly one
 wins. ``unlock_<env>`` breaks a lock by hand, behind approval, with a reason in the audit trail.
 
+A release whose environment sets ``rollout.on_lock_busy: wait`` queues for a held lock instead
+of failing (:class:`LockQueue`): first come, first served, only the first in line may take it,
+and a run that died in line is dropped by the next one to look.
+
 A held lock is kept while a long step works (:class:`LockKeeper`): a background thread renews it
 every third of its TTL, and the step asks the keeper before each change (:meth:`LockKeeper.check`),
 which confirms with Redis that this run still holds it. A lock that was lost, or that cannot be
@@ -68,12 +72,29 @@ return 0
 """
 
 
+_TAKE_IF_FIRST = """
+local first = redis.call('ZRANGE', KEYS[2], 0, 0)
+if first[1] ~= ARGV[3] then
+    return 0
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('ZREM', KEYS[2], ARGV[3])
+    return 1
+end
+return 0
+"""
+
+
 class LockLostError(RuntimeError):
     """This run no longer holds the lock it took (it expired, or someone broke it)."""
 
 
 class LockHeldError(RuntimeError):
     """Another run holds the environment's lock."""
+
+
+class NotYourTurnError(LockHeldError):
+    """The lock is free, but runs that queued for it earlier take it first."""
 
 
 class LockUnavailableError(RuntimeError):
@@ -187,6 +208,97 @@ class Acquired:
     broke_because: str | None = None
 
 
+@dataclass(frozen=True)
+class QueuedRun:
+    """A run waiting in line for an environment's lock (``rollout.on_lock_busy: wait``).
+
+    Every field is the same on each look of the same run, so a rescheduled or retried wait finds
+    its own place in the queue instead of joining at the back again.
+    """
+
+    installation: str
+    dag_id: str
+    run_id: str
+    purpose: str
+    triggered_by: str
+
+    @property
+    def member(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def describe(self) -> str:
+        return f"{self.purpose} (run {self.run_id}, by {self.triggered_by})"
+
+    def as_holder(self, since: datetime) -> LockHolder:
+        """The lock holder this run would be, for judging whether it is still alive."""
+        return LockHolder(
+            token="",
+            run_id=self.run_id,
+            purpose=self.purpose,
+            triggered_by=self.triggered_by,
+            since=since.isoformat(timespec="seconds"),
+            dag_id=self.dag_id,
+            installation=self.installation,
+        )
+
+
+class LockQueue:
+    """
+    The runs waiting for one environment's lock, first come, first served: the sorted set
+    ``airlock:lock:<environment>:queue``, each run scored by when it first joined.
+
+    Only the first run in line may take a free lock (:meth:`EnvironmentLock.acquire` with
+    ``queued=``, atomically in Redis), and taking it leaves the line. Runs that do not wait
+    (a release with ``on_lock_busy: fail``, ``rollback_<env>``, ``migrate_<env>``) take a free
+    lock without queueing: a rollback never waits behind queued releases. A run that died while
+    waiting is dropped by the next one to look (:meth:`prune`); the key expires a day after the
+    last look, so a line nobody watches anymore does not outlive it.
+    """
+
+    KEEP = timedelta(days=1)
+
+    def __init__(self, lock: EnvironmentLock) -> None:
+        self.lock = lock
+        self.key = f"{lock.key}:queue"
+
+    @property
+    def client(self):
+        return self.lock.client
+
+    def join(self, run: QueuedRun, now: datetime | None = None) -> datetime:
+        """Take a place at the back of the line, or keep the one ``run`` has; returns when it joined."""
+        joined = (now or datetime.now(UTC)).timestamp()
+        pipe = self.client.pipeline()
+        pipe.zadd(self.key, {run.member: joined}, nx=True)
+        pipe.zscore(self.key, run.member)
+        pipe.pexpire(self.key, int(self.KEEP.total_seconds() * 1000))
+        _, score, _ = pipe.execute()
+        return datetime.fromtimestamp(float(score), UTC)
+
+    def leave(self, run: QueuedRun) -> None:
+        self.client.zrem(self.key, run.member)
+
+    def waiting(self) -> list[tuple[QueuedRun, datetime]]:
+        """The runs in line, first first, with when each joined."""
+        return [
+            (QueuedRun(**json.loads(member)), datetime.fromtimestamp(float(score), UTC))
+            for member, score in self.client.zrange(self.key, 0, -1, withscores=True)
+        ]
+
+    def ahead_of(self, run: QueuedRun) -> list[QueuedRun]:
+        line = [queued for queued, _ in self.waiting()]
+        return line[: line.index(run)] if run in line else line
+
+    def prune(self, dead: Callable[[QueuedRun, datetime], str | None]) -> list[tuple[QueuedRun, str]]:
+        """Drop the runs for which ``dead`` gives a reason (see :func:`stale_reason`); returns them."""
+        dropped = []
+        for run, joined in self.waiting():
+            reason = dead(run, joined)
+            if reason is not None and self.client.zrem(self.key, run.member):
+                dropped.append((run, reason))
+        return dropped
+
+
 class EnvironmentLock:
     """
     The lock of one environment, on the Redis connection ``redis_conn_id``.
@@ -221,6 +333,7 @@ class EnvironmentLock:
         dag_id: str | None = None,
         installation: str | None = None,
         run_state: Callable[[str, str], str | None] | None = None,
+        queued: QueuedRun | None = None,
     ) -> Acquired:
         """Take the lock, breaking a dead holder's; raise :class:`LockHeldError` naming a live one.
 
@@ -228,6 +341,8 @@ class EnvironmentLock:
 
         :param run_state: this installation's state of a run, to judge a holder of this
             installation; without it (and ``installation``) no lock is ever broken.
+        :param queued: this run's place in the :class:`LockQueue`: the lock is taken only if
+            the run is first in line (else :class:`NotYourTurnError`), and taking it leaves the line.
 
         Redis unreachable: :class:`LockUnavailableError` (fail closed: no lock, no release).
         """
@@ -239,6 +354,7 @@ class EnvironmentLock:
                 dag_id=dag_id,
                 installation=installation,
                 run_state=run_state,
+                queued=queued,
             )
         except RedisError as error:
             raise LockUnavailableError(
@@ -256,9 +372,12 @@ class EnvironmentLock:
         dag_id: str | None,
         installation: str | None,
         run_state: Callable[[str, str], str | None] | None,
+        queued: QueuedRun | None,
     ) -> Acquired:
         current = self.holder()
         if current is not None and current.run_id == run_id and current.dag_id in (None, dag_id):
+            if queued is not None:
+                LockQueue(self).leave(queued)
             return Acquired(current)
         holder = LockHolder(
             token=secrets.token_hex(16),
@@ -269,7 +388,7 @@ class EnvironmentLock:
             dag_id=dag_id,
             installation=installation,
         )
-        if self._take(holder):
+        if self._take(holder, queued):
             return Acquired(holder)
         raw = self.client.get(self.key)
         current = LockHolder(**json.loads(raw)) if raw else None
@@ -286,10 +405,16 @@ class EnvironmentLock:
             if (
                 reason is not None
                 and self.client.eval(_RELEASE_IF_OWNER, 1, self.key, raw)
-                and self._take(holder)
+                and self._take(holder, queued)
             ):
                 return Acquired(holder, broke=current, broke_because=reason)
             current = self.holder()
+        if current is None and queued is not None:
+            ahead = LockQueue(self).ahead_of(queued)
+            raise NotYourTurnError(
+                f"Environment {self.environment} is free, but {len(ahead)} run(s) queued for it "
+                f"earlier go first: {'; '.join(run.describe() for run in ahead) or 'none any more'}"
+            )
         described = current.describe() if current else "another run (it just finished; retry)"
         alive = (
             "It is still alive"
@@ -302,9 +427,13 @@ class EnvironmentLock:
             f"with a reason (see the deployment runbook)."
         )
 
-    def _take(self, holder: LockHolder) -> bool:
+    def _take(self, holder: LockHolder, queued: QueuedRun | None = None) -> bool:
         ttl = int(self.ttl.total_seconds() * 1000)
-        return bool(self.client.set(self.key, json.dumps(asdict(holder)), nx=True, px=ttl))
+        value = json.dumps(asdict(holder))
+        if queued is None:
+            return bool(self.client.set(self.key, value, nx=True, px=ttl))
+        queue = LockQueue(self)
+        return bool(self.client.eval(_TAKE_IF_FIRST, 2, self.key, queue.key, value, ttl, queued.member))
 
     def break_holder(self, token: str) -> LockHolder | None:
         """Break the lock if it is still held with ``token`` (what ``unlock_<env>`` planned to

@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import get_current_context, setup, task, teardown
+from airflow.sdk import PokeReturnValue, get_current_context, setup, task, teardown
 from airflow.sdk.exceptions import AirflowFailException
+from redis.exceptions import RedisError
 
 from airlock.config import Environment
 from airlock.core import outcome
@@ -28,12 +30,16 @@ from airlock.core.freeze import FrozenError, freeze_override, inside_any, requir
 from airlock.hooks.hosts import inspect_host
 from airlock.hooks.lock import (
     EnvironmentLock,
+    InstallationPresence,
     LockHeldError,
     LockHolder,
     LockKeeper,
     LockLostError,
+    LockQueue,
     LockUnavailableError,
+    QueuedRun,
     installation_id,
+    stale_reason,
 )
 from airlock.hooks.ops_store import AuditRecord, write_audit_record, write_audit_record_if_missing
 from airlock.hooks.ssh import HostKeyError
@@ -49,6 +55,8 @@ class TaskIds:
     LOCK = "lock"
     UNLOCK = "unlock"
     CHECK_HOST = "check_host"
+    #: A queued release's wait for the lock (``rollout.on_lock_busy: wait``), before ``lock``.
+    WAIT_FOR_LOCK = "wait_for_lock"
     #: The approval gate's id in every DAG that has one.
     APPROVE = "approve"
     #: The maintenance-window check of a maintenance DAG whose environment has windows.
@@ -162,11 +170,13 @@ def lock(
     run_state: Callable[[str, str], str | None],
     version: str = "",
     reason: str | None = None,
-) -> dict[str, Any]:
+    queued: QueuedRun | None = None,
+) -> dict[str, Any] | None:
     """Take the environment's lock for this run; a dead holder's lock is broken and said so.
 
     A run that cannot take it (held by a live run, or Redis unreachable: fail closed) fails fast
-    and leaves an audit row saying why.
+    and leaves an audit row saying why. A ``queued`` run (:func:`wait_for_lock`) gets None instead
+    while a live run holds the lock or runs queued before it are still in line.
 
     :param version: what the run is about (its ``version`` param, ...), for its audit row.
     :param reason: the run's reason, for its audit row.
@@ -179,8 +189,11 @@ def lock(
             triggered_by=triggered_by,
             installation=installation_id(),
             run_state=run_state,
+            queued=queued,
         )
     except (LockHeldError, LockUnavailableError) as error:
+        if queued is not None and isinstance(error, LockHeldError):
+            return None
         record_refused_run(
             environment,
             dag_id=dag_id,
@@ -373,8 +386,6 @@ def frozen_check(environment: Environment, params: Mapping[str, Any], what: str)
     """Refuse (no retry) a run starting during one of the environment's freezes, unless it asks
     for a ``freeze_override`` the environment allows; returns that override (None: not frozen).
     A dry run changes nothing, so a freeze never refuses one (its log says the freeze is open)."""
-    from datetime import UTC, datetime
-
     if params.get("dry_run"):
         try:
             freeze_override(environment, moment=datetime.now(UTC), override_reason=None, what=what)
@@ -448,11 +459,157 @@ def lock_task(
     return take_lock(purpose)
 
 
+def wait_for_lock(
+    environment: Environment,
+    *,
+    dag_id: str,
+    run_id: str,
+    purpose: str,
+    triggered_by: str,
+    run_state: Callable[[str, str], str | None],
+    version: str = "",
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """One look of a queued release at the environment's lock (``rollout.on_lock_busy: wait``).
+
+    The run takes its place in line (or keeps the one it has), drops runs ahead of it that died
+    in line, and takes the lock if it is free (or its holder is dead) and the run is first in
+    line: then it returns what :func:`lock` returns. Otherwise it logs who holds the lock and who
+    is ahead, and returns None (the sensor looks again after ``rollout.lock_poll_interval``).
+    After ``rollout.lock_wait_timeout`` in line it leaves the line and fails, with an audit row;
+    nothing was changed. The wait counts toward nothing else: the lock's TTL and the approval's
+    clock start once the lock is taken.
+    """
+    rollout = environment.rollout
+    now = now or datetime.now(UTC)
+    environment_lock_ = environment_lock(environment)
+    queue = LockQueue(environment_lock_)
+    me = QueuedRun(
+        installation=installation_id(),
+        dag_id=dag_id,
+        run_id=run_id,
+        purpose=purpose,
+        triggered_by=triggered_by,
+    )
+    try:
+        joined = queue.join(me, now=now)
+        presence = InstallationPresence(environment_lock_.client).last
+        for dropped, why in queue.prune(
+            lambda run, since: (
+                None
+                if run == me
+                else stale_reason(
+                    run.as_holder(since),
+                    installation=me.installation,
+                    run_state=run_state,
+                    presence=presence,
+                    now=now,
+                )
+            )
+        ):
+            log.warning(
+                "Dropped %s from the line for the lock of %s: %s", dropped.describe(), environment.name, why
+            )
+    except RedisError as error:
+        raise AirflowFailException(
+            f"Cannot queue for the lock of {environment.name}: Redis ({environment.redis_conn_id}) did "
+            f"not answer ({error}). Nothing was changed; see the troubleshooting runbook, 'Redis is down'."
+        ) from None
+    taken = lock(
+        environment,
+        dag_id=dag_id,
+        run_id=run_id,
+        purpose=purpose,
+        triggered_by=triggered_by,
+        run_state=run_state,
+        version=version,
+        reason=reason,
+        queued=me,
+    )
+    waited = now - joined
+    if taken is not None:
+        log.info("Took the lock of %s after waiting %s in line", environment.name, _seconds(waited))
+        return taken
+    holder = environment_lock_.holder()
+    ahead = queue.ahead_of(me)
+    held = f"held by {holder.describe()}" if holder else "free, but runs queued earlier go first"
+    line = "; ".join(run.describe() for run in ahead) or "nobody"
+    if waited >= rollout.lock_wait_timeout:
+        queue.leave(me)
+        why = (
+            f"Gave up waiting for the lock of {environment.name} after {_seconds(waited)} in line "
+            f"(rollout.lock_wait_timeout is {_seconds(rollout.lock_wait_timeout)}): it is {held}; "
+            f"ahead of this run: {line}. Nothing was changed: trigger the release again once that "
+            "run has finished, or stop it."
+        )
+        record_refused_run(
+            environment,
+            dag_id=dag_id,
+            run_id=run_id,
+            version=version or purpose,
+            triggered_by=triggered_by,
+            reason=reason,
+            why=why,
+        )
+        raise AirflowFailException(why)
+    gives_up = (joined + rollout.lock_wait_timeout).isoformat(timespec="seconds")
+    log.info(
+        "Waiting for the lock of %s (rollout.on_lock_busy: wait), in line for %s, place %d: it is %s; "
+        "ahead of this run: %s. Gives up at %s; looks again in %s, holding no worker slot meanwhile.",
+        environment.name,
+        _seconds(waited),
+        len(ahead) + 1,
+        held,
+        line,
+        gives_up,
+        _seconds(rollout.lock_poll_interval),
+    )
+    return None
+
+
+def _seconds(duration: timedelta) -> str:
+    return str(timedelta(seconds=round(duration.total_seconds())))
+
+
+def wait_for_lock_task(environment: Environment, purpose: str):
+    """The sensor a queued release waits in before ``lock`` (``rollout.on_lock_busy: wait``).
+
+    Reschedule mode: between looks it holds no worker slot. ``purpose`` is templated as for
+    :func:`lock_task`. Its own deadline (``rollout.lock_wait_timeout``, from when the run joined
+    the line) says why it gave up; the sensor's timeout is only a backstop behind it.
+    """
+    rollout = environment.rollout
+    backstop = rollout.lock_wait_timeout + 3 * rollout.lock_poll_interval + timedelta(minutes=1)
+
+    @task.sensor(
+        task_id=TaskIds.WAIT_FOR_LOCK,
+        mode="reschedule",
+        poke_interval=rollout.lock_poll_interval.total_seconds(),
+        timeout=backstop.total_seconds(),
+        retries=3,
+    )
+    def queue_for_lock(purpose: str):
+        context = get_current_context()
+        params = context["params"]
+        taken = wait_for_lock(
+            environment,
+            dag_id=context["dag"].dag_id,
+            run_id=context["run_id"],
+            purpose=purpose,
+            triggered_by=triggering_user(context),
+            run_state=dag_run_state(context),
+            version=str(params.get("version") or ""),
+            reason=params.get("reason"),
+        )
+        return PokeReturnValue(is_done=taken is not None, xcom_value=taken)
+
+    return queue_for_lock(purpose)
+
+
 def in_maintenance_window(environment: Environment, run_type: str) -> bool:
     """Whether a run of a maintenance DAG does its work now: any run triggered by hand (a person
     chose the time), a scheduled one only inside one of ``maintenance_windows`` (if any)."""
-    from datetime import UTC, datetime
-
     if run_type != "scheduled" or inside_any(environment.maintenance_windows, datetime.now(UTC)):
         return True
     windows = "; ".join(f"{w.cron} for {w.duration} ({w.timezone})" for w in environment.maintenance_windows)

@@ -23,7 +23,7 @@ from airlock.core.board import (
 )
 from airlock.core.dora import DoraReport, dora_report
 from airlock.hooks.backup_store import BackupStore
-from airlock.hooks.lock import AttentionMark, EnvironmentLock
+from airlock.hooks.lock import AttentionMark, EnvironmentLock, LockQueue
 from airlock.hooks.ops_history import AuditRow, OpsHistory
 
 #: A check with no result for this long is not current, and not a host's health any more.
@@ -75,20 +75,35 @@ def backup_entry(manifest: BackupManifest | None, now: datetime) -> dict[str, An
 class LockState:
     holder: dict[str, Any] | None
     attention: dict[str, Any] | None
+    #: The runs waiting for the lock (``rollout.on_lock_busy: wait``), first in line first.
+    queue: list[dict[str, Any]]
 
 
 def lock_state(environment: Environment) -> LockState:
-    """Who holds the environment's lock (run, purpose, since), and whether it needs a person."""
-    holder = EnvironmentLock(
+    """Who holds the environment's lock (run, purpose, since), who waits for it, and whether the
+    environment needs a person."""
+    lock = EnvironmentLock(
         environment=environment.name, redis_conn_id=environment.redis_conn_id, ttl=environment.lock_ttl
-    ).holder()
+    )
+    holder = lock.holder()
+    queue = [
+        {
+            "dag_id": run.dag_id,
+            "run_id": run.run_id,
+            "purpose": run.purpose,
+            "triggered_by": run.triggered_by,
+            "since": joined.isoformat(timespec="seconds"),
+            "url": run_url(run.dag_id, run.run_id),
+        }
+        for run, joined in LockQueue(lock).waiting()
+    ]
     attention = AttentionMark(environment=environment.name, redis_conn_id=environment.redis_conn_id).get()
     described = None
     if holder is not None:
         described = {key: value for key, value in asdict(holder).items() if key != "token"}
         if holder.dag_id:
             described["url"] = run_url(holder.dag_id, holder.run_id)
-    return LockState(holder=described, attention=asdict(attention) if attention else None)
+    return LockState(holder=described, attention=asdict(attention) if attention else None, queue=queue)
 
 
 def overview(environment: Environment, now: datetime | None = None) -> dict[str, Any]:
@@ -113,6 +128,7 @@ def overview(environment: Environment, now: datetime | None = None) -> dict[str,
         ],
         "lock": lock.holder,
         "attention": lock.attention,
+        "queue": lock.queue,
         "last_release": last,
         "backup": backup_entry(newest_verified_backup(environment), now),
         "alerts": open_alerts(latest),
