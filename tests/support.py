@@ -44,6 +44,8 @@ def write_sandbox_environment(
     document["deploy"]["artifact_url"] = f"file://{base}/artifacts/demo-app-{{version}}.tar.gz"
     document["backup"]["destination"] = f"file://{base}/backups"
     document["deploy"]["health_timeout"] = "10s"
+    # Tests of config_update_<env> write the set they ship here (tests/integration/test_config_update.py).
+    document["config"] = {**document["config"], "source": str(base / "config-source")}
     document.update(overrides)
     return write_environment(path, document)
 

@@ -81,8 +81,8 @@ def test_every_dag_file_imports_offline_without_errors(shipped):
     assert shipped["dags"], "no DAG was found in dags/"
 
 
-# The DAGs of one environment file (the demo's, with a backup section): a contract that users'
-# access rules, dashboards and REST clients name.
+# The DAGs of one environment file (the demo's, with backup and config sections): a contract that
+# users' access rules, dashboards and REST clients name.
 PER_ENVIRONMENT = (
     "release",
     "rollback",
@@ -94,6 +94,7 @@ PER_ENVIRONMENT = (
     "log_cleanup",
     "db_maintenance",
     "unlock",
+    "config_update",
 )
 
 
@@ -150,6 +151,8 @@ RUN_ONCE = {
     ("db_maintenance", "reindex"): "an interrupted REINDEX CONCURRENTLY leaves an invalid index to look at",
     ("health", "verdict"): "the verdict only reports; the next run five minutes later checks again",
     ("silence", "validate_request"): "a refused silence request does not get better by asking again",
+    ("config_update", "validate_request"): "a rejected request does not get better by asking again",
+    ("config_update", "plan"): "the approver approves the plan they read, built once",
 }
 
 

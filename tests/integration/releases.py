@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 from psycopg import sql
 
@@ -60,3 +62,20 @@ def approval_response(dag_id: str, run_id: str, task_id: str = "approve") -> tup
                 TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id, TaskInstance.task_id == task_id
             )
         ).one()
+
+
+def plan_of(dag_id: str, run_id: str) -> dict:
+    """The run's ``plan`` task result, from the metadata database."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    query = select(XComModel.value).where(
+        XComModel.dag_id == dag_id,
+        XComModel.run_id == run_id,
+        XComModel.task_id == "plan",
+        XComModel.key == "return_value",
+    )
+    with create_session() as session:
+        [value] = session.scalars(query).all()
+    return value if isinstance(value, dict) else json.loads(value)

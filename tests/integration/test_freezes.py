@@ -7,7 +7,6 @@ hours and ``cto`` as its freeze approver; ``admin`` approves ordinary releases.
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from tests.integration import releases
-from tests.integration.releases import NEW, OLD, on_every_host, served_versions
+from tests.integration.releases import NEW, OLD, on_every_host, plan_of, served_versions
 from tests.support import load_dag, run_dag, write_environment
 
 EVERY_HOST = ("web-1", "web-2", "web-3")
@@ -158,23 +157,6 @@ def test_migrations_during_a_freeze_are_refused_unless_overridden(on_old, ops_ur
         [(action, result, approved_by, detail)] = audit(ops_url, run_id)
         assert (action, result, approved_by) == ("migrate", "succeeded", "cto")
         assert "overridden: the schema fix cannot wait" in detail
-
-
-def plan_of(dag_id: str, run_id: str) -> dict:
-    """The run's ``plan`` task result, from the metadata database."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    query = select(XComModel.value).where(
-        XComModel.dag_id == dag_id,
-        XComModel.run_id == run_id,
-        XComModel.task_id == "plan",
-        XComModel.key == "return_value",
-    )
-    with create_session() as session:
-        [value] = session.scalars(query).all()
-    return value if isinstance(value, dict) else json.loads(value)
 
 
 def test_where_releases_need_no_approval_the_freeze_gate_lets_a_release_outside_a_freeze_through(

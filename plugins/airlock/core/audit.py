@@ -13,14 +13,15 @@ from collections.abc import Mapping, Sequence
 from airlock.core.outcome import Outcome, describe_failed, failed_steps, not_approved
 
 #: DAG id prefixes whose runs the audit trail records, and the action each row says.
-AUDITED_ACTIONS = ("release", "rollback", "migrate", "restore")
+AUDITED_ACTIONS = ("release", "rollback", "migrate", "restore", "config_update")
 
 
 def audited_action(dag_id: str, environment: str) -> str | None:
     """The audit action of a run of ``dag_id`` (``release_demo`` -> ``release``); None when the
     DAG's runs are not audited this way."""
-    action, _, rest = dag_id.partition("_")
-    return action if action in AUDITED_ACTIONS and rest == environment else None
+    suffix = f"_{environment}"
+    action = dag_id[: -len(suffix)] if dag_id.endswith(suffix) else None
+    return action if action in AUDITED_ACTIONS else None
 
 
 def unconcluded_outcome(
