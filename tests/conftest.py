@@ -80,7 +80,7 @@ _prepare_airflow_home()
 
 from airlock_dev.hosts import Sandbox, free_port  # noqa: E402 - after AIRFLOW_HOME is set
 from airlock_dev.slack import SlackReceiver  # noqa: E402
-from tests.support import write_sandbox_environment  # noqa: E402
+from tests.support import serve_memory_urls, write_sandbox_environment  # noqa: E402
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -197,3 +197,18 @@ def sandbox(environment, postgres_url) -> Sandbox:
     set_connection("airlock_ssh", hosts.ssh_connection_uri())
     yield hosts
     hosts.stop()
+
+
+@pytest.fixture
+def memory_store(monkeypatch):
+    """fsspec's in-memory filesystem, registered as a provider registers its store (S3 cannot run
+    here): the same ObjectStoragePath code path as any remote archive."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    store = MemoryFileSystem()
+    store.store.clear()
+    store.pseudo_dirs.clear()
+    store.pseudo_dirs.append("")
+    serve_memory_urls(monkeypatch, store)
+    yield store
+    store.store.clear()

@@ -243,3 +243,11 @@ def wait_until(condition, *, limit: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition never became true"
         time.sleep(0.02)
+
+
+def serve_memory_urls(monkeypatch, filesystem) -> None:
+    """``memory://`` URLs reach ``filesystem`` (and no store attached by an earlier test)."""
+    from airflow.sdk.io import fs, store
+
+    monkeypatch.setitem(fs._register_filesystems(), "memory", lambda conn_id, options: filesystem)
+    monkeypatch.delitem(store._STORE_CACHE, "memory", raising=False)

@@ -7,6 +7,7 @@ would: which set each host's app reports and reads from ``shared/config``, the a
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
@@ -175,3 +176,29 @@ def test_a_source_that_changes_after_approval_is_refused_before_any_host_changes
 
     assert states["wave_1.update"] == "failed", states
     assert reported(environment) == before
+
+
+def test_a_configuration_laid_out_before_airlock_is_kept_and_put_back_on_rollback(
+    dag, source, hosts_on_old, ops_url
+):
+    environment = hosts_on_old
+    web_1 = environment.hosts[0]
+    with host_config(environment, web_1) as remote:
+        link = shlex.quote(remote.link)
+        remote.hook.run_script(f"mkdir -p {link} && echo 'legacy = yes' > {link}/legacy.conf")
+    (source / "BROKEN").write_text("this configuration makes the demo app fail its health check\n")
+
+    run_id, states, _ = run_dag(dag, {}, answer="Approve", as_user="admin")
+
+    assert states["wave_1.update"] == "failed", states
+    assert states["rollback"] == "success", states
+    [(previous, result)] = audit_rows(ops_url, run_id, "previous", "result")
+    assert previous["web-1"] == "unmanaged"
+    assert result == "rolled_back"
+    # web-1 reads its own configuration again, from where Airlock kept it, and serves.
+    assert live_file(environment, web_1, "legacy.conf") == b"legacy = yes\n"
+    with host_config(environment, web_1) as remote:
+        assert remote.hook.run(["readlink", remote.link]).stdout.strip() == "config-sets/pre-airlock"
+    assert served_versions(environment)["web-1"] == "1.0.0"
+    plan = plan_of(dag.dag_id, run_id)["markdown"]
+    assert "`legacy.conf`: removed" in plan

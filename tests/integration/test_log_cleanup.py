@@ -24,7 +24,7 @@ import yaml
 
 from airlock.config import LogSettings
 from airlock.tasks.log_cleanup import LogCleanupError, clean_host_logs
-from tests.support import PROJECT, run_dag, write_environment
+from tests.support import PROJECT, run_dag, serve_memory_urls, write_environment
 
 DAY = 86400
 QUOTED = 'it\'s a "quoted" name.log'
@@ -347,29 +347,6 @@ def xcom(dag_id: str, run_id: str, task_id: str):
     with create_session() as session:
         [value] = session.scalars(query).all()
     return value if isinstance(value, dict) else json.loads(value)
-
-
-@pytest.fixture
-def memory_store(monkeypatch):
-    """fsspec's in-memory filesystem, registered as a provider registers its store (S3 cannot run
-    here): the same ObjectStoragePath code path as any remote archive."""
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    store = MemoryFileSystem()
-    store.store.clear()
-    store.pseudo_dirs.clear()
-    store.pseudo_dirs.append("")
-    serve_memory_urls(monkeypatch, store)
-    yield store
-    store.store.clear()
-
-
-def serve_memory_urls(monkeypatch, filesystem) -> None:
-    """``memory://`` URLs reach ``filesystem`` (and no store attached by an earlier test)."""
-    from airflow.sdk.io import fs, store
-
-    monkeypatch.setitem(fs._register_filesystems(), "memory", lambda conn_id, options: filesystem)
-    monkeypatch.delitem(store._STORE_CACHE, "memory", raising=False)
 
 
 def old_compressed_logs(environment, host_index: int, *names: str) -> Path:
