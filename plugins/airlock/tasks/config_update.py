@@ -245,25 +245,28 @@ def update(environment: Environment, *, wave_hosts: list[str]) -> list[dict[str,
 
     def one(name: str) -> None:
         host = environment.host(name)
-        report = {
-            "host": name,
-            "previous": planned["hosts"].get(name),
-            "config": approved.id,
-            "result": "pending",
-        }
+        # The set the host had when the run planned: what a rollback puts back, also for a host
+        # that an earlier try of this task switched already.
+        previous = planned["hosts"].get(name)
+        report = {"host": name, "previous": previous, "config": approved.id, "result": "pending"}
         reports[name] = report
         started = time.monotonic()
         try:
             with host_config(environment, host) as remote:
                 active = remote.active()
-                report["previous"] = active
-                if active == approved.id:
+                if active == approved.id and previous == approved.id:
                     wait_until_on_set(environment, host, approved.id)
                     report["result"] = "unchanged"
                     return
-                if active != planned["hosts"].get(name):
+                if active == approved.id:  # an earlier try switched it, and may not have activated
+                    report["result"] = "switched"
+                    _activate(environment, remote)
+                    wait_until_on_set(environment, host, approved.id)
+                    report["result"] = "updated"
+                    return
+                if active != previous:
                     raise AirflowFailException(
-                        f"{name} is on config set {active}, not {planned['hosts'].get(name)} as planned: "
+                        f"{name} is on config set {active}, not {previous} as planned: "
                         "someone changed it since; trigger the update again"
                     )
                 remote.install(approved, contents)
@@ -286,13 +289,16 @@ def update(environment: Environment, *, wave_hosts: list[str]) -> list[dict[str,
             report["seconds"] = round(time.monotonic() - started, 1)
 
     workers = max(1, min(environment.rollout.max_parallel_per_wave, len(wave_hosts)))
-    errors = []
+    errors, final = [], False
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="config") as pool:
         for name, future in [(name, pool.submit(one, name)) for name in wave_hosts]:
             try:
                 future.result()
             except Exception as error:
                 errors.append(f"{name}: {error}")
+                # A set the app does not come up on, or a refusal, does not get better by retrying
+                # (the rollback comes sooner); a dropped SSH connection may.
+                final = final or isinstance(error, HostNotServingError | AirflowFailException)
     lines = [reports[name] for name in wave_hosts]
     ti.xcom_push(key=REPORT, value=lines)
     for line in lines:
@@ -306,7 +312,8 @@ def update(environment: Environment, *, wave_hosts: list[str]) -> list[dict[str,
             line.get("why", ""),
         )
     if errors:
-        raise AirflowFailException("config update failed on " + "; ".join(errors))
+        failure = AirflowFailException if final else RuntimeError
+        raise failure("config update failed on " + "; ".join(errors))
     return lines
 
 
