@@ -202,3 +202,11 @@ def test_a_configuration_laid_out_before_airlock_is_kept_and_put_back_on_rollbac
     assert served_versions(environment)["web-1"] == "1.0.0"
     plan = plan_of(dag.dag_id, run_id)["markdown"]
     assert "`legacy.conf`: removed" in plan
+
+    # The next update plans against the kept directory and goes out; web-1's old files are gone
+    # from its live configuration, still kept in config-sets/pre-airlock.
+    (source / "BROKEN").unlink()
+    fixed, states, _ = run_dag(dag, {}, answer="Approve", as_user="admin")
+    assert states["conclude"] == "success", states
+    assert "`legacy.conf`: removed" in plan_of(dag.dag_id, fixed)["markdown"]
+    assert set(reported(environment).values()) == {current_set(source).id}

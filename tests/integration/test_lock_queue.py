@@ -203,3 +203,31 @@ def test_the_board_shows_who_waits_for_the_lock(queued_environment, redis_client
         ("manual__c", "release manual__c", "2026-12-02T09:00:01+00:00"),
     ]
     assert json.loads(redis_client.get(f"airlock:lock:{env.name}"))["run_id"] == "manual__a"
+
+
+def test_a_waiter_that_stopped_looking_is_dropped_even_while_its_run_looks_alive(queued_environment):
+    """Its run may belong to another installation that keeps beating, or be stuck elsewhere:
+    a waiter silent for several poll intervals must not hold the line for ever."""
+    env = queued_environment
+    hold(env, "manual__a")
+    look(env, "manual__silent", now=T0)
+    look(env, "manual__c", now=T0 + timedelta(seconds=1))
+    unlock(env, run_id="manual__a")
+
+    assert look(env, "manual__c", now=T0 + timedelta(seconds=30)) is None  # still within its looks
+    taken = look(env, "manual__c", now=T0 + timedelta(minutes=10))
+
+    assert taken["run_id"] == "manual__c"
+    assert line(env) == []
+
+
+def test_only_the_first_in_line_breaks_a_dead_holders_lock(queued_environment, slack_messages):
+    env = queued_environment
+    hold(env, "manual__a")
+    look(env, "manual__b", now=T0)
+    dead_a = alive(manual__a="failed")
+
+    assert look(env, "manual__c", now=T0 + timedelta(seconds=1), run_state=dead_a) is None
+    assert holder(env) == "manual__a"  # c is not first: it leaves the dead lock to b
+    assert look(env, "manual__b", now=T0 + timedelta(seconds=2), run_state=dead_a)["run_id"] == "manual__b"
+    assert any("ended failed" in text for text in slack_messages.texts())

@@ -35,6 +35,8 @@ PATH_PATTERN = re.compile(
 )
 #: A set's id.
 ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
+_URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@")
+_QUOTED_PAIR = re.compile(r"([\"'])([A-Za-z0-9_.\-]+)\1(\s*:\s*)(\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^,}\]\s]+)")
 _SETTING = re.compile(
     r"^(?P<lead>\s*(?:export\s+)?[\"']?)(?P<key>[A-Za-z0-9_.\-]+)(?P<sep>[\"']?\s*[:=]\s*)(?P<value>.*)$"
 )
@@ -108,16 +110,55 @@ def parse_manifest(text: str) -> dict[str, str]:
 
 
 def masked_name(path: str, patterns: Sequence[str]) -> bool:
-    name = path.rsplit("/", 1)[-1].lower()
-    return any(fnmatch.fnmatchcase(name, pattern.lower()) for pattern in patterns)
+    """Whether any component of ``path`` (a file's path, or a key) matches one of ``patterns``."""
+    return any(
+        fnmatch.fnmatchcase(part.lower(), pattern.lower()) for part in path.split("/") for pattern in patterns
+    )
+
+
+def _mask_inline(line: str, patterns: Sequence[str]) -> str:
+    """Credentials in URLs, and quoted ``"key": value`` pairs of masked keys anywhere in the line."""
+    line = _URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}{MASKED}@", line)
+    return _QUOTED_PAIR.sub(
+        lambda m: (
+            f"{m.group(1)}{m.group(2)}{m.group(1)}{m.group(3)}{MASKED}"
+            if masked_name(m.group(2), patterns)
+            else m.group(0)
+        ),
+        line,
+    )
 
 
 def mask_line(line: str, patterns: Sequence[str]) -> str:
-    """``line`` with its value hidden when it sets a key matching one of ``patterns``."""
+    """``line`` with its value hidden when it sets a key matching one of ``patterns``, and any
+    URL's password hidden."""
     match = _SETTING.match(line)
     if match and match.group("value").strip() and masked_name(match.group("key"), patterns):
         return f"{match.group('lead')}{match.group('key')}{match.group('sep')}{MASKED}"
-    return line
+    return _mask_inline(line, patterns)
+
+
+def mask_lines(lines: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """Every line masked (:func:`mask_line`); a masked key whose value follows on more indented
+    lines (a YAML block such as ``tls_key: |``) has those lines masked too."""
+    masked, block_indent = [], None
+    for line in lines:
+        indent = len(line) - len(line.lstrip())
+        if block_indent is not None and (not line.strip() or indent > block_indent):
+            masked.append(" " * indent + MASKED if line.strip() else line)
+            continue
+        block_indent = None
+        match = _SETTING.match(line)
+        if (
+            match
+            and masked_name(match.group("key"), patterns)
+            and match.group("value").strip() in ("", "|", ">", "|-", ">-", "|+", ">+")
+        ):
+            block_indent = indent
+            masked.append(line)
+            continue
+        masked.append(mask_line(line, patterns))
+    return masked
 
 
 @dataclass(frozen=True)
@@ -157,8 +198,8 @@ def diff_sets(
             changes.append(FileChange(path, change, note="binary file"))
             continue
         lines = difflib.unified_diff(
-            [mask_line(line, mask) for line in before_lines],
-            [mask_line(line, mask) for line in after_lines],
+            mask_lines(before_lines, mask),
+            mask_lines(after_lines, mask),
             lineterm="",
             n=context,
         )

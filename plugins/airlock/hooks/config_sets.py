@@ -118,7 +118,8 @@ class HostConfig:
         return f"{self.sets}/{set_id}"
 
     def active(self) -> str | None:
-        """The active set's id; :data:`UNMANAGED` for a plain directory; None when there is none."""
+        """The active set's id; :data:`UNMANAGED` for a plain directory, :data:`PRE_AIRLOCK` for
+        one Airlock kept at its first switch; None when there is none."""
         q = shlex.quote
         link = q(self.link)
         script = f"if [ -L {link} ]; then readlink {link}; elif [ -d {link} ]; then echo /{UNMANAGED}; fi"
@@ -133,11 +134,12 @@ class HostConfig:
         a plain directory as it is; empty when there is none."""
         if set_id is None:
             return {}
-        if set_id == UNMANAGED:
+        if set_id in (UNMANAGED, PRE_AIRLOCK):  # no manifest: the directory as it is
+            base = self.link if set_id == UNMANAGED else self.set_dir(PRE_AIRLOCK)
             listing = self.hook.run_script(
-                f"cd {shlex.quote(self.link)} && find . -type f -printf '%P\\n' | LC_ALL=C sort"
+                f"cd {shlex.quote(base)} && find . -type f -printf '%P\\n' | LC_ALL=C sort"
             ).stdout.split("\n")
-            base, paths = self.link, [path for path in listing if path]
+            paths = [path for path in listing if path]
         else:
             base = self.set_dir(set_id)
             paths = list(parse_manifest(self._read(f"{base}/{MANIFEST}").decode("ascii")))
@@ -148,11 +150,17 @@ class HostConfig:
             return handle.read()
 
     def installed(self, config_set: ConfigSet) -> bool:
-        """Whether the set is installed and its files still match its manifest."""
+        """Whether exactly this set is installed: its manifest is this set's, byte for byte (not
+        only its id), and its files still match it."""
         q = shlex.quote
         directory = self.set_dir(config_set.id)
-        script = f"cd {q(directory)} 2>/dev/null && sha256sum --check --status --strict {MANIFEST}"
-        return self.hook.run_script(script, check=False).exit_status == 0
+        script = (
+            f"cd {q(directory)} 2>/dev/null && sha256sum --check --status --strict {MANIFEST} "
+            f"&& sha256sum < {MANIFEST}"
+        )
+        result = self.hook.run_script(script, check=False)
+        expected = hashlib.sha256(config_set.manifest.encode("ascii")).hexdigest()
+        return result.exit_status == 0 and result.stdout.split()[:1] == [expected]
 
     def install(self, config_set: ConfigSet, contents: Mapping[str, bytes]) -> bool:
         """Upload the set into ``config-sets/<id>``, checked against its manifest on the host;

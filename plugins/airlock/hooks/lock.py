@@ -260,6 +260,8 @@ class LockQueue:
     def __init__(self, lock: EnvironmentLock) -> None:
         self.lock = lock
         self.key = f"{lock.key}:queue"
+        #: Each waiting run's last look (a hash: member -> epoch seconds).
+        self.seen_key = f"{lock.key}:queue:seen"
 
     @property
     def client(self):
@@ -268,15 +270,25 @@ class LockQueue:
     def join(self, run: QueuedRun, now: datetime | None = None) -> datetime:
         """Take a place at the back of the line, or keep the one ``run`` has; returns when it joined."""
         joined = (now or datetime.now(UTC)).timestamp()
+        keep = int(self.KEEP.total_seconds() * 1000)
         pipe = self.client.pipeline()
         pipe.zadd(self.key, {run.member: joined}, nx=True)
         pipe.zscore(self.key, run.member)
-        pipe.pexpire(self.key, int(self.KEEP.total_seconds() * 1000))
-        _, score, _ = pipe.execute()
+        pipe.hset(self.seen_key, run.member, joined)
+        pipe.pexpire(self.key, keep)
+        pipe.pexpire(self.seen_key, keep)
+        _, score, *_ = pipe.execute()
         return datetime.fromtimestamp(float(score), UTC)
 
     def leave(self, run: QueuedRun) -> None:
-        self.client.zrem(self.key, run.member)
+        pipe = self.client.pipeline()
+        pipe.zrem(self.key, run.member)
+        pipe.hdel(self.seen_key, run.member)
+        pipe.execute()
+
+    def last_look(self, run: QueuedRun) -> datetime | None:
+        seen = self.client.hget(self.seen_key, run.member)
+        return datetime.fromtimestamp(float(seen), UTC) if seen is not None else None
 
     def waiting(self) -> list[tuple[QueuedRun, datetime]]:
         """The runs in line, first first, with when each joined."""
@@ -295,6 +307,7 @@ class LockQueue:
         for run, joined in self.waiting():
             reason = dead(run, joined)
             if reason is not None and self.client.zrem(self.key, run.member):
+                self.client.hdel(self.seen_key, run.member)
                 dropped.append((run, reason))
         return dropped
 
@@ -394,7 +407,8 @@ class EnvironmentLock:
         current = LockHolder(**json.loads(raw)) if raw else None
         judged = installation is not None and run_state is not None and current is not None
         judged = judged and current.installation is not None
-        if current is not None and installation is not None and run_state is not None:
+        first_in_line = queued is None or not LockQueue(self).ahead_of(queued)
+        if current is not None and installation is not None and run_state is not None and first_in_line:
             reason = stale_reason(
                 current,
                 installation=installation,

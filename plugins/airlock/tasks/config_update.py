@@ -28,8 +28,16 @@ from airlock.config import Environment, Host
 from airlock.core.config_sets import ConfigSet, changes_markdown, diff_sets
 from airlock.core.markdown import inline
 from airlock.core.outcome import ROLLBACK_INCOMPLETE, approver, approver_name
-from airlock.hooks.config_sets import UNMANAGED, HostConfig, host_config, read_source, reported_config
+from airlock.hooks.config_sets import (
+    PRE_AIRLOCK,
+    UNMANAGED,
+    HostConfig,
+    host_config,
+    read_source,
+    reported_config,
+)
 from airlock.hooks.hosts import HostLayout, HostNotServingError
+from airlock.hooks.lock import LockLostError
 from airlock.hooks.ops_store import AuditRecord, write_audit_record
 from airlock.notifications.slack import post, render
 from airlock.tasks import environment as shared
@@ -118,7 +126,7 @@ def plan(
     params = context["params"]
     new_set = ConfigSet.from_dict(config)
     new_files = read_source(_settings(environment))
-    if ConfigSet.of(new_files).id != new_set.id:
+    if ConfigSet.of(new_files) != new_set:
         raise AirflowFailException("the config source changed while the run planned: trigger it again")
     mask = _settings(environment).mask
     groups: dict[str | None, list[str]] = {}
@@ -234,7 +242,7 @@ def update(environment: Environment, *, wave_hosts: list[str]) -> list[dict[str,
     planned = _approved(environment, context, step="update hosts")
     approved = ConfigSet.from_dict(planned["set"])
     contents = read_source(_settings(environment))
-    if ConfigSet.of(contents).id != approved.id:
+    if ConfigSet.of(contents) != approved:  # every file's SHA-256, not only the short id
         raise AirflowFailException(
             f"the config source no longer holds the approved set {approved.id} (it holds "
             f"{ConfigSet.of(contents).id}): nothing was changed; trigger the update again"
@@ -298,7 +306,7 @@ def update(environment: Environment, *, wave_hosts: list[str]) -> list[dict[str,
                 errors.append(f"{name}: {error}")
                 # A set the app does not come up on, or a refusal, does not get better by retrying
                 # (the rollback comes sooner); a dropped SSH connection may.
-                final = final or isinstance(error, HostNotServingError | AirflowFailException)
+                final = final or isinstance(error, HostNotServingError | AirflowFailException | LockLostError)
     lines = [reports[name] for name in wave_hosts]
     ti.xcom_push(key=REPORT, value=lines)
     for line in lines:
@@ -327,44 +335,45 @@ def _wave_reports(environment: Environment, context: Any) -> list[dict[str, Any]
 
 
 def rollback(environment: Environment) -> dict[str, Any] | None:
-    """If a wave failed: every host this run switched goes back to the set it had, and is
-    activated and checked again; None when nothing failed."""
+    """If a wave failed: every host the plan meant to change that is on the new set now goes back
+    to the set it had, and is activated and checked again; None when nothing failed.
+
+    Which hosts were switched is read from the hosts themselves, not from the waves' reports: a
+    wave task killed, timed out or retried (a new try starts without the last one's XCom) may
+    have switched hosts it never reported.
+    """
     context = get_current_context()
     states = run_task_states(context)
     waves_failed = any(
         state in ("failed", "upstream_failed") for task, state in states.items() if task.startswith("wave_")
     )
-    if not waves_failed:
+    planned = context["ti"].xcom_pull(task_ids=TaskIds.PLAN)
+    if not waves_failed or planned is None:
         return None
-    # "switched": changed, then failed to come up on the set; "updated": changed and healthy (a
-    # later host, or the wave's smoke tests, failed).
-    switched = [
-        line for line in _wave_reports(environment, context) if line["result"] in ("switched", "updated")
-    ]
+    new_id = planned["set"]["id"]
+    candidates = [environment.host(name) for name in planned["to_change"]]
     results: dict[str, str] = {}
 
-    def back(line: dict[str, Any]) -> None:
-        host = environment.host(line["host"])
-        previous = line["previous"]
+    def back(host: Host) -> None:
+        previous = planned["hosts"].get(host.name)
+        target = PRE_AIRLOCK if previous == UNMANAGED else previous
         try:
             with host_config(environment, host) as remote:
-                if previous in (None, UNMANAGED):
-                    target = None if previous is None else "pre-airlock"
-                else:
-                    target = previous
+                if remote.active() != new_id:
+                    return  # never switched by this run (or changed by hand since): left alone
                 if target is None:
                     remote.hook.run(["rm", "-f", remote.link])
                 else:
                     remote.switch(target)
                 _activate(environment, remote)
-            wait_until_on_set(environment, host, None if target in (None, "pre-airlock") else target)
-            results[line["host"]] = "rolled back"
+            wait_until_on_set(environment, host, None if target in (None, PRE_AIRLOCK) else target)
+            results[host.name] = "rolled back"
         except Exception as error:
-            log.error("Could not put %s back on config set %s: %s", line["host"], previous, error)
-            results[line["host"]] = f"NOT rolled back ({error})"
+            log.error("Could not put %s back on config set %s: %s", host.name, target, error)
+            results[host.name] = f"NOT rolled back ({error})"
 
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(switched) or 1))) as pool:
-        list(pool.map(back, switched))
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(candidates) or 1))) as pool:
+        list(pool.map(back, candidates))
     incomplete = sorted(host for host, result in results.items() if result != "rolled back")
     report = {"hosts": results, "incomplete": incomplete}
     context["ti"].xcom_push(key="rollback", value=report)
@@ -408,9 +417,11 @@ def conclude(environment: Environment) -> dict[str, Any]:
         )
     elif waves and all(state == "success" for state in waves.values()):
         result, detail = "succeeded", per_host
-    elif rolled and rolled.get("incomplete"):
+    elif (rolled and rolled.get("incomplete")) or states.get(TaskIds.ROLLBACK) != "success":
+        # A rollback that failed before it reported: which hosts stayed on the new set is unknown.
+        not_back = ", ".join(rolled["incomplete"]) if rolled else "unknown (the rollback step failed)"
         result = ROLLBACK_INCOMPLETE
-        detail = f"{per_host}. Rollback INCOMPLETE: {', '.join(rolled['incomplete'])}"
+        detail = f"{per_host or 'failed'}. Rollback INCOMPLETE: {not_back}"
         attention_mark(environment).set(
             dag_id=dag_run.dag_id,
             run_id=dag_run.run_id,
@@ -421,13 +432,11 @@ def conclude(environment: Environment) -> dict[str, Any]:
                 f"airlock:attention:{environment.name} in Redis"
             ),
         )
-    elif rolled:
+    elif rolled and rolled["hosts"]:
         result = "rolled_back"
-        detail = (
-            f"{per_host}. Rolled back: {', '.join(sorted(rolled['hosts'])) or 'no host had been switched'}"
-        )
+        detail = f"{per_host or 'failed'}. Rolled back: {', '.join(sorted(rolled['hosts']))}"
     else:
-        result, detail = "failed", per_host or "failed before any host was changed"
+        result, detail = "failed", f"{per_host or 'failed'}. No host was switched."
     write_audit_record(
         environment,
         AuditRecord(

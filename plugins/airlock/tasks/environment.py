@@ -495,19 +495,25 @@ def wait_for_lock(
     try:
         joined = queue.join(me, now=now)
         presence = InstallationPresence(environment_lock_.client).last
-        for dropped, why in queue.prune(
-            lambda run, since: (
-                None
-                if run == me
-                else stale_reason(
-                    run.as_holder(since),
-                    installation=me.installation,
-                    run_state=run_state,
-                    presence=presence,
-                    now=now,
-                )
+        # A waiter that stopped looking (its sensor gone, its run stopped where this installation
+        # cannot ask) is dead too; generous, as a busy scheduler may look late.
+        silent_after = 5 * rollout.lock_poll_interval + timedelta(minutes=2)
+
+        def dead(run: QueuedRun, since: datetime) -> str | None:
+            if run == me:
+                return None
+            last = queue.last_look(run)
+            if last is not None and now - last > silent_after:
+                return f"it has not looked at the lock since {last.isoformat(timespec='seconds')}"
+            return stale_reason(
+                run.as_holder(since),
+                installation=me.installation,
+                run_state=run_state,
+                presence=presence,
+                now=now,
             )
-        ):
+
+        for dropped, why in queue.prune(dead):
             log.warning(
                 "Dropped %s from the line for the lock of %s: %s", dropped.describe(), environment.name, why
             )

@@ -110,3 +110,23 @@ def test_a_change_of_a_masked_value_only_says_so():
     assert change.note == "a masked value changed"
     assert "one" not in changes_markdown([change])
     assert "two" not in changes_markdown([change])
+
+
+def test_secrets_in_urls_json_pairs_yaml_blocks_and_secret_directories_are_masked():
+    old = {"app.yaml": b"name: a\n", "secrets/db.conf": b"x = 1\n"}
+    new = {
+        "app.yaml": (
+            b"name: b\n"
+            b"DATABASE_URL=postgres://app:pw-in-url@db:5432/app\n"
+            b'{"user": "a", "password": "json-secret", "port": 1}\n'
+            b"tls_key: |\n  -----BEGIN PRIVATE KEY-----\n  block-secret\nafter: visible\n"
+        ),
+        "secrets/db.conf": b"x = directory-secret\n",
+    }
+    mask = [*DEFAULT_CONFIG_MASK, "secrets"]
+    shown = changes_markdown(diff_sets(old, new, mask=mask))
+    for secret in ("pw-in-url", "json-secret", "block-secret", "BEGIN PRIVATE KEY", "directory-secret"):
+        assert secret not in shown, secret
+    assert "+after: visible" in shown
+    assert "postgres://app:********@db:5432/app" in shown
+    assert "`secrets/db.conf`: changed (content masked (config.mask))" in shown
