@@ -1,8 +1,12 @@
-"""A Slack incoming-webhook stand-in on loopback that records what it receives.
+"""A Slack stand-in on loopback that records what it receives.
 
 Airlock's Slack notifications go through the Slack provider's webhook hook to whatever URL the
 ``airlock_slack`` connection names. The demo and the tests point that connection here, so the
 messages are real HTTP posts that can be printed (demo) or asserted on (tests).
+
+It also answers as Slack's Web API under ``/api/`` (``chat.postMessage``, ``chat.update``:
+``{"ok": true, "channel", "ts"}``), where the ``airlock_slack_api`` connection points, and takes
+the ephemeral answers posted to ``/response/...`` (a click's ``response_url``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class SlackReceiver:
         #: Posts answered with an error instead of taken (see :meth:`refuse`), as (status, text).
         self.refused: list[tuple[int, str]] = []
         self._refusal: tuple[int, int | None] | None = None
+        self._posted = 0
         self._lock = threading.Condition()
         self.log_path = log_path
         self.echo = echo
@@ -55,7 +60,18 @@ class SlackReceiver:
                     self.end_headers()
                     self.wfile.write(b"rate_limited" if refused == 429 else b"internal_error")
                     return
+                if self.path.startswith("/api/"):
+                    body = {**body, "ts": body.get("ts") or receiver._ts()}  # where the message is
                 receiver._record(self.path, body)
+                if self.path.startswith("/api/"):  # Slack's Web API answers JSON
+                    answer = {"ok": True, "channel": body.get("channel"), "ts": body["ts"]}
+                    data = json.dumps(answer).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain")
                 self.end_headers()
@@ -74,6 +90,24 @@ class SlackReceiver:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/services"
+
+    def _ts(self) -> str:
+        with self._lock:
+            self._posted += 1
+            return f"{int(time.time())}.{self._posted:06d}"
+
+    def api_connection(self) -> dict[str, Any]:
+        """The ``slack`` (Web API) connection: a bot token, and this receiver as its base URL."""
+        return {
+            "conn_type": "slack",
+            "password": "xoxb-airlock-test-token",
+            "extra": {"base_url": f"http://127.0.0.1:{self.port}/api/"},
+        }
+
+    def api_calls(self, method: str) -> list[dict[str, Any]]:
+        """What Airlock sent to the Web API's ``method`` (``chat.postMessage``...), in order."""
+        with self._lock:
+            return [message for message in self.messages if message["path"] == f"/api/{method}"]
 
     def connection(self) -> dict[str, str]:
         """The ``slackwebhook`` connection (full URL in ``host``: the hook ignores a port field)."""

@@ -355,6 +355,10 @@ class AirlockStack:
         """Undo :meth:`add_environment`: the dag-processor drops its DAGs on its next parse."""
         (self.environments_dir / f"{name}.yaml").unlink(missing_ok=True)
 
+    def slack_signing_secret(self) -> str:
+        """The signing secret of the stack's stand-in Slack app (``airlock_slack_signing``)."""
+        return self._secret("slack_signing_secret")
+
     def _secret(self, name: str) -> str:
         path = self.home / "secrets" / name
         if not path.exists():
@@ -368,6 +372,13 @@ class AirlockStack:
         connections = {
             "AIRFLOW_CONN_AIRLOCK_SSH": self.sandbox.ssh_connection_uri() if self.sandbox else None,
             "AIRFLOW_CONN_AIRLOCK_SLACK": self.slack.connection() if self.slack else None,
+            # Interactive approvals (approval.slack_channel): the Web API on the same receiver,
+            # and the Slack app's signing secret, which a test signs its clicks with.
+            "AIRFLOW_CONN_AIRLOCK_SLACK_API": self.slack.api_connection() if self.slack else None,
+            "AIRFLOW_CONN_AIRLOCK_SLACK_SIGNING": {
+                "conn_type": "generic",
+                "password": self.slack_signing_secret(),
+            },
             "AIRFLOW_CONN_AIRLOCK_REDIS": {
                 "conn_type": "redis",
                 "host": "127.0.0.1",

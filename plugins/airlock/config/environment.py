@@ -289,6 +289,26 @@ class ApprovalSettings(_Model):
         default=timedelta(hours=4), description="No answer in time ends the run, audited as timed_out"
     )
     allow_self_approval: bool = Field(default=False, description="Whether the triggering user may approve")
+    slack_channel: str | None = Field(
+        default=None,
+        pattern=r"^#?[A-Za-z0-9._-]{1,80}$",
+        description=(
+            "Slack channel (id, or #name) where approval requests are posted with Approve and Reject "
+            "buttons, through slack_api_conn_id; none: the webhook message with a link only"
+        ),
+    )
+    slack_api_conn_id: str = Field(
+        default="airlock_slack_api",
+        description="Slack API connection (the bot token, chat:write) for slack_channel",
+    )
+    slack_signing_conn_id: str = Field(
+        default="airlock_slack_signing",
+        description="Connection whose password is the Slack app's signing secret (verifies button clicks)",
+    )
+    slack_users: dict[Annotated[str, Field(pattern=r"^[UW][A-Z0-9]{2,20}$")], str] = Field(
+        default_factory=dict,
+        description="Slack user id -> Airflow user id: who a click from Slack answers as (unmapped: refused)",
+    )
 
     @model_validator(mode="after")
     def _someone_can_approve(self) -> ApprovalSettings:

@@ -32,10 +32,15 @@ from airlock.config import Environment
 from airlock.core.evidence import describe_user, response_refusal
 from airlock.core.freeze import describe_override
 from airlock.core.outcome import triggering_user
+from airlock.core.slack_approval import RequestRef, plan_summary
 from airlock.notifications.slack import post, render
+from airlock.notifications.slack_approval import post_request, update_request
 
 #: The gate's XCom key holding its timeout (as text) when nobody answered within it.
 APPROVAL_TIMED_OUT = "timed_out"
+
+#: The gate's XCom key holding where its interactive Slack message is (``channel``, ``ts``).
+SLACK_MESSAGE = "slack_message"
 
 #: How long the gate's own work may take, before it parks to wait and after the answer comes.
 APPROVAL_EXECUTION_TIMEOUT = timedelta(minutes=5)
@@ -53,6 +58,9 @@ class ReleaseApprovalOperator(ApprovalOperator):
     :param plan_task_id: the task whose XCom holds the plan shown (its ``digest`` is recorded).
     :param freeze_approvers: who may approve a plan that overrides a freeze.
     :param approval_required: whether plans that override no freeze need an approval.
+    :param slack_channel: where to post the request with Approve and Reject buttons (through
+        ``slack_api_conn_id``); None: the webhook message with a link only.
+    :param slack_api_conn_id: the Slack API connection (bot token) for ``slack_channel``.
     """
 
     template_fields = (*ApprovalOperator.template_fields, "change")
@@ -68,6 +76,8 @@ class ReleaseApprovalOperator(ApprovalOperator):
         plan_task_id: str | None = None,
         freeze_approvers: list[str] | None = None,
         approval_required: bool = True,
+        slack_channel: str | None = None,
+        slack_api_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -85,6 +95,8 @@ class ReleaseApprovalOperator(ApprovalOperator):
         self.plan_task_id = plan_task_id
         self.freeze_approvers = list(freeze_approvers or [])
         self.approval_required = approval_required
+        self.slack_channel = slack_channel
+        self.slack_api_conn_id = slack_api_conn_id
 
     def freeze_override(self, context: Any) -> dict[str, Any] | None:
         """The freeze the shown plan overrides, if any (its ``freeze_override``)."""
@@ -136,12 +148,57 @@ class ReleaseApprovalOperator(ApprovalOperator):
                 approvers=assigned,
                 link=link,
             )
-        post(self.slack_conn_id, message)
+        if self.slack_channel and self.slack_api_conn_id:
+            self.post_interactive(context, link)
+        else:
+            post(self.slack_conn_id, message)
         return super().execute(context)
+
+    def post_interactive(self, context: Any, link: str) -> None:
+        """The request as a Slack message with Approve and Reject buttons; where it is, as XCom
+        :data:`SLACK_MESSAGE`, for its update once decided."""
+        ti = context["ti"]
+        ref = RequestRef(
+            environment=self.environment,
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            task_id=ti.task_id,
+            map_index=ti.map_index if ti.map_index is not None else -1,
+            plan_digest=self.shown_request(context)["plan_digest"],
+        )
+        where = post_request(
+            self.slack_api_conn_id,
+            self.slack_channel,
+            subject=self.subject,
+            summary=self.summary(context),
+            approvers=[user["id"] for user in self.assigned_users or []],
+            link=link,
+            ref=ref,
+        )
+        if where is not None:
+            ti.xcom_push(key=SLACK_MESSAGE, value=where)
+
+    def summary(self, context: Any) -> list[str]:
+        planned = context["ti"].xcom_pull(task_ids=self.plan_task_id) if self.plan_task_id else None
+        return plan_summary(planned)
+
+    def decided(self, context: Any, decision: str) -> None:
+        """Update the interactive message (if one was posted) with how the request was decided."""
+        if not (self.slack_channel and self.slack_api_conn_id):
+            return
+        message = context["ti"].xcom_pull(task_ids=self.task_id, key=SLACK_MESSAGE)
+        update_request(
+            self.slack_api_conn_id,
+            message,
+            subject=self.subject,
+            summary=self.summary(context),
+            decision=decision,
+        )
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         if event.get("timedout") or event.get("error_type") == "timeout":
             context["ti"].xcom_push(key=APPROVAL_TIMED_OUT, value=str(self.response_timeout))
+            self.decided(context, f"Timed out: nobody answered within {self.response_timeout}; not approved.")
             post(
                 self.slack_conn_id,
                 render(
@@ -161,17 +218,21 @@ class ReleaseApprovalOperator(ApprovalOperator):
             allow_self_approval=self.allow_self_approval,
         )
         if refused:
+            self.decided(context, f"Not approved: the answer of {responder} does not count ({refused}).")
             raise AirflowFailException(f"The answer to {self.change} does not count: {refused}")
         # HITLOperator's validation only: ApprovalOperator would skip the downstream tasks on
         # "Reject" and end the run as a success; a rejected release must end failed instead.
         result = HITLOperator.execute_complete(self, context=context, event=event)
         self.hitl_summary_extra["approved"] = result["chosen_options"] == [self.APPROVE]
+        when = _answered_at(event)
         if result["chosen_options"] != [self.APPROVE]:
+            self.decided(context, f"Rejected by {responder} at {when}.")
             post(
                 self.slack_conn_id,
                 render("approval_rejected", environment=self.environment, change=self.change, who=responder),
             )
             raise AirflowFailException(f"{self.change} was rejected by {responder}")
+        self.decided(context, f"Approved by {responder} at {when}.")
         if override:
             self.log.warning("%s approved by %s: %s", self.change, responder, describe_override(override))
             post(
@@ -198,6 +259,21 @@ class ReleaseApprovalOperator(ApprovalOperator):
             "run_id": dag_run.run_id,
             "clear_number": getattr(dag_run, "clear_number", None) or 0,
         }
+
+
+def _answered_at(event: dict[str, Any]) -> str:
+    """When the answer was given, as the message shows it (UTC, to the second)."""
+    from datetime import UTC, datetime
+
+    answered = event.get("responded_at")
+    if isinstance(answered, str):
+        try:
+            answered = datetime.fromisoformat(answered.replace("Z", "+00:00"))
+        except ValueError:
+            return answered
+    if not isinstance(answered, datetime):
+        answered = datetime.now(UTC)
+    return answered.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def plan_markdown(plan_task_id: str) -> str:
@@ -240,5 +316,7 @@ def approval_gate(
         plan_task_id=plan_task_id,
         freeze_approvers=environment.freeze_approvers if overridable else [],
         approval_required=environment.approval.required,
+        slack_channel=environment.approval.slack_channel,
+        slack_api_conn_id=environment.approval.slack_api_conn_id,
     )
     return [gate]

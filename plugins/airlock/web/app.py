@@ -7,7 +7,10 @@ Paths (stable, outside checks use them), all behind Airflow's own authentication
 - ``GET /airlock/api/environments/{env}/releases?limit=N`` audit rows, newest first;
 - ``GET /airlock/api/environments/{env}/health?since=ISO8601`` health history, strips, trends;
 - ``GET /airlock/api/environments/{env}/dora?days=30`` the DORA figures;
-- ``GET /airlock/metrics`` Prometheus text.
+- ``GET /airlock/metrics`` Prometheus text;
+- ``POST /airlock/slack/interactions`` Slack's callbacks of the approval buttons: the one route
+  not behind Airflow's authentication, authenticated by Slack's request signature instead
+  (:mod:`airlock.web.slack`).
 
 An unknown environment, or one the user may not read, answers 404 (the same answer); bad query values 422.
 """
@@ -20,8 +23,9 @@ from typing import Annotated, Any
 
 from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
 from airflow.api_fastapi.core_api.security import requires_access_view
-from fastapi import Depends, FastAPI, Query
-from fastapi.responses import HTMLResponse, Response
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from airlock.web import overview
@@ -51,6 +55,15 @@ def create_board_app() -> FastAPI:
     def board() -> HTMLResponse:
         """The board page; it reads the JSON API below with the same cookie."""
         return HTMLResponse(BOARD_PAGE.read_text(), headers={"Cache-Control": "no-store"})
+
+    @app.post("/slack/interactions")
+    async def slack_interactions(request: Request) -> JSONResponse:
+        """Approve or Reject clicked in Slack (see :mod:`airlock.web.slack`)."""
+        from airlock.web.slack import handle_interaction
+
+        body = await request.body()
+        status, answer = await run_in_threadpool(handle_interaction, body, request.headers)
+        return JSONResponse(answer, status_code=status)
 
     @app.get("/api/environments")
     def environments(readable: ReadableDep) -> dict[str, Any]:
