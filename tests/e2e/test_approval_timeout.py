@@ -9,6 +9,7 @@ the request's default (*Reject*) once the deadline passes, and the gate ends the
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import psycopg
@@ -34,7 +35,8 @@ def short_timeout_environment(stack):
         ENVIRONMENT,
         {
             "description": "The demo with a short approval timeout (tests/e2e/test_approval_timeout.py)",
-            "approval": {**demo["approval"], "timeout": f"{TIMEOUT_SECONDS}s"},
+            # Posted to Slack as an interactive message too: the timeout must update it.
+            "approval": {**demo["approval"], "timeout": f"{TIMEOUT_SECONDS}s", "slack_channel": "C0TIMEOUT"},
             "backup": None,
             "db_maintenance": {"schedule": None},
             **unscheduled,
@@ -107,3 +109,7 @@ def test_an_approval_nobody_answers_is_timed_out_by_the_scheduler_and_changes_no
         for text in texts
     ), texts
     assert not any("rejected" in text for text in texts), texts
+    [message] = [m for m in stack.slack.api_calls("chat.postMessage") if run_id in json.dumps(m["blocks"])]
+    [update] = [call for call in stack.slack.api_calls("chat.update") if call["ts"] == message["ts"]]
+    assert "Timed out: nobody answered within 0:00:25; not approved." in json.dumps(update["blocks"])
+    assert not [block for block in update["blocks"] if block["type"] == "actions"]  # no buttons left
