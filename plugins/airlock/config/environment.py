@@ -276,6 +276,13 @@ class RolloutSettings(_Model):
         return max(1, self.max_parallel_per_wave // (self.hosts_per_task or 1))
 
 
+class SlackUser(_Model):
+    """An Airflow user as ``approval.slack_users`` names it: its id and its name."""
+
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+
+
 class ApprovalSettings(_Model):
     required: bool = Field(default=True, description="Whether releases and rollbacks wait for an approval")
     approvers: list[str] = Field(
@@ -305,9 +312,12 @@ class ApprovalSettings(_Model):
         default="airlock_slack_signing",
         description="Connection whose password is the Slack app's signing secret (verifies button clicks)",
     )
-    slack_users: dict[Annotated[str, Field(pattern=r"^[UW][A-Z0-9]{2,20}$")], str] = Field(
+    slack_users: dict[Annotated[str, Field(pattern=r"^[UW][A-Z0-9]{2,20}$")], str | SlackUser] = Field(
         default_factory=dict,
-        description="Slack user id -> Airflow user id: who a click from Slack answers as (unmapped: refused)",
+        description=(
+            "Slack user id -> the Airflow user a click from Slack answers as: a user id (where ids "
+            "are names, as in the simple auth manager) or {id, name} (FAB, Keycloak); unmapped: refused"
+        ),
     )
 
     @model_validator(mode="after")

@@ -37,6 +37,9 @@ class RequestRef:
     task_id: str
     map_index: int
     plan_digest: str | None
+    #: How often the run had been cleared when the request was posted: a re-run's request is
+    #: never answered by an older message.
+    clear_number: int = 0
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
@@ -47,7 +50,22 @@ class RequestRef:
             data = json.loads(value)
         except (TypeError, ValueError):
             data = None
-        if not isinstance(data, dict) or set(data) != set(cls.__dataclass_fields__):
+        types = {
+            "environment": str,
+            "dag_id": str,
+            "run_id": str,
+            "task_id": str,
+            "map_index": int,
+            "plan_digest": (str, type(None)),
+            "clear_number": int,
+        }
+        if (
+            not isinstance(data, dict)
+            or set(data) != set(types)
+            or not all(
+                isinstance(data[key], kind) and not isinstance(data[key], bool) for key, kind in types.items()
+            )
+        ):
             raise ValueError("not an Airlock approval button")
         return cls(**data)
 
@@ -63,6 +81,21 @@ def plan_summary(planned: Mapping[str, Any] | None) -> list[str]:
     if not planned:
         return []
     plan = planned.get("plan")
+    override = planned.get("freeze_override") or (
+        plan.get("freeze_override") if isinstance(plan, Mapping) else None
+    )
+    warning = (
+        [
+            f"FREEZE OVERRIDE: {override.get('name')} ({override.get('reason')}, "
+            f"until {override.get('ends')}); why: {override.get('override_reason')}"
+        ]
+        if isinstance(override, Mapping)
+        else []
+    )
+    return warning + _summary(planned, plan)
+
+
+def _summary(planned: Mapping[str, Any], plan: Any) -> list[str]:
     if isinstance(plan, Mapping) and "waves" in plan and "version" in plan:
         lines = [f"Version: {plan['version']}"]
         for number, wave in enumerate(plan["waves"], start=1):
@@ -140,25 +173,44 @@ def decided_blocks(*, subject: str, summary: Sequence[str], decision: str) -> li
     ]
 
 
+@dataclass(frozen=True)
+class AirflowUser:
+    id: str
+    name: str
+
+
 def slack_refusal(
     *,
     slack_user: str,
-    mapping: Mapping[str, str],
+    mapping: Mapping[str, Any],
     assigned: Sequence[str],
     triggered_by: str,
     allow_self_approval: bool,
-) -> tuple[str | None, str | None]:
+) -> tuple[AirflowUser | None, str | None]:
     """The Airflow user a Slack user answers as, or why they may not answer: ``(user, None)`` or
-    ``(None, refusal)``. The gate's rules: only an assigned approver, never the triggering user
-    unless the environment allows it."""
-    user = mapping.get(slack_user)
-    if user is None:
+    ``(None, refusal)``. The gate's rules: only an assigned approver (by id), never the triggering
+    user (by id or name) unless the environment allows it. A mapping value is a user id (where
+    ids are names) or an object with ``id`` and ``name``."""
+    mapped = mapping.get(slack_user)
+    if mapped is None:
         return None, (
             f"Your Slack user ({slack_user}) is not mapped to an Airflow user for this environment "
             "(approval.slack_users): answer in the Airflow UI, or ask for the mapping."
         )
-    if user == triggered_by and not allow_self_approval:
-        return None, f"You ({user}) triggered this run, and this environment does not allow self-approval."
-    if user not in assigned:
-        return None, f"You ({user}) are not an assigned approver of this request ({', '.join(assigned)})."
+    if isinstance(mapped, str):
+        user = AirflowUser(id=mapped, name=mapped)
+    elif isinstance(mapped, Mapping):
+        user = AirflowUser(id=str(mapped["id"]), name=str(mapped["name"]))
+    else:
+        user = AirflowUser(id=str(mapped.id), name=str(mapped.name))
+    if triggered_by in (user.id, user.name) and not allow_self_approval:
+        return (
+            None,
+            f"You ({user.name}) triggered this run, and this environment does not allow self-approval.",
+        )
+    if user.id not in assigned:
+        return (
+            None,
+            f"You ({user.name}) are not an assigned approver of this request ({', '.join(assigned)}).",
+        )
     return user, None

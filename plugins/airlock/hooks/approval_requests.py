@@ -20,11 +20,15 @@ class PendingRequest:
     """What the decision needs to know of one approval request."""
 
     answered: bool
+    #: Whether the task is parked waiting for the answer (not finished, cleared or killed).
+    waiting: bool
+    options: list[str]
     chosen_options: list[str]
     responded_by: str | None
     assigned: list[str]
     #: The plan digest the request showed (the gate's XCom ``request``).
     plan_digest: str | None
+    clear_number: int
     triggered_by: str
 
 
@@ -52,10 +56,10 @@ def answer_request(
     task_id: str,
     map_index: int,
     option: str,
-    decide: Callable[[PendingRequest | None], str],
-) -> str:
-    """Answer the request with ``option`` as the user ``decide`` returns (it raises to refuse);
-    returns that user."""
+    decide: Callable[[PendingRequest | None], tuple[str, str]],
+) -> tuple[str, str]:
+    """Answer the request with ``option`` as the user ``decide`` returns, ``(id, name)`` (it
+    raises to refuse); returns that user."""
     from airflow._shared.timezones import timezone
     from airflow.models.dagrun import DagRun
     from airflow.models.hitl import HITLDetail, HITLUser
@@ -97,17 +101,20 @@ def answer_request(
         )
         shown = json.loads(shown) if isinstance(shown, str) else (shown or {})
         dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-        user = decide(
+        user_id, user_name = decide(
             PendingRequest(
                 answered=bool(detail.response_received),
+                waiting=ti.state in (TaskInstanceState.AWAITING_INPUT, TaskInstanceState.DEFERRED),
+                options=list(detail.options or []),
                 chosen_options=list(detail.chosen_options or []),
                 responded_by=detail.responded_by_user_name,
                 assigned=[assignee["id"] for assignee in detail.assigned_users or []],
                 plan_digest=shown.get("plan_digest"),
+                clear_number=int(shown.get("clear_number") or 0),
                 triggered_by=str(getattr(dag_run, "triggering_user_name", None) or ""),
             )
         )
-        detail.responded_by = HITLUser(id=user, name=user)
+        detail.responded_by = HITLUser(id=user_id, name=user_name)
         detail.responded_at = timezone.utcnow()
         detail.chosen_options = [option]
         detail.params_input = {}
@@ -116,4 +123,4 @@ def answer_request(
             handle_event_submit(
                 TriggerEvent(detail.as_resume_event_payload()), task_instance=ti, session=session
             )
-    return user
+    return user_id, user_name

@@ -2,8 +2,9 @@
 (the Web API, with the bot token of ``approval.slack_api_conn_id``), then updated in place once
 the request is decided, wherever it was decided (Slack, the Airflow UI, the REST API, a timeout).
 
-Slack being down never blocks an approval: the request waits in Airflow either way, and a
-message that could not be posted or updated is logged (the webhook messages still go out).
+Slack being down never blocks an approval: the request waits in Airflow either way. A request
+that could not be posted goes to the webhook instead (the gate falls back), and an update that
+could not be made is logged.
 """
 
 from __future__ import annotations

@@ -148,15 +148,15 @@ class ReleaseApprovalOperator(ApprovalOperator):
                 approvers=assigned,
                 link=link,
             )
-        if self.slack_channel and self.slack_api_conn_id:
-            self.post_interactive(context, link)
-        else:
+        # The interactive message where there is one; the webhook's when there is none, or when
+        # Slack's Web API did not take it (nobody would hear of the request otherwise).
+        if not (self.slack_channel and self.slack_api_conn_id and self.post_interactive(context, link)):
             post(self.slack_conn_id, message)
         return super().execute(context)
 
-    def post_interactive(self, context: Any, link: str) -> None:
+    def post_interactive(self, context: Any, link: str) -> bool:
         """The request as a Slack message with Approve and Reject buttons; where it is, as XCom
-        :data:`SLACK_MESSAGE`, for its update once decided."""
+        :data:`SLACK_MESSAGE`, for its update once decided. Returns whether Slack took it."""
         ti = context["ti"]
         ref = RequestRef(
             environment=self.environment,
@@ -165,6 +165,7 @@ class ReleaseApprovalOperator(ApprovalOperator):
             task_id=ti.task_id,
             map_index=ti.map_index if ti.map_index is not None else -1,
             plan_digest=self.shown_request(context)["plan_digest"],
+            clear_number=self.shown_request(context)["clear_number"],
         )
         where = post_request(
             self.slack_api_conn_id,
@@ -175,8 +176,10 @@ class ReleaseApprovalOperator(ApprovalOperator):
             link=link,
             ref=ref,
         )
-        if where is not None:
-            ti.xcom_push(key=SLACK_MESSAGE, value=where)
+        if where is None:
+            return False
+        ti.xcom_push(key=SLACK_MESSAGE, value=where)
+        return True
 
     def summary(self, context: Any) -> list[str]:
         planned = context["ti"].xcom_pull(task_ids=self.plan_task_id) if self.plan_task_id else None

@@ -59,9 +59,13 @@ def create_board_app() -> FastAPI:
     @app.post("/slack/interactions")
     async def slack_interactions(request: Request) -> JSONResponse:
         """Approve or Reject clicked in Slack (see :mod:`airlock.web.slack`)."""
-        from airlock.web.slack import handle_interaction
+        from airlock.web.slack import MAX_BODY, handle_interaction
 
-        body = await request.body()
+        body = b""
+        async for chunk in request.stream():  # never more than a Slack payload into memory
+            body += chunk
+            if len(body) > MAX_BODY:
+                return JSONResponse({"text": "not a Slack interaction"}, status_code=413)
         status, answer = await run_in_threadpool(handle_interaction, body, request.headers)
         return JSONResponse(answer, status_code=status)
 

@@ -14,8 +14,10 @@ request's signature is its authentication. In order, before anything is written:
 
 Then the HITL request is answered as the REST API answers it (row locks in the same order, the
 parked task resumed at once), with the mapped user recorded as the responder. Every refusal
-answers Slack with an ephemeral message (also sent to the click's ``response_url``) and changes
-nothing; the gate itself checks the answer again when the task resumes.
+answers Slack with an ephemeral message (also sent to the click's ``response_url``, in the
+background: Slack wants its answer within 3 seconds) and changes nothing; the gate itself checks
+the answer again when the task resumes. Unlike Airflow's REST route, no Airflow permission of the
+mapped user is checked: the mapping and the request's assignment are the authorisation.
 """
 
 from __future__ import annotations
@@ -52,17 +54,30 @@ def ephemeral(text: str) -> dict[str, Any]:
 
 
 def handle_interaction(body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
-    """Answer one interaction callback: ``(HTTP status, JSON body)``."""
+    """Answer one interaction callback: ``(HTTP status, JSON body)``. Nothing unexpected becomes
+    a 500 with a trace: before the signature verified, every failure is the same 401; after it,
+    a failure to answer is a 503 telling the user to answer in Airflow."""
     payload: dict[str, Any] = {}
+    verified = False
     try:
-        payload, ref, environment = _parse(body)
-        _verify(environment, body, headers)
+        try:
+            payload, ref, environment = _parse(body)
+            _verify(environment, body, headers)
+        except Refused:
+            raise
+        except Exception as error:  # malformed headers, a broken secret, deep JSON...
+            log.warning("Slack interaction refused before verification: %r", error)
+            raise Refused(401, "not a verifiable Slack interaction") from None
+        verified = True
         text = _answer(environment, ref, payload)
         status = 200
     except Refused as refusal:
         status, text = refusal.status, refusal.text
         log.warning("Slack interaction refused (%s): %s", status, text)
-    if status == 200:
+    except Exception:
+        log.exception("Could not answer a verified Slack interaction")
+        status, text = 503, "Airlock could not record this answer; answer in Airflow (Required Actions)."
+    if verified:
         _respond(payload.get("response_url"), text)
     return status, ephemeral(text)
 
@@ -77,10 +92,12 @@ def _parse(body: bytes) -> tuple[dict[str, Any], RequestRef, Environment]:
         if action["action_id"] not in OPTIONS:
             raise ValueError(action["action_id"])
     except (KeyError, ValueError, TypeError, UnicodeDecodeError):
-        raise Refused(401, "not an Airlock approval click") from None
+        raise Refused(401, "not a verifiable Slack interaction") from None
     environment = next((e for e in load_environments() if e.name == ref.environment), None)
-    if environment is None:
-        raise Refused(401, "not an Airlock approval click")
+    # The environment (its secret, its mapping) must be the DAG's own: a button of one environment
+    # can never name another's run.
+    if environment is None or not ref.dag_id.endswith(f"_{environment.name}"):
+        raise Refused(401, "not a verifiable Slack interaction")
     return payload, ref, environment
 
 
@@ -92,9 +109,9 @@ def _verify(environment: Environment, body: bytes, headers: Mapping[str, str]) -
     timestamp = headers.get("x-slack-request-timestamp")
     signature = headers.get("x-slack-signature")
     secret = signing_secret(environment.approval.slack_signing_conn_id)
-    if not secret:
-        raise Refused(401, "this Airlock cannot verify Slack's requests (no signing secret)")
-    if not SignatureVerifier(secret).is_valid(body, timestamp, signature):
+    if not secret or not SignatureVerifier(secret).is_valid(body, timestamp, signature):
+        if not secret:
+            log.error("No Slack signing secret in %s", environment.approval.slack_signing_conn_id)
         raise Refused(401, "bad signature, or a request older than 5 minutes")
     seen = hashlib.sha256(f"{timestamp}:{signature}".encode()).hexdigest()
     if not first_time(environment.redis_conn_id, f"airlock:slack:seen:{seen}", REPLAY_WINDOW_SECONDS):
@@ -107,14 +124,18 @@ def _answer(environment: Environment, ref: RequestRef, payload: Mapping[str, Any
     option = OPTIONS[payload["actions"][0]["action_id"]]
     slack_user = str((payload.get("user") or {}).get("id") or "")
 
-    def decide(request: PendingRequest | None) -> str:
-        """Who answers (the mapped Airflow user), or :class:`Refused` saying why nobody does."""
+    def decide(request: PendingRequest | None) -> tuple[str, str]:
+        """Who answers (the mapped Airflow user's id and name), or :class:`Refused` saying why nobody does."""
         if request is None:
             raise Refused(200, "This approval request no longer exists.")
         if request.answered:
             decided = "approved" if request.chosen_options == ["Approve"] else "rejected"
             who = request.responded_by or "the scheduler (nobody answered in time)"
             raise Refused(200, f"This request was already {decided} by {who}.")
+        if request.clear_number != ref.clear_number or not request.waiting:
+            raise Refused(200, "This message is for an earlier try of the run, which no longer waits.")
+        if option not in request.options:
+            raise Refused(200, f"This request does not offer {option}.")
         if request.plan_digest != ref.plan_digest:
             raise Refused(
                 200, "This message shows an older plan than the request now does: answer in Airflow."
@@ -128,9 +149,9 @@ def _answer(environment: Environment, ref: RequestRef, payload: Mapping[str, Any
         )
         if refusal:
             raise Refused(200, refusal)
-        return user
+        return user.id, user.name
 
-    user = answer_request(
+    user, _ = answer_request(
         dag_id=ref.dag_id,
         run_id=ref.run_id,
         task_id=ref.task_id,
@@ -148,6 +169,14 @@ def _respond(response_url: Any, text: str) -> None:
     """Tell the clicking user in Slack (``response_url``); best effort: the HTTP answer says it too."""
     if not isinstance(response_url, str) or urlsplit(response_url).scheme not in ("http", "https"):
         return
+    import threading
+
+    threading.Thread(
+        target=_post_response, args=(response_url, text), name="airlock-slack-response", daemon=True
+    ).start()
+
+
+def _post_response(response_url: str, text: str) -> None:
     import urllib.request
 
     request = urllib.request.Request(

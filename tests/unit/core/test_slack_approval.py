@@ -110,12 +110,50 @@ MAPPING = {"U0RITA": "rita", "U0CARL": "carl", "U0MALLORY": "mallory"}
     ],
 )
 def test_only_an_assigned_approver_mapped_from_slack_may_answer(slack_user, allow_self, user, why):
-    answered_as, refusal = slack_refusal(
+    answered, refusal = slack_refusal(
         slack_user=slack_user,
         mapping=MAPPING,
         assigned=["rita", "carl"],
         triggered_by="carl",
         allow_self_approval=allow_self,
     )
-    assert answered_as == user
+    assert (answered.id if answered else None) == user
     assert (refusal is None) if why is None else (why in refusal)
+
+
+def test_under_fab_a_user_mapped_by_id_is_still_refused_their_own_release_by_name():
+    """FAB's ids are numbers and the run records the trigger's name: both are compared."""
+    mapping = {"U0ALICE": {"id": "7", "name": "alice"}}
+    answered, refusal = slack_refusal(
+        slack_user="U0ALICE", mapping=mapping, assigned=["7"], triggered_by="alice", allow_self_approval=False
+    )
+    assert answered is None
+    assert "triggered this run" in refusal
+    answered, refusal = slack_refusal(
+        slack_user="U0ALICE", mapping=mapping, assigned=["7"], triggered_by="bob", allow_self_approval=False
+    )
+    assert (answered.id, answered.name, refusal) == ("7", "alice", None)
+
+
+def test_a_freeze_override_leads_the_summary():
+    planned = {
+        **RELEASE_PLAN,
+        "plan": {
+            **RELEASE_PLAN["plan"],
+            "freeze_override": {
+                "name": "year-end",
+                "reason": "close",
+                "ends": "2027-01-04T00:00+01:00",
+                "override_reason": "hotfix",
+            },
+        },
+    }
+    assert plan_summary(planned)[0] == (
+        "FREEZE OVERRIDE: year-end (close, until 2027-01-04T00:00+01:00); why: hotfix"
+    )
+
+
+def test_a_button_value_with_wrong_types_is_refused():
+    forged = {**vars(REF), "map_index": "0"}
+    with pytest.raises(ValueError, match="not an Airlock approval button"):
+        RequestRef.decode(json.dumps(forged))
