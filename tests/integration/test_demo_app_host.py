@@ -148,7 +148,7 @@ def test_start_serves_the_release_current_points_to(host: DemoHost) -> None:
     result = host.control("start")
 
     assert result.returncode == 0, result.stderr
-    assert host.get("/version") == (200, {"version": "1.0.0"})
+    assert host.get("/version") == (200, {"version": "1.0.0", "config": None})
     assert host.get("/health") == (200, {"status": "ok", "version": "1.0.0"})
 
 
@@ -232,7 +232,7 @@ def test_reload_switches_version_without_a_single_failed_request(started: DemoHo
     failures = [outcome for outcome in outcomes if outcome != 200]
     assert failures == []
     assert len(outcomes) > 50
-    assert started.get("/version") == (200, {"version": "2.0.0"})
+    assert started.get("/version") == (200, {"version": "2.0.0", "config": None})
 
 
 def test_reload_to_a_broken_build_serves_a_failing_health(started: DemoHost) -> None:
@@ -243,7 +243,7 @@ def test_reload_to_a_broken_build_serves_a_failing_health(started: DemoHost) -> 
     assert result.returncode == 0, result.stderr
     status, body = started.get("/health")
     assert (status, body["status"], body["version"]) == (503, "failing", "2.1.0-broken")
-    assert started.get("/version") == (200, {"version": "2.1.0-broken"})
+    assert started.get("/version") == (200, {"version": "2.1.0-broken", "config": None})
 
 
 def test_failed_reload_exits_non_zero_and_the_previous_worker_keeps_serving(started: DemoHost) -> None:
@@ -255,7 +255,7 @@ def test_failed_reload_exits_non_zero_and_the_previous_worker_keeps_serving(star
     assert result.returncode == 1
     assert "has no app/worker.py" in result.stderr
     assert "previous worker keeps serving" in result.stderr
-    assert started.get("/version") == (200, {"version": "1.0.0"})
+    assert started.get("/version") == (200, {"version": "1.0.0", "config": None})
 
 
 def test_master_survives_the_pruning_of_the_release_it_started_from(started: DemoHost) -> None:
@@ -267,14 +267,14 @@ def test_master_survives_the_pruning_of_the_release_it_started_from(started: Dem
     result = started.control("reload")
 
     assert result.returncode == 0, result.stderr
-    assert started.get("/version") == (200, {"version": "2.1.0-broken"})
+    assert started.get("/version") == (200, {"version": "2.1.0-broken", "config": None})
 
 
 def test_reload_without_a_running_master_starts_one(host: DemoHost) -> None:
     result = host.control("reload")
 
     assert result.returncode == 0, result.stderr
-    assert host.get("/version") == (200, {"version": "1.0.0"})
+    assert host.get("/version") == (200, {"version": "1.0.0", "config": None})
 
 
 def test_status_reports_running_with_pid_and_version(started: DemoHost) -> None:
