@@ -2,14 +2,16 @@
 
 Starts a real Airlock (api-server, scheduler with LocalExecutor, dag-processor, triggerer) with
 N sandbox sshd hosts (each one sshd plus the demo app), releases 2.0.0 through the REST API
-(approval off for timing) and reads from the API the time from the first deploy's start to the
-last smoke test's end: the wave time. Then, on the same 12 hosts, a plain script does the same
+(approval off for timing; the other DAGs paused and their runs ended first, so the scheduled
+health checks do not share the CPU) and reads from the API the time from the first deploy's
+start to the last smoke test's end: the wave time. Then, on the same 12 hosts, a plain script does the same
 per-host steps one host after another with the system's ``scp``/``ssh`` (upload, unpack,
 switch ``current``, reload, wait for health/version).
 
 Prints the wave times, seconds and CPU-seconds per host (CPU: the whole machine's, from
-``/proc/stat``, during the waves: run it on a quiet machine), each wave's task timeline with
-``--timeline``, and two machine-readable lines:
+``/proc/stat``, during the waves: run it on a quiet machine), how close the waves came to their
+floor (each wave's slowest host deploy, from the deploy reports), the sandbox hosts' memory,
+each wave's task timeline with ``--timeline``, and two machine-readable lines:
 
     ratio 48/3 hosts: <x.xx>              goal <= 1.3 (time grows with waves, not hosts)
     ratio DAG/script at 12 hosts: <x.xx>  goal <= 0.5
@@ -55,8 +57,57 @@ def api(stack: AirlockStack, method: str, path: str, body: dict | None = None) -
         return json.loads(response.read())
 
 
+def quiet(stack: AirlockStack) -> None:
+    """Pause every DAG but the release and wait until none of their tasks is queued or running:
+    the scheduled health checks, log cleanup and maintenance would otherwise share the 2 cores
+    with the waves (a paused DAG's run schedules no further task)."""
+    for dag in api(stack, "GET", "/api/v2/dags?limit=100")["dags"]:
+        if dag["dag_id"] != "release_demo" and not dag["is_paused"]:
+            api(stack, "PATCH", f"/api/v2/dags/{dag['dag_id']}", {"is_paused": True})
+    busy = "/api/v2/dags/~/dagRuns/~/taskInstances?state=running&state=queued&limit=1"
+    deadline = time.monotonic() + 300
+    while api(stack, "GET", busy)["total_entries"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the scheduled DAGs' tasks did not end in 5 minutes")
+        time.sleep(1)
+
+
 def release_seconds(stack: AirlockStack, version: str) -> float:
     return release_timing(stack, version)[0]
+
+
+def slowest_hosts(stack: AirlockStack, tis: list[dict]) -> dict[str, float]:
+    """Each wave's slowest host deploy in seconds (from the deploy tasks' XCom ``hosts``)."""
+    slowest: dict[str, float] = {}
+    for ti in tis:
+        if not ti["task_id"].endswith(".deploy"):
+            continue
+        path = (
+            f"/api/v2/dags/release_demo/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}"
+            f"/xcomEntries/hosts?map_index={ti['map_index']}"
+        )
+        report = api(stack, "GET", path)["value"]
+        report = json.loads(report) if isinstance(report, str) else report
+        wave = ti["task_id"].split(".")[0]
+        slowest[wave] = max([slowest.get(wave, 0.0), *(line["seconds"] for line in report)])
+    return slowest
+
+
+def sandbox_memory_mb(stack: AirlockStack) -> float:
+    """What the sandbox hosts' processes hold (sshd, demo-app master and worker), in MB of PSS."""
+    total_kb = 0
+    home = str(stack.home)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if home not in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                continue
+            rollup = (entry / "smaps_rollup").read_text()
+        except OSError:  # gone since the listing, or not ours to read
+            continue
+        total_kb += sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total_kb / 1024
 
 
 def release_timing(stack: AirlockStack, version: str) -> tuple[float, list[dict]]:
@@ -159,11 +210,22 @@ class Measured:
     seconds: float
     cpu: float
     tis: list[dict]
+    #: Each wave's slowest host deploy (seconds): their sum is the floor of the wave time.
+    slowest: dict[str, float]
+    memory_mb: float
     script_seconds: float | None = None
     script_cpu: float | None = None
 
     def per_host(self) -> str:
         return f"{self.seconds / self.hosts:.2f} s and {self.cpu / self.hosts:.2f} CPU-s per host"
+
+    def limit(self) -> str:
+        """How close the waves came to their floor: the slowest hosts' deploys, one per wave."""
+        floor = sum(self.slowest.values())
+        return (
+            f"slowest host per wave {' + '.join(f'{s:.1f}' for s in self.slowest.values())} = "
+            f"{floor:.1f} s; the rest ({self.seconds - floor:.1f} s) is smoke tests and Airflow's gates"
+        )
 
 
 def run(hosts: int, with_script: bool) -> Measured:
@@ -174,19 +236,22 @@ def run(hosts: int, with_script: bool) -> Measured:
     with disposable_stack(
         hosts=hosts, redis_db=REDIS_DB, prefix="airlock-bench-", overrides=overrides
     ) as stack:
+        quiet(stack)
         cpu_before = cpu_seconds()
         seconds, tis = release_timing(stack, "2.0.0")
         # The run's CPU up to the end of its waves: conclude and unlock come after (prorated).
         cpu = cpu_seconds() - cpu_before
+        slowest = slowest_hosts(stack, tis)
+        memory = sandbox_memory_mb(stack)
         run_start = min(datetime.fromisoformat(ti["start_date"]) for ti in tis if ti["start_date"])
         run_end = max(datetime.fromisoformat(ti["end_date"]) for ti in tis if ti["end_date"])
         wave_share = seconds / max((run_end - run_start).total_seconds(), seconds)
         if not with_script:
-            return Measured(hosts, seconds, cpu * wave_share, tis)
+            return Measured(hosts, seconds, cpu * wave_share, tis, slowest, memory)
         cpu_before = cpu_seconds()
         script = sequential_script_seconds(stack, "1.1.0")
         script_cpu = cpu_seconds() - cpu_before
-    return Measured(hosts, seconds, cpu * wave_share, tis, script, script_cpu)
+    return Measured(hosts, seconds, cpu * wave_share, tis, slowest, memory, script, script_cpu)
 
 
 def main() -> None:
@@ -197,6 +262,11 @@ def main() -> None:
     for measured in results:
         waves = f"{measured.seconds:5.1f} s of waves"
         print(f"{measured.hosts:2} hosts in 3 waves: {waves}, {measured.per_host()}")
+        print(f"   {measured.limit()}")
+        print(
+            f"   sandbox hosts' memory: {measured.memory_mb:.0f} MB "
+            f"({measured.memory_mb / measured.hosts:.1f} MB per host: sshd, demo-app master and worker)"
+        )
         if arguments.timeline:
             print(timeline(measured.tis))
     small, twelve, large = results

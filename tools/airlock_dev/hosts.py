@@ -41,6 +41,10 @@ AllowTcpForwarding no
 PrintMotd no
 Subsystem sftp internal-sftp
 LogLevel ERROR
+# The host's own home: the session's shell reads its startup files from here, not from this
+# machine's account (bash run by sshd sources ~/.bashrc even for a plain command, and a
+# developer's .bashrc, e.g. `pyenv init`, costs every command 150 ms of CPU).
+SetEnv HOME={home}
 """
 
 
@@ -109,6 +113,11 @@ class SandboxHost:
         return self.home / "ssh_host_ed25519_key"
 
     @property
+    def login_home(self) -> Path:
+        """The home directory of the host's login sessions (empty: no shell startup files)."""
+        return self.home / "home"
+
+    @property
     def app_port(self) -> int:
         return urlsplit(self.host.app_url).port or 80
 
@@ -175,6 +184,7 @@ class Sandbox:
                 host=host, root=Path(host.root), home=self.directory / "hosts" / host.name
             )
             _generate_key(sandbox_host.host_key, f"airlock-sandbox-{host.name}")
+            sandbox_host.login_home.mkdir(mode=0o700, exist_ok=True)
             self._provision(sandbox_host)
             config = sandbox_host.home / "sshd_config"
             config.write_text(
@@ -184,6 +194,7 @@ class Sandbox:
                     host_key=sandbox_host.host_key,
                     pid_file=sandbox_host.home / "sshd.pid",
                     authorized_keys=authorized_keys,
+                    home=sandbox_host.login_home,
                 )
             )
             log = (sandbox_host.home / "sshd.log").open("ab")

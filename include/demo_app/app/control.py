@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import http.client
 import ipaddress
 import os
 import signal
@@ -91,6 +90,8 @@ def connect_host(host: str) -> str:
 
 
 def answers_http(host: str, port: int) -> bool:
+    import http.client  # only `start` asks; a reload (every deploy) skips the import (ssl, email)
+
     connection = http.client.HTTPConnection(connect_host(host), port, timeout=2)
     try:
         connection.request("GET", "/version")
@@ -192,7 +193,7 @@ def reload(layout: HostLayout) -> int:
                 raise ControlError(
                     f"demo-app master {master_pid} exited during reload; see {layout.daemon_log}"
                 )
-            time.sleep(0.1)
+            time.sleep(0.02)
         raise ControlError(
             f"master {master_pid} did not finish reloading to {target} within "
             f"{RELOAD_TIMEOUT_SECONDS:.0f}s; see {layout.app_log}"

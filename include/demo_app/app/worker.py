@@ -215,13 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
 
     server = DemoAppServer(socket.socket(fileno=args.listen_fd), app)
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="serve")
+    # Short polls: a retired worker stops accepting within 50 ms, which a reload waits for.
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="serve")
     serving.start()
     os.write(args.ready_fd, json.dumps({"pid": os.getpid(), "version": release.version}).encode() + b"\n")
     os.close(args.ready_fd)
     log.info("serving version %s from %s", release.version, release.path)
 
-    while not stop.wait(0.5):
+    while not stop.wait(0.1):
         if os.getppid() != master_pid:
             log.warning("master %s is gone; stopping so the port is not held by an orphan", master_pid)
             break

@@ -231,7 +231,9 @@ class RolloutSettings(_Model):
         description="Cumulative reach of each wave: a host count or a percentage of all hosts",
     )
     max_parallel_per_wave: int = Field(
-        default=16, ge=1, description="Hosts of one wave deployed at once (like Ansible's forks)"
+        default=16,
+        ge=1,
+        description="Hosts of one wave deployed, smoke-tested and rolled back at once (like Ansible's forks)",
     )
     hosts_per_task: int | None = Field(
         default=None,

@@ -137,7 +137,10 @@ def evict(directory: Path, keep: Path, limit: int) -> list[str]:
     removed = []
     artifacts = []
     for entry in directory.iterdir():
-        info = entry.lstat()
+        try:
+            info = entry.lstat()
+        except FileNotFoundError:  # another task's download, renamed into place since the listing
+            continue
         if entry.name.startswith(".partial-"):
             if now - info.st_mtime > STALE_PARTIAL_SECONDS:
                 entry.unlink(missing_ok=True)

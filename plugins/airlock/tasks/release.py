@@ -57,7 +57,7 @@ from airlock.core.release import (
     validate_committed_at,
     validate_request,
 )
-from airlock.hooks.artifacts import ArtifactChangedError, release_artifact
+from airlock.hooks.artifacts import Artifact, ArtifactChangedError, release_artifact
 from airlock.hooks.hosts import (
     HostNotServingError,
     LiveReleaseError,
@@ -339,6 +339,7 @@ def deploy_host(
     approved: ReleasePlan | None = None,
     fail_fast: FailFast | None = None,
     lock_check: Callable[[], None] | None = None,
+    artifact: Artifact | None = None,
 ) -> dict[str, Any]:
     """Install ``version`` on one host of a wave, switch it and wait until it serves it.
 
@@ -347,7 +348,9 @@ def deploy_host(
     With ``fail_fast`` (every deploy has it), a deploy refuses (skipped, nothing switched)
     when another host of this run failed: at its start, and again right before the switch.
     ``lock_check``: the check of a lock the caller keeps (:func:`deploy_hosts` keeps one for all
-    its hosts); without it the deploy keeps the run's lock itself.
+    its hosts); without it the deploy keeps the run's lock itself. ``artifact``: the verified
+    artifact the caller fetched for all its hosts (the approved one); without it the deploy
+    fetches it.
     """
     if host_name not in wave_hosts:
         raise AirflowFailException(f"host {host_name} is not part of this wave ({', '.join(wave_hosts)})")
@@ -355,12 +358,9 @@ def deploy_host(
         fail_fast.refuse_if_another_failed(host_name)
     with ExitStack() as stack:
         still_held = lock_check or stack.enter_context(keep_lock(environment, run_id))
-        try:
-            artifact = release_artifact(
-                environment.deploy, version, expected_sha256=approved.artifact_sha256 if approved else None
-            )
-        except ArtifactChangedError as error:
-            raise AirflowFailException(error.since_approval(f"{host_name} was not touched")) from None
+        if artifact is None:
+            untouched = f"{host_name} was not touched"
+            artifact = approved_artifact(environment, version, approved, untouched=untouched)
 
         def before_switch() -> None:
             still_held()  # a run that lost its lock switches nothing
@@ -391,6 +391,18 @@ def deploy_host(
     return release.to_dict()
 
 
+def approved_artifact(
+    environment: Environment, version: str, approved: ReleasePlan | None, *, untouched: str
+) -> Artifact:
+    """The verified artifact of ``version``: with ``approved``, only the one its plan shows."""
+    try:
+        return release_artifact(
+            environment.deploy, version, expected_sha256=approved.artifact_sha256 if approved else None
+        )
+    except ArtifactChangedError as error:
+        raise AirflowFailException(error.since_approval(untouched)) from None
+
+
 def deploy_hosts(
     environment: Environment,
     *,
@@ -407,7 +419,9 @@ def deploy_hosts(
 
     Fail-fast: once a host fails (or ``others_failed`` names one, another batch's), no host not
     yet switched is; those already switching finish. Every host's line is returned, a failure's
-    included, so the caller can report them all before it fails.
+    included, so the caller can report them all before it fails. The artifact is fetched and
+    verified once for all of them (an artifact republished since the plan fails the batch before
+    any host is touched).
     """
     failed: list[str] = []
     guard = threading.Lock()
@@ -430,6 +444,7 @@ def deploy_hosts(
                 approved=approved,
                 fail_fast=fail_fast,
                 lock_check=still_held,
+                artifact=artifact,
             )
         except AirflowSkipException as skipped:
             return HostDeploy(host_name, NOT_SWITCHED, seconds=time.monotonic() - started, why=str(skipped))
@@ -452,6 +467,7 @@ def deploy_hosts(
             seconds=time.monotonic() - started,
         )
 
+    artifact = approved_artifact(environment, version, approved, untouched=f"{', '.join(hosts)}: not touched")
     with keep_lock(environment, run_id) as still_held:
         workers = max(1, min(environment.rollout.max_parallel_per_wave, len(hosts)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deploy") as pool:

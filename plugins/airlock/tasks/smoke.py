@@ -8,6 +8,7 @@ the database through :func:`airlock.hooks.postgres.first_row`.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from airlock.config import Environment, Host, HttpSmokeTest, SqlSmokeTest
@@ -72,11 +73,15 @@ def run_sql_test(test: SqlSmokeTest, conn_id: str) -> SmokeResult:
 def run_smoke_tests(environment: Environment, hosts: list[Host]) -> list[SmokeResult]:
     """Run every smoke test; raise :class:`SmokeTestFailed` listing each failure."""
     results = []
-    for test in environment.smoke_tests:
-        if isinstance(test, HttpSmokeTest):
-            results += [run_http_test(test, host) for host in hosts]
-        else:
-            results.append(run_sql_test(test, environment.database.conn_id))
+    # A wave's hosts are checked together (at most rollout.max_parallel_per_wave at once), so
+    # the smoke tests take one host's round trips, not the sum of them all.
+    workers = max(1, min(environment.rollout.max_parallel_per_wave, len(hosts)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smoke") as pool:
+        for test in environment.smoke_tests:
+            if isinstance(test, HttpSmokeTest):
+                results += pool.map(lambda host, test=test: run_http_test(test, host), hosts)
+            else:
+                results.append(run_sql_test(test, environment.database.conn_id))
     failures = [r for r in results if not r.passed]
     if failures:
         raise SmokeTestFailed(

@@ -10,6 +10,7 @@ import hashlib
 import os
 import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,16 @@ def test_a_cache_bound_that_is_not_a_positive_number_of_mb_is_refused(cache, pub
         ArtifactError, match=rf"{CACHE_LIMIT_VARIABLE}='{value}' must be a positive whole number"
     ):
         publish("a", 1000)()
+
+
+def test_many_fetches_of_one_artifact_at_once_all_get_the_verified_copy(cache, publish):
+    """A wave deploys its hosts in threads, and workers share the cache: fetches racing each
+    other's downloads, renames and evictions must each get the artifact, never a vanished file."""
+    for attempt in range(5):
+        fetch = publish(f"wave-{attempt}", 200_000)
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            artifacts = list(pool.map(lambda _, fetch=fetch: fetch(), range(48)))
+
+        assert len({artifact.path for artifact in artifacts}) == 1
+        assert hashlib.sha256(artifacts[0].path.read_bytes()).hexdigest() == artifacts[0].sha256
+        assert not [name for name in cached(cache) if name.startswith(".partial-")]
