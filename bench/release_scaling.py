@@ -90,7 +90,7 @@ def slowest_hosts(stack: AirlockStack, tis: list[dict]) -> dict[str, float]:
         report = json.loads(report) if isinstance(report, str) else report
         wave = ti["task_id"].split(".")[0]
         slowest[wave] = max([slowest.get(wave, 0.0), *(line["seconds"] for line in report)])
-    return slowest
+    return dict(sorted(slowest.items(), key=lambda item: int(item[0].removeprefix("wave_"))))
 
 
 def sandbox_memory_mb(stack: AirlockStack) -> float:

@@ -7,14 +7,14 @@ contents. The logic lives in ``airlock.tasks.config_update``.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param, TaskGroup, TriggerRule, chain, task
+from airflow.sdk import DAG, Param, TriggerRule, chain, task
 
-from airlock.config import Environment, load_environments
+from airlock.config import Environment, Wave, load_environments
 from airlock.conventions import default_args, reason_param, runbook
 from airlock.operators.approval import approval_gate
 from airlock.tasks import config_update as steps
 from airlock.tasks.config_update import TaskIds
-from airlock.tasks.environment import lock_task, unlock_task, wait_for_lock_task
+from airlock.tasks.environment import in_waves, lock_in_turn, unlock_task
 from airlock.tasks.release import verify as smoke_tests
 
 
@@ -79,12 +79,7 @@ def config_update_dag(environment: Environment) -> DAG:
             return steps.conclude(environment)
 
         request = validate_request()
-        purpose = "config update"
-        taken = lock_task(environment, purpose=purpose)
-        if environment.rollout.on_lock_busy == "wait":
-            request >> wait_for_lock_task(environment, purpose) >> taken
-        else:
-            request >> taken
+        taken = lock_in_turn(environment, request, purpose="config update")
         config = read_config()
         hosts = check_config_hosts()
         taken >> [config, hosts]
@@ -100,17 +95,12 @@ def config_update_dag(environment: Environment) -> DAG:
             ),
         ]
         chain(*gates)
-        previous = gates[-1]
-        wave_tasks = []
-        for wave in environment.waves:
-            names = wave.host_names
-            with TaskGroup(group_id=wave.group_id, tooltip=f"Wave {wave.number}: {', '.join(names)}"):
-                updated = update(names)
-                verified = verify(names)
-                updated >> verified
-            previous >> updated
-            previous = verified
-            wave_tasks += [updated, verified]
+
+        def wave_steps(wave: Wave):
+            updated = update(wave.host_names)
+            return updated, updated >> verify(wave.host_names)
+
+        wave_tasks = in_waves(environment, gates[-1], wave_steps)
         rolled_back = rollback()
         wave_tasks >> rolled_back
         released = unlock_task(environment)

@@ -7,15 +7,15 @@ lives in ``airlock.tasks.release``.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, TaskGroup, TriggerRule, chain, task
+from airflow.sdk import DAG, TriggerRule, chain, task
 
-from airlock.config import Environment, load_environments
+from airlock.config import Environment, Wave, load_environments
 from airlock.conventions import default_args, release_params, runbook
 from airlock.core.release import takes_pre_release_backup
 from airlock.operators.approval import approval_gate
 from airlock.tasks import migrate as migration_steps
 from airlock.tasks import release as steps
-from airlock.tasks.environment import check_hosts_task, lock_task, unlock_task, wait_for_lock_task
+from airlock.tasks.environment import check_hosts_task, in_waves, lock_in_turn, unlock_task
 from airlock.tasks.release import TaskIds
 
 
@@ -118,14 +118,13 @@ def release_dag(environment: Environment) -> DAG:
             return steps.conclude(environment)
 
         request = validate_request()
-        purpose = "release {{ params.version }}"
-        taken = lock_task(
-            environment, purpose=purpose, refuse=steps.refuse_while_attention_needed, freezable=True
+        taken = lock_in_turn(
+            environment,
+            request,
+            purpose="release {{ params.version }}",
+            refuse=steps.refuse_while_attention_needed,
+            freezable=True,
         )
-        if rollout.on_lock_busy == "wait":  # queue for a held lock instead of failing at once
-            request >> wait_for_lock_task(environment, purpose) >> taken
-        else:
-            request >> taken
         artifact = check_artifact(request)
         database = check_database()
         hosts = check_hosts_task(environment)
@@ -150,19 +149,13 @@ def release_dag(environment: Environment) -> DAG:
             gates.append(backup())
         gates.append(migrate(request))
         chain(*gates)
-        previous = gates[-1]
-        wave_tasks = []
-        for wave in environment.waves:
-            names = wave.host_names
-            with TaskGroup(group_id=wave.group_id, tooltip=f"Wave {wave.number}: {', '.join(names)}"):
-                batches = wave.batches(rollout.hosts_per_task)
-                deployed = deploy.partial(request=request, wave_hosts=names).expand(hosts=batches)
-                verified = verify(names)
-                deployed >> verified
-            previous >> deployed
-            previous = verified
-            wave_tasks += [deployed, verified]
 
+        def wave_steps(wave: Wave):
+            batches = wave.batches(rollout.hosts_per_task)
+            deployed = deploy.partial(request=request, wave_hosts=wave.host_names).expand(hosts=batches)
+            return deployed, deployed >> verify(wave.host_names)
+
+        wave_tasks = in_waves(environment, gates[-1], wave_steps)
         rolled_back = rollback()
         wave_tasks >> rolled_back
         released = unlock_task(environment)

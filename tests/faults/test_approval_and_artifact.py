@@ -362,6 +362,50 @@ def run_xcom(dag_id: str, run_id: str, task_id: str):
     return XComModel.deserialize_value(type("Row", (), {"value": value})())
 
 
+def test_a_wave_whose_approved_artifact_was_republished_reports_each_host_untouched(
+    environment, hosts_on_old, republishable, verified_backup, caplog
+):
+    """The wave's deploy fetches the artifact once for all its hosts; when that is refused,
+    every host still gets its line (the report, the audit row and Slack name the artifact)."""
+    request = {"version": REPUBLISHED, "dry_run": False, "reason": ""}
+    planned = release_steps.plan_release(
+        environment,
+        request=request,
+        artifact=release_steps.check_artifact(environment, REPUBLISHED),
+        host_states=[require_host_ready(environment, h.name) for h in environment.hosts],
+        database=release_steps.require_database_reachable(environment),
+        migrations=check_migrations(environment, REPUBLISHED),
+        backup=release_steps.require_recent_backup(environment),
+        triggered_by="alice",
+    )
+    approved = release_steps.ReleasePlan.from_dict(planned["plan"])
+    rebuilt = republish(environment, REPUBLISHED)
+    release_steps.shared.environment_lock(environment).acquire(
+        run_id="manual__wave_pinned", purpose="test", triggered_by="alice"
+    )
+    names = [host.name for host in environment.hosts]
+
+    lines = release_steps.deploy_hosts(
+        environment,
+        version=REPUBLISHED,
+        hosts=names,
+        wave_hosts=names,
+        run_id="manual__wave_pinned",
+        approved=approved,
+    )
+
+    assert [(line.host, line.result, line.retry) for line in lines] == [
+        (name, release_steps.HOST_FAILED, False) for name in names
+    ]
+    for line in lines:
+        assert f"published with SHA-256 {rebuilt}, not the expected {republishable}" in line.why
+    assert "No host was touched; trigger a new release" in caplog.text  # the whole refusal, in the log
+    assert served_versions(environment) == EVERY_HOST_ON_OLD
+    for host in environment.hosts:
+        with release_steps.host_session(environment, host) as layout:
+            assert REPUBLISHED not in layout.installed_versions()
+
+
 def test_clearing_an_old_runs_deploy_is_refused_although_its_approval_is_still_there(release, hosts_on_old):
     environment = hosts_on_old
     run_id, states, _ = run_dag(release, {"version": NEW}, answer="Approve")

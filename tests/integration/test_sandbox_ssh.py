@@ -142,3 +142,23 @@ def test_a_host_refusing_connections_is_reported_as_unreachable_after_the_retrie
 
     with pytest.raises(paramiko.ssh_exception.NoValidConnectionsError, match="Unable to connect to port"):
         hook.get_conn()
+
+
+def test_a_host_name_that_does_not_resolve_fails_at_once_saying_so(sandbox, environment, tmp_path):
+    """Only a refused or unreachable host is worth another attempt (paramiko's
+    NoValidConnectionsError); a misspelled name is not, and its error is the resolver's own."""
+    web_1 = environment.hosts[0]
+    misspelled = web_1.model_copy(update={"address": "web-1.no-such-domain.invalid"})
+    key = next(
+        line.split(" ", 1)[1]
+        for line in environment.ssh.known_hosts.read_text().splitlines()
+        if line.startswith(f"[127.0.0.1]:{web_1.ssh_port} ")
+    )
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[{misspelled.address}]:{web_1.ssh_port} {key}\n")
+    hook = HostSSHHook(
+        host=misspelled, known_hosts=known_hosts, ssh_conn_id=environment.ssh.conn_id, connect_attempts=3
+    )
+
+    with pytest.raises(socket.gaierror):
+        hook.get_conn()

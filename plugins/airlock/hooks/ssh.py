@@ -8,6 +8,7 @@ trusts, and a host whose key changed is refused before anything runs on it.
 
 from __future__ import annotations
 
+import errno
 import shlex
 import socket
 import stat
@@ -172,15 +173,16 @@ class HostSSHHook(SSHHook):
         """The TCP connection to the host, with ``TCP_NODELAY``: the handshake and every command
         are short exchanges, and Nagle's algorithm against the host's delayed ACK would hold
         a packet about 40 ms on each (a connection took 70 ms instead of 24, a command 50 ms
-        instead of 8, measured on loopback). A refused connection is paramiko's
-        ``NoValidConnectionsError``, as when paramiko connects itself."""
+        instead of 8, measured on loopback). As when paramiko connects itself, a refused
+        connection or an unreachable host is its ``NoValidConnectionsError`` (retried); any other
+        error (a name that does not resolve, a timeout) is raised as it is."""
         address = (self.host.address, self.host.ssh_port)
         try:
             sock = socket.create_connection(address, timeout=self.conn_timeout)
-        except TimeoutError:
-            raise
         except OSError as error:
-            raise paramiko.ssh_exception.NoValidConnectionsError({address: error}) from None
+            if error.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH):
+                raise
+            raise paramiko.ssh_exception.NoValidConnectionsError({address: error}) from error
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 

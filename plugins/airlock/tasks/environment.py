@@ -18,11 +18,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import PokeReturnValue, get_current_context, setup, task, teardown
+from airflow.sdk import PokeReturnValue, TaskGroup, get_current_context, setup, task, teardown
 from airflow.sdk.exceptions import AirflowFailException
 from redis.exceptions import RedisError
 
-from airlock.config import Environment
+from airlock.config import Environment, Wave
 from airlock.core import outcome
 from airlock.core.audit import audited_action, unconcluded_outcome
 from airlock.core.evidence import approval_refusal
@@ -640,6 +640,36 @@ def maintenance_window_task(environment: Environment):
         return in_maintenance_window(environment, str(get_current_context()["dag_run"].run_type))
 
     return in_window()
+
+
+def lock_in_turn(environment: Environment, after: Any, *, purpose: str, **options: Any):
+    """The ``lock`` task, after ``after``: with ``rollout.on_lock_busy: wait`` the run first queues
+    for a held lock (:func:`wait_for_lock_task`) instead of failing at once. ``options`` are
+    :func:`lock_task`'s."""
+    taken = lock_task(environment, purpose=purpose, **options)
+    if environment.rollout.on_lock_busy == "wait":
+        after >> wait_for_lock_task(environment, purpose) >> taken
+    else:
+        after >> taken
+    return taken
+
+
+def in_waves(environment: Environment, after: Any, wave_steps: Callable[[Wave], tuple[Any, Any]]) -> list:
+    """The rollout's waves, one task group each, one after another once ``after`` is done.
+
+    ``wave_steps(wave)`` builds a wave's tasks inside its group and returns its first and last
+    (a change and its smoke tests). Returns every wave's first and last task, for the rollback
+    that runs once they are all done.
+    """
+    previous, wave_tasks = after, []
+    for wave in environment.waves:
+        tooltip = f"Wave {wave.number}: {', '.join(wave.host_names)}"
+        with TaskGroup(group_id=wave.group_id, tooltip=tooltip):
+            first, last = wave_steps(wave)
+        previous >> first
+        previous = last
+        wave_tasks += [first, last]
+    return wave_tasks
 
 
 def unlock_task(environment: Environment):

@@ -420,8 +420,8 @@ def deploy_hosts(
     Fail-fast: once a host fails (or ``others_failed`` names one, another batch's), no host not
     yet switched is; those already switching finish. Every host's line is returned, a failure's
     included, so the caller can report them all before it fails. The artifact is fetched and
-    verified once for all of them (an artifact republished since the plan fails the batch before
-    any host is touched).
+    verified once for all of them, under the lock; if that fails (an artifact republished since
+    the plan, an unreadable store) every host's line is a failure saying why, none touched.
     """
     failed: list[str] = []
     guard = threading.Lock()
@@ -467,8 +467,14 @@ def deploy_hosts(
             seconds=time.monotonic() - started,
         )
 
-    artifact = approved_artifact(environment, version, approved, untouched=f"{', '.join(hosts)}: not touched")
     with keep_lock(environment, run_id) as still_held:
+        try:
+            artifact = approved_artifact(environment, version, approved, untouched="No host was touched")
+        except Exception as error:
+            # Each host's line says why, so the report, the audit row and Slack name the artifact.
+            log.warning("Deploy of %s refused before any host", version, exc_info=True)
+            retry = not isinstance(error, AirflowFailException)
+            return [HostDeploy(host, HOST_FAILED, why=summarize_error(error), retry=retry) for host in hosts]
         workers = max(1, min(environment.rollout.max_parallel_per_wave, len(hosts)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deploy") as pool:
             return list(pool.map(lambda host: deploy_one(host, still_held), hosts))
