@@ -32,6 +32,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+# This process only provisions the sandbox hosts and reads the API: its SSH commands would
+# drown the results (the stack's own processes log at INFO, set in their environment).
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")
+
 from airlock_dev.stack import AirlockStack, disposable_stack
 
 WAVES = [1, "50%", "100%"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from airlock.listeners import scheduler
+from airlock.listeners import scheduler, warm_imports
 
 
 class BoardApp:
@@ -28,11 +28,12 @@ class BoardApp:
 
 
 class AirlockPlugin(AirflowPlugin):
-    """Listeners: in the scheduler, stranded approvals resumed and the installation's sign of life.
+    """Listeners: in the scheduler, stranded approvals resumed and the installation's sign of life;
+    in the scheduler and the dag-processor, the DAG files' imports kept warm across forks.
     The board: the ``/airlock`` app (JSON API, Prometheus metrics) and the "Airlock" view."""
 
     name = "airlock"
-    listeners = [scheduler]
+    listeners = [scheduler, warm_imports]
     fastapi_apps = [{"name": "airlock", "app": BoardApp(), "url_prefix": "/airlock"}]
     external_views = [
         {

@@ -6,21 +6,23 @@ connection: while the new worker starts, connections wait in the queue, and the 
 only stops accepting once the new one has said it is ready (``--ready-fd``).
 
 The worker reports the version of the release it was started from, not whatever ``current``
-points to later. psycopg is imported only by ``/items``, so ``/health`` and ``/version`` work
-under an interpreter without it.
+points to later. psycopg is needed only by ``/items``, so ``/health`` and ``/version`` work
+under an interpreter without it; where it is installed, the worker imports it before it reports
+ready, so the first ``/items`` after a reload does not pay for the import.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import logging.handlers
 import os
+import selectors
 import signal
 import socket
 import sys
-import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +38,7 @@ DATABASE_CONNECT_TIMEOUT_SECONDS = 2
 # A query stuck behind a lock must not hold a request (and so the worker's shutdown) forever.
 DATABASE_STATEMENT_TIMEOUT_MS = 5000
 REQUEST_TIMEOUT_SECONDS = 30
+MASTER_CHECK_SECONDS = 1.0
 ITEM_COLUMNS = ("id", "name", "created_at", "category")
 
 
@@ -210,26 +213,41 @@ def main(argv: list[str] | None = None) -> int:
     release = read_release(args.release)
     app = ServedApp(release=release, database_url=read_app_settings(layout).database_url)
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    stopping: list[int] = []
+    wakeup_read, wakeup_write = os.pipe()
+    for fd in (wakeup_read, wakeup_write):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wakeup_write)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
 
     server = DemoAppServer(socket.socket(fileno=args.listen_fd), app)
-    # Short polls: a retired worker stops accepting within 50 ms, which a reload waits for.
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="serve")
-    serving.start()
+    if app.database_url:
+        with contextlib.suppress(ImportError):  # /items says so when it is asked
+            import psycopg  # noqa: F401
     os.write(args.ready_fd, json.dumps({"pid": os.getpid(), "version": release.version}).encode() + b"\n")
     os.close(args.ready_fd)
     log.info("serving version %s from %s", release.version, release.path)
 
-    while not stop.wait(0.1):
-        if os.getppid() != master_pid:
-            log.warning("master %s is gone; stopping so the port is not held by an orphan", master_pid)
-            break
+    # Asleep until a connection or a signal arrives: a stop request (the signal's byte on the
+    # wakeup pipe) is seen at once, and an idle worker costs no CPU. Once a second it checks
+    # that its master still runs.
+    with selectors.DefaultSelector() as selector:
+        selector.register(server.socket, selectors.EVENT_READ)
+        selector.register(wakeup_read, selectors.EVENT_READ)
+        while not stopping:
+            for key, _ in selector.select(timeout=MASTER_CHECK_SECONDS):
+                if key.fileobj == wakeup_read:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wakeup_read, 4096)
+                elif not stopping:
+                    # Another worker may have taken the connection: accept is non-blocking.
+                    server._handle_request_noblock()
+            if os.getppid() != master_pid:
+                log.warning("master %s is gone; stopping so the port is not held by an orphan", master_pid)
+                break
     log.info("stopping: no longer accepting, finishing in-flight requests")
-    server.shutdown()
-    serving.join()
-    server.server_close()
+    server.server_close()  # joins the handler threads: in-flight requests finish
     log.info("stopped")
     return 0
 

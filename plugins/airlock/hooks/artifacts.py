@@ -24,14 +24,18 @@ dead worker left are removed once an hour old.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +50,8 @@ CACHE_LIMIT_VARIABLE = "AIRLOCK_ARTIFACT_CACHE_MAX_MB"
 DEFAULT_CACHE_LIMIT_MB = 2048
 #: A download older than this is one a dead worker left behind.
 STALE_PARTIAL_SECONDS = 3600
+#: A pin (:func:`pinned`) older than this belongs to a task that died without removing it.
+STALE_PIN_SECONDS = 24 * 3600
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
 
@@ -141,8 +147,10 @@ def evict(directory: Path, keep: Path, limit: int) -> list[str]:
             info = entry.lstat()
         except FileNotFoundError:  # another task's download, renamed into place since the listing
             continue
-        if entry.name.startswith(".partial-"):
-            if now - info.st_mtime > STALE_PARTIAL_SECONDS:
+        if entry.name.startswith((".partial-", ".pin-")):
+            # A pin shares its inode with the cached file: its ctime is the last link or unlink.
+            age = now - (info.st_mtime if entry.name.startswith(".partial-") else info.st_ctime)
+            if age > (STALE_PARTIAL_SECONDS if entry.name.startswith(".partial-") else STALE_PIN_SECONDS):
                 entry.unlink(missing_ok=True)
                 removed.append(entry.name)
         elif entry.name.endswith(".artifact") and stat.S_ISREG(info.st_mode):
@@ -244,6 +252,28 @@ def fetch_artifact(
         partial.unlink(missing_ok=True)
     evict(cached.parent, keep=cached, limit=limit)
     return Artifact(url=url, sha256=expected, size=cached.stat().st_size, path=cached)
+
+
+@contextlib.contextmanager
+def pinned(artifact: Artifact) -> Iterator[Artifact]:
+    """``artifact`` at a path of its own for the block: another task's eviction (the cache at
+    its bound, another version fetched) cannot remove it from under a wave's uploads.
+
+    A hard link beside the cached file (same file system, no copy), removed at the end; one a
+    killed task left behind is removed by :func:`evict` after :data:`STALE_PIN_SECONDS`.
+    """
+    pin = artifact.path.parent / f".pin-{artifact.sha256[:12]}-{secrets.token_hex(8)}"
+    try:
+        os.link(artifact.path, pin)
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"artifact {artifact.url} was evicted from the cache {artifact.path.parent} as it was "
+            "verified: retry the step"
+        ) from None
+    try:
+        yield dataclasses.replace(artifact, path=pin)
+    finally:
+        pin.unlink(missing_ok=True)
 
 
 def sha256_of(path: Path | ObjectStoragePath) -> str:

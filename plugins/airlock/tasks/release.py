@@ -57,7 +57,7 @@ from airlock.core.release import (
     validate_committed_at,
     validate_request,
 )
-from airlock.hooks.artifacts import Artifact, ArtifactChangedError, release_artifact
+from airlock.hooks.artifacts import Artifact, ArtifactChangedError, pinned, release_artifact
 from airlock.hooks.hosts import (
     HostNotServingError,
     LiveReleaseError,
@@ -467,9 +467,11 @@ def deploy_hosts(
             seconds=time.monotonic() - started,
         )
 
-    with keep_lock(environment, run_id) as still_held:
+    with keep_lock(environment, run_id) as still_held, ExitStack() as stack:
         try:
             artifact = approved_artifact(environment, version, approved, untouched="No host was touched")
+            # Its own path for the wave: another task's cache eviction cannot remove it mid-upload.
+            artifact = stack.enter_context(pinned(artifact))
         except Exception as error:
             # Each host's line says why, so the report, the audit row and Slack name the artifact.
             log.warning("Deploy of %s refused before any host", version, exc_info=True)

@@ -15,12 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from airlock.hooks import artifacts as artifacts_module
 from airlock.hooks.artifacts import (
     CACHE_LIMIT_VARIABLE,
     CACHE_VARIABLE,
     STALE_PARTIAL_SECONDS,
+    STALE_PIN_SECONDS,
     ArtifactError,
     fetch_artifact,
+    pinned,
 )
 
 MB = 1024 * 1024
@@ -159,3 +162,40 @@ def test_many_fetches_of_one_artifact_at_once_all_get_the_verified_copy(cache, p
         assert len({artifact.path for artifact in artifacts}) == 1
         assert hashlib.sha256(artifacts[0].path.read_bytes()).hexdigest() == artifacts[0].sha256
         assert not [name for name in cached(cache) if name.startswith(".partial-")]
+
+
+def test_a_pinned_artifact_outlives_its_eviction_by_another_tasks_fetch(cache, publish):
+    """A wave uploads the artifact it fetched once to all its hosts; meanwhile another task
+    fetching another version can evict it (the cache at its bound). The wave's pin keeps it."""
+    wave = publish("2.0.0", 600 * 1024)()
+    with pinned(wave) as pin:
+        other = publish("3.0.0", 600 * 1024)()  # evicts 2.0.0's cached file: 1 MB bound
+
+        assert wave.path.name not in cached(cache)
+        assert hashlib.sha256(pin.path.read_bytes()).hexdigest() == wave.sha256
+        assert (pin.url, pin.sha256, pin.size) == (wave.url, wave.sha256, wave.size)
+        assert pin.path.parent == cache
+    assert cached(cache) == {other.path.name}  # the pin went with the block
+
+
+def test_an_artifact_evicted_before_it_could_be_pinned_fails_saying_so(cache, publish):
+    artifact = publish("a", 1000)()
+    artifact.path.unlink()
+
+    evicted = r"was evicted from the cache .* retry the step"
+    with pytest.raises(ArtifactError, match=evicted), pinned(artifact):
+        pass
+
+
+def test_a_pin_a_killed_task_left_behind_is_removed_a_day_later(cache, publish, monkeypatch):
+    artifact = publish("a", 1000)()
+    left = cache / ".pin-left-by-a-killed-task"
+    os.link(artifact.path, left)
+    publish("b", 1000)()
+    assert left.name in cached(cache)  # fresh: maybe a running wave's
+
+    later = time.time() + STALE_PIN_SECONDS + 60
+    monkeypatch.setattr(artifacts_module.time, "time", lambda: later)
+    publish("c", 1000)()
+
+    assert left.name not in cached(cache)
