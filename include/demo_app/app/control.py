@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import ipaddress
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from host_layout import (
 
 START_TIMEOUT_SECONDS = 15.0
 RELOAD_TIMEOUT_SECONDS = 20.0
+RELOAD_POLL_SECONDS = 0.25
 STOP_TIMEOUT_SECONDS = 20.0
 CONTROL_LOCK_TIMEOUT_SECONDS = 60.0
 EXIT_STOPPED = 3
@@ -174,30 +176,52 @@ def reload(layout: HostLayout) -> int:
             return start_locked(layout)
         target = os.path.realpath(layout.current)
         token = uuid.uuid4().hex
-        write_text_atomically(layout.reload_request_file, token + "\n")
-        os.kill(master_pid, signal.SIGHUP)
+        # The master writes a byte to this FIFO once the reload is over: the wait sleeps until
+        # then instead of polling (24 reloads at once polled away a good part of a core). A
+        # master that does not (an older release's) is still read every RELOAD_POLL_SECONDS.
+        done = layout.reload_done_fifo(token)
+        os.mkfifo(done, 0o600)
+        try:
+            reader = os.open(done, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                write_text_atomically(layout.reload_request_file, token + "\n")
+                os.kill(master_pid, signal.SIGHUP)
+                return await_reload(layout, master_pid, token, target, reader)
+            finally:
+                os.close(reader)
+        finally:
+            done.unlink(missing_ok=True)
 
-        deadline = time.monotonic() + RELOAD_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            state = read_json(layout.state_file) or {}
-            outcome = state.get("last_reload") or {}
-            if outcome.get("token") == token:
-                if outcome.get("ok"):
-                    print(f"demo-app reloaded: {describe_worker(state)}")
-                    return 0
-                raise ControlError(
-                    f"reload to {target} failed: {outcome.get('error')}; "
-                    f"the previous worker keeps serving ({describe_worker(state)})"
-                )
-            if not process_is_alive(master_pid):
-                raise ControlError(
-                    f"demo-app master {master_pid} exited during reload; see {layout.daemon_log}"
-                )
+
+def await_reload(layout: HostLayout, master_pid: int, token: str, target: str, done: int) -> int:
+    """Until the master records reload ``token`` in its state (or dies, or the timeout passes).
+
+    Asleep on the FIFO ``done`` between looks; once the master has written to it (its state is
+    written first) the state is read again at once.
+    """
+    notified = False
+    deadline = time.monotonic() + RELOAD_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        state = read_json(layout.state_file) or {}
+        outcome = state.get("last_reload") or {}
+        if outcome.get("token") == token:
+            if outcome.get("ok"):
+                print(f"demo-app reloaded: {describe_worker(state)}")
+                return 0
+            raise ControlError(
+                f"reload to {target} failed: {outcome.get('error')}; "
+                f"the previous worker keeps serving ({describe_worker(state)})"
+            )
+        if not process_is_alive(master_pid):
+            raise ControlError(f"demo-app master {master_pid} exited during reload; see {layout.daemon_log}")
+        if notified:  # the FIFO stays readable once written to: look again shortly
             time.sleep(0.02)
-        raise ControlError(
-            f"master {master_pid} did not finish reloading to {target} within "
-            f"{RELOAD_TIMEOUT_SECONDS:.0f}s; see {layout.app_log}"
-        )
+        else:
+            notified = bool(select.select([done], [], [], RELOAD_POLL_SECONDS)[0])
+    raise ControlError(
+        f"master {master_pid} did not finish reloading to {target} within "
+        f"{RELOAD_TIMEOUT_SECONDS:.0f}s; see {layout.app_log}"
+    )
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

@@ -82,6 +82,10 @@ class HostLayout:
         """The token of the reload a control script asked for, echoed back in the state file."""
         return self.run_dir / "reload-request"
 
+    def reload_done_fifo(self, token: str) -> Path:
+        """Where ``reload`` waits for the master's word that reload ``token`` is over (a FIFO)."""
+        return self.run_dir / f"reload-done-{token}"
+
     def ensure_shared_dirs(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)

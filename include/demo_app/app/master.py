@@ -25,6 +25,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -241,6 +242,25 @@ class Master:
                 self.await_handover(old_worker)
             self.last_reload = {"token": token, "ok": True, "error": None, "finished_at": time.time()}
         self.write_state()
+        if token:
+            self.tell_reload_done(token)
+
+    def tell_reload_done(self, token: str) -> None:
+        """Wake the control script waiting on reload ``token``'s FIFO, if it still waits (a FIFO
+        with no reader refuses the open, and anything but a FIFO is left alone)."""
+        if not token.isalnum():
+            return
+        try:
+            fd = os.open(self.layout.reload_done_fifo(token), os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.write(fd, b"\n")
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def write_state(self) -> None:
         write_json_atomically(
