@@ -42,22 +42,31 @@ def user_code(tmp_path, monkeypatch):
     dags, plugins = tmp_path / "dags", tmp_path / "plugins"
     dags.mkdir()
     plugins.mkdir()
-    (dags / "release.py").write_text("from warmed_steps import VALUE\nimport no_such_module_here\n")
+    (dags / "release.py").write_text(
+        "from warmed_steps import VALUE\nimport no_such_module_here\nimport another_package\n"
+    )
+    (plugins / "another_package.py").write_text("IMPORTED = True\n")
     (plugins / "warmed_steps.py").write_text("VALUE = 'first'\n")
     monkeypatch.syspath_prepend(str(plugins))
     yield dags, plugins
     sys.modules.pop("warmed_steps", None)
+    sys.modules.pop("another_package", None)
+
+
+#: In these tests the DAG file's user code stands for Airlock's package.
+PACKAGES = ("warmed_steps", "no_such_module_here")
 
 
 def test_loading_imports_the_dag_files_modules_and_skips_one_that_does_not_import(user_code, caplog):
     dags, plugins = user_code
-    imports = WarmImports(dags, user_folders=[dags, plugins])
+    imports = WarmImports(dags, user_folders=[dags, plugins], packages=PACKAGES)
 
     imports.load()
 
     assert sys.modules["warmed_steps"].VALUE == "first"
     assert "no_such_module_here" not in sys.modules
     assert "Not pre-importing no_such_module_here" in caplog.text
+    assert "another_package" not in sys.modules  # not one of the packages loaded ahead
     assert imports.forget_if_changed() is False  # nothing changed: the modules stay loaded
     assert "warmed_steps" in sys.modules
 
@@ -66,7 +75,7 @@ def test_a_user_module_edited_after_it_was_loaded_is_forgotten_so_the_next_task_
     user_code,
 ):
     dags, plugins = user_code
-    imports = WarmImports(dags, user_folders=[dags, plugins])
+    imports = WarmImports(dags, user_folders=[dags, plugins], packages=PACKAGES)
     imports.load()
     (plugins / "warmed_steps.py").write_text("VALUE = 'edited'\n")  # same mtime tick: size differs
 
@@ -96,7 +105,9 @@ def before_each_fork(user_code, monkeypatch):
     """This process's forks refreshed as a parsing component's are (one hook, for the session)."""
     dags, plugins = user_code
     monkeypatch.setattr(warm_imports, "_component", _Component())
-    monkeypatch.setattr(warm_imports, "_imports", WarmImports(dags, user_folders=[dags, plugins]))
+    monkeypatch.setattr(
+        warm_imports, "_imports", WarmImports(dags, user_folders=[dags, plugins], packages=PACKAGES)
+    )
     if not getattr(os, "_airlock_test_hook", False):
         os.register_at_fork(before=warm_imports._before_fork)
         os._airlock_test_hook = True
@@ -141,3 +152,16 @@ def test_every_airflow_job_gets_the_hook_through_the_plugin_and_only_a_job(monke
     assert ours == [{"before": warm_imports._before_fork}]
     assert warm_imports._component is job
     assert warm_imports._imports.dags_folder == tmp_path
+
+
+def test_by_default_only_airflow_and_airlock_modules_are_loaded_ahead(tmp_path):
+    (tmp_path / "release.py").write_text(
+        "from airflow.sdk import DAG\nfrom airlock.config import load_environments\nimport tensorflow\n"
+    )
+
+    assert WarmImports(tmp_path, user_folders=[tmp_path]).modules() == [
+        "airflow.sdk",
+        "airflow.sdk.DAG",
+        "airlock.config",
+        "airlock.config.load_environments",
+    ]

@@ -5,8 +5,9 @@ file first; the dag-processor forks one per DAG file, every ``min_file_process_i
 Parsing ``dags/release.py`` imports Airlock and what it uses (paramiko, psycopg, redis, YAML,
 pydantic): 0.3-0.5 s of CPU each time, most of a short task's life and most of the
 dag-processor's work. Airflow pre-imports its own modules before forking a parse
-(``[dag_processor] parsing_pre_import_modules``); this does it for everything the DAG files
-import, in the scheduler (whose LocalExecutor workers inherit it) and the dag-processor: before
+(``[dag_processor] parsing_pre_import_modules``); this does it for the Airflow and Airlock
+modules the DAG files import (:data:`PACKAGES`; another package's import might do anything, and
+is left to the tasks), in the scheduler (whose LocalExecutor workers inherit it) and the dag-processor: before
 each fork, :meth:`WarmImports.refresh` makes sure those modules are loaded, and the child finds
 them in ``sys.modules`` (a parse of ``dags/release.py`` then takes about 25 ms).
 
@@ -31,6 +32,9 @@ from typing import Any
 from airflow.listeners import hookimpl
 
 log = logging.getLogger(__name__)
+#: The packages whose modules are loaded ahead (with what they import in turn: psycopg, redis,
+#: paramiko, pydantic, YAML for Airlock's).
+PACKAGES = ("airflow", "airlock")
 
 
 def top_level_imports(source: str) -> Iterator[str]:
@@ -67,24 +71,34 @@ class WarmImports:
     :param dags_folder: the DAG files whose top-level imports are loaded.
     :param user_folders: where user code lives (the DAG and plugins folders): modules loaded
         from there are checked for changes before every task.
+    :param packages: only the DAG files' imports of these top-level packages are loaded.
     """
 
-    def __init__(self, dags_folder: str | os.PathLike[str], user_folders: Iterable[str | os.PathLike[str]]):
+    def __init__(
+        self,
+        dags_folder: str | os.PathLike[str],
+        user_folders: Iterable[str | os.PathLike[str]],
+        packages: tuple[str, ...] = PACKAGES,
+    ):
         self.dags_folder = Path(dags_folder)
+        self.packages = packages
         self.user_folders = tuple(os.path.realpath(folder) + os.sep for folder in user_folders if folder)
         #: Each loaded user module's file, with its mtime and size when it was imported.
         self.loaded: dict[str, tuple[str, tuple[int, int] | None]] = {}
         self.warm = False
 
     def modules(self) -> list[str]:
-        """The modules the DAG files import, each once, in the order the files name them."""
+        """The Airflow and Airlock modules the DAG files import, each once, in the order the files
+        name them. Another package a DAG file imports is left to its tasks: its import might do
+        anything, and the scheduler is no place to find out."""
         wanted: dict[str, None] = {}
         for path in sorted(self.dags_folder.rglob("*.py")):
             try:
                 source = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 continue
-            wanted.update(dict.fromkeys(top_level_imports(source)))
+            names = top_level_imports(source)
+            wanted.update(dict.fromkeys(name for name in names if name.split(".")[0] in self.packages))
         return list(wanted)
 
     def load(self) -> None:
