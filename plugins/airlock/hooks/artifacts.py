@@ -148,9 +148,11 @@ def evict(directory: Path, keep: Path, limit: int) -> list[str]:
         except FileNotFoundError:  # another task's download, renamed into place since the listing
             continue
         if entry.name.startswith((".partial-", ".pin-")):
-            # A pin shares its inode with the cached file: its ctime is the last link or unlink.
-            age = now - (info.st_mtime if entry.name.startswith(".partial-") else info.st_ctime)
-            if age > (STALE_PARTIAL_SECONDS if entry.name.startswith(".partial-") else STALE_PIN_SECONDS):
+            if entry.name.startswith(".partial-"):
+                stale = now - info.st_mtime > STALE_PARTIAL_SECONDS
+            else:  # a pin shares its inode with the cached file: its ctime is the last link or unlink
+                stale = now - info.st_ctime > STALE_PIN_SECONDS
+            if stale:
                 entry.unlink(missing_ok=True)
                 removed.append(entry.name)
         elif entry.name.endswith(".artifact") and stat.S_ISREG(info.st_mode):
